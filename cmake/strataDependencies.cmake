@@ -1,0 +1,77 @@
+# Finds strata's dependencies and wraps each in an imported target strata_deps::<name>. Used by
+# the build and by the installed package config alike. Required: Threads, Boost.MP11, Thrust
+# (CCCL from the CUDA toolkit, or Debian's libthrust-dev). Optional: cuda, mpi, nccl.
+include_guard(GLOBAL)
+
+macro(strata_find_dependencies)
+  find_package(Threads REQUIRED)
+
+  if(NOT TARGET strata_deps::mp11)
+    find_path(STRATA_MP11_INCLUDE_DIR boost/mp11.hpp DOC "Directory that holds boost/mp11.hpp")
+    if(NOT STRATA_MP11_INCLUDE_DIR)
+      message(FATAL_ERROR "strata needs Boost.MP11 (Debian: libboost-dev); "
+                          "set STRATA_MP11_INCLUDE_DIR to the directory that holds boost/mp11.hpp")
+    endif()
+    add_library(strata_deps::mp11 INTERFACE IMPORTED GLOBAL)
+    set_target_properties(strata_deps::mp11 PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${STRATA_MP11_INCLUDE_DIR}")
+  endif()
+
+  if(NOT DEFINED STRATA_ENABLE_CUDA OR STRATA_ENABLE_CUDA)
+    if(NOT CUDAToolkit_FOUND)
+      find_package(CUDAToolkit QUIET)
+    endif()
+  endif()
+
+  if(NOT TARGET strata_deps::thrust_host)
+    set(_strata_thrust_hints "")
+    if(CUDAToolkit_FOUND)
+      foreach(_dir IN LISTS CUDAToolkit_INCLUDE_DIRS)
+        list(APPEND _strata_thrust_hints "${_dir}/cccl" "${_dir}")
+      endforeach()
+    endif()
+    find_path(STRATA_THRUST_INCLUDE_DIR thrust/version.h
+      HINTS ${_strata_thrust_hints}
+      PATHS /usr/local/cuda/include/cccl /usr/local/cuda/include
+      DOC "Directory that holds thrust/version.h (CCCL or libthrust-dev)")
+    if(NOT STRATA_THRUST_INCLUDE_DIR)
+      message(FATAL_ERROR "strata needs Thrust (the CUDA toolkit's CCCL, or Debian's libthrust-dev); "
+                          "set STRATA_THRUST_INCLUDE_DIR to the directory that holds thrust/version.h")
+    endif()
+    add_library(strata_deps::thrust_host INTERFACE IMPORTED GLOBAL)
+    # Host translation units run Thrust's sequential backend; nvcc keeps its CUDA default.
+    set_target_properties(strata_deps::thrust_host PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${STRATA_THRUST_INCLUDE_DIR}"
+      INTERFACE_COMPILE_DEFINITIONS
+        "$<$<COMPILE_LANGUAGE:CXX>:THRUST_DEVICE_SYSTEM=THRUST_DEVICE_SYSTEM_CPP>")
+  endif()
+
+  if(CUDAToolkit_FOUND AND NOT TARGET strata_deps::cuda)
+    add_library(strata_deps::cuda INTERFACE IMPORTED GLOBAL)
+    set_target_properties(strata_deps::cuda PROPERTIES
+      INTERFACE_LINK_LIBRARIES CUDA::cudart
+      # MP11's constexpr functions are host functions; device code calls them at compile time.
+      INTERFACE_COMPILE_OPTIONS
+        "$<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr;--extended-lambda>")
+  endif()
+
+  if(CUDAToolkit_FOUND AND NOT TARGET strata_deps::nccl
+     AND (NOT DEFINED STRATA_ENABLE_NCCL OR STRATA_ENABLE_NCCL))
+    find_path(STRATA_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    find_library(STRATA_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+    if(STRATA_NCCL_INCLUDE_DIR AND STRATA_NCCL_LIBRARY)
+      add_library(strata_deps::nccl INTERFACE IMPORTED GLOBAL)
+      set_target_properties(strata_deps::nccl PROPERTIES
+        INTERFACE_INCLUDE_DIRECTORIES "${STRATA_NCCL_INCLUDE_DIR}"
+        INTERFACE_LINK_LIBRARIES "${STRATA_NCCL_LIBRARY};CUDA::cudart")
+    endif()
+  endif()
+
+  if((NOT DEFINED STRATA_ENABLE_MPI OR STRATA_ENABLE_MPI) AND NOT TARGET strata_deps::mpi)
+    find_package(MPI QUIET COMPONENTS CXX)
+    if(MPI_CXX_FOUND)
+      add_library(strata_deps::mpi INTERFACE IMPORTED GLOBAL)
+      set_target_properties(strata_deps::mpi PROPERTIES INTERFACE_LINK_LIBRARIES MPI::MPI_CXX)
+    endif()
+  endif()
+endmacro()
