@@ -104,9 +104,11 @@ function(strata_add_header_examples target)
   add_test(NAME ${target} COMMAND ${target})
 endfunction()
 
-# Every ```cpp block of a page under docs/ is a whole program: compiled and run as a test.
+# Every ```cpp block of README.md and of the pages under docs/ is a whole program: compiled and
+# run as a test.
 function(strata_add_doc_examples)
   file(GLOB pages CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/docs/*.md")
+  list(APPEND pages "${PROJECT_SOURCE_DIR}/README.md")
   set(dir "${CMAKE_CURRENT_BINARY_DIR}/doc_examples")
   foreach(page IN LISTS pages)
     get_filename_component(name "${page}" NAME_WE)
