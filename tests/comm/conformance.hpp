@@ -1,0 +1,250 @@
+// The collective conformance suite: written once against the communicator concept and run on
+// every backend. Each rank derives every peer's input from (rank, index), so the expected result
+// is a plain serial loop over ranks, computed locally, independent of the code under test.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <strata/comm/communicator.hpp>
+#include <strata/error.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace conformance {
+
+using strata::ReduceOp;
+
+template <class T>
+T input(int rank, std::size_t i) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return static_cast<T>(std::sin(0.37 * static_cast<double>(i + 1) * (rank + 1)) * 100.0);
+  } else {
+    return static_cast<T>((static_cast<std::int64_t>(i) * 7919 + rank * 104729) % 2001 - 1000);
+  }
+}
+
+template <class T>
+T reduce_serial(int n, std::size_t i, ReduceOp op) {
+  T acc = input<T>(0, i);
+  for (int r = 1; r < n; ++r) {
+    const T v = input<T>(r, i);
+    switch (op) {
+      case ReduceOp::sum:
+      case ReduceOp::average: acc = acc + v; break;
+      case ReduceOp::min: acc = std::min(acc, v); break;
+      case ReduceOp::max: acc = std::max(acc, v); break;
+    }
+  }
+  if (op == ReduceOp::average) acc = static_cast<T>(acc / static_cast<T>(n));
+  return acc;
+}
+
+// Floating-point sums may be ordered differently by a backend (MPI, NCCL): allow rounding.
+template <class T>
+bool close(T got, T expected) {
+  if constexpr (std::is_floating_point_v<T>) {
+    const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+    return std::abs(static_cast<double>(got) - static_cast<double>(expected)) <=
+           tol * std::max(1.0, std::abs(static_cast<double>(expected)));
+  } else {
+    return got == expected;
+  }
+}
+
+template <class T, class C>
+void all_reduce(C& comm) {
+  const int n = comm.size();
+  for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1000},
+                            std::size_t{10007}}) {
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::average, ReduceOp::min, ReduceOp::max}) {
+      std::vector<T> in(count);
+      for (std::size_t i = 0; i < count; ++i) in[i] = input<T>(comm.rank(), i);
+      std::vector<T> out(count, T(-1));
+      comm.all_reduce(std::span<const T>(in), std::span<T>(out), op);
+      comm.all_reduce(std::span<T>(in), op);  // in place
+      std::size_t bad = 0;
+      for (std::size_t i = 0; i < count; ++i) {
+        const T e = reduce_serial<T>(n, i, op);
+        if (!close(out[i], e) || !close(in[i], e)) ++bad;
+      }
+      CAPTURE(count);
+      CAPTURE(strata::to_string(op));
+      CAPTURE(strata::type_name<T>());
+      CHECK(bad == 0);
+    }
+  }
+}
+
+template <class T, class C>
+void broadcast(C& comm) {
+  for (int root = 0; root < comm.size(); ++root) {
+    std::vector<T> buf(513);
+    for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = input<T>(comm.rank(), i);
+    comm.broadcast(std::span<T>(buf), root);
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < buf.size(); ++i) bad += buf[i] != input<T>(root, i);
+    CAPTURE(root);
+    CHECK(bad == 0);
+  }
+}
+
+template <class T, class C>
+void all_gather(C& comm) {
+  const auto n = static_cast<std::size_t>(comm.size());
+  for (std::size_t count : {std::size_t{0}, std::size_t{3}, std::size_t{1001}}) {
+    std::vector<T> in(count);
+    for (std::size_t i = 0; i < count; ++i) in[i] = input<T>(comm.rank(), i);
+    std::vector<T> out(count * n);
+    comm.all_gather(std::span<const T>(in), std::span<T>(out));
+    std::size_t bad = 0;
+    for (std::size_t r = 0; r < n; ++r) {
+      for (std::size_t i = 0; i < count; ++i) bad += out[r * count + i] != input<T>(static_cast<int>(r), i);
+    }
+    CAPTURE(count);
+    CHECK(bad == 0);
+  }
+}
+
+template <class T, class C>
+void reduce_scatter(C& comm) {
+  const int n = comm.size();
+  const auto r = static_cast<std::size_t>(comm.rank());
+  for (std::size_t block : {std::size_t{0}, std::size_t{1}, std::size_t{257}}) {
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::average, ReduceOp::min, ReduceOp::max}) {
+      std::vector<T> in(block * static_cast<std::size_t>(n));
+      for (std::size_t i = 0; i < in.size(); ++i) in[i] = input<T>(comm.rank(), i);
+      std::vector<T> out(block);
+      comm.reduce_scatter(std::span<const T>(in), std::span<T>(out), op);
+      std::size_t bad = 0;
+      for (std::size_t i = 0; i < block; ++i) {
+        bad += !close(out[i], reduce_serial<T>(n, r * block + i, op));
+      }
+      CAPTURE(block);
+      CAPTURE(strata::to_string(op));
+      CHECK(bad == 0);
+    }
+  }
+}
+
+template <class T, class C>
+void all_to_all(C& comm) {
+  const auto n = static_cast<std::size_t>(comm.size());
+  const auto r = static_cast<std::size_t>(comm.rank());
+  const std::size_t block = 33;
+  std::vector<T> in(block * n);
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = input<T>(comm.rank(), i);
+  std::vector<T> out(block * n);
+  comm.all_to_all(std::span<const T>(in), std::span<T>(out));
+  std::size_t bad = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t i = 0; i < block; ++i) bad += out[j * block + i] != input<T>(static_cast<int>(j), r * block + i);
+  }
+  CHECK(bad == 0);
+}
+
+// Rank s sends (s + 2d) % 5 elements to rank d: uneven, with zeros.
+inline std::size_t uneven(std::size_t s, std::size_t d) { return (s + 2 * d) % 5; }
+
+template <class T, class C>
+void all_to_all_uneven(C& comm) {
+  const auto n = static_cast<std::size_t>(comm.size());
+  const auto r = static_cast<std::size_t>(comm.rank());
+  std::vector<std::size_t> send(n), recv(n);
+  for (std::size_t j = 0; j < n; ++j) {
+    send[j] = uneven(r, j);
+    recv[j] = uneven(j, r);
+  }
+  std::vector<T> in(std::accumulate(send.begin(), send.end(), std::size_t{0}));
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = input<T>(comm.rank(), i);
+  std::vector<T> out(std::accumulate(recv.begin(), recv.end(), std::size_t{0}), T(-7));
+  comm.all_to_all(std::span<const T>(in), std::span<const std::size_t>(send), std::span<T>(out),
+                  std::span<const std::size_t>(recv));
+  std::size_t bad = 0;
+  std::size_t at = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    std::size_t from = 0;  // where rank j's block for rank r starts in j's input
+    for (std::size_t k = 0; k < r; ++k) from += uneven(j, k);
+    for (std::size_t i = 0; i < recv[j]; ++i) bad += out[at + i] != input<T>(static_cast<int>(j), from + i);
+    at += recv[j];
+  }
+  CHECK(bad == 0);
+}
+
+template <class C>
+void uneven_counts_that_disagree_fail_everywhere(C& comm) {
+  const auto n = static_cast<std::size_t>(comm.size());
+  if (n < 2) return;
+  const auto r = static_cast<std::size_t>(comm.rank());
+  std::vector<std::size_t> send(n, 1), recv(n, 1);
+  if (r == 1) recv[0] = 2;  // rank 0 sends 1 element to rank 1, which expects 2
+  std::vector<double> in(n, 1.0);
+  std::vector<double> out(std::accumulate(recv.begin(), recv.end(), std::size_t{0}), -1.0);
+  const std::vector<double> before = out;
+  std::string message;
+  try {
+    comm.all_to_all(std::span<const double>(in), std::span<const std::size_t>(send),
+                    std::span<double>(out), std::span<const std::size_t>(recv));
+  } catch (const strata::error& e) {
+    message = e.what();
+  }
+  CAPTURE(message);
+  CHECK(message.find("counts disagree: rank 0 sends 1 elements to rank 1, which expects 2") !=
+        std::string::npos);
+  CHECK(out == before);  // nothing written
+}
+
+template <class C>
+void split(C& comm) {
+  const int n = comm.size();
+  const int color = comm.rank() % 3;
+  // Reverse order inside each color: key decreases with rank.
+  C sub = comm.split(color, -comm.rank());
+  int members = 0;
+  for (int r = 0; r < n; ++r) members += (r % 3 == color);
+  CHECK(sub.size() == members);
+  int higher = 0;  // same-color ranks above me come first
+  for (int r = comm.rank() + 1; r < n; ++r) higher += (r % 3 == color);
+  CHECK(sub.rank() == higher);
+  // A collective on the sub-communicator sums exactly its members.
+  std::vector<std::int64_t> x{comm.rank()};
+  sub.all_reduce(std::span<std::int64_t>(x), ReduceOp::sum);
+  std::int64_t expected = 0;
+  for (int r = 0; r < n; ++r) expected += (r % 3 == color) ? r : 0;
+  CHECK(x[0] == expected);
+  // Splits nest.
+  C single = sub.split(sub.rank(), 0);
+  CHECK(single.size() == 1);
+  CHECK(single.rank() == 0);
+  single.barrier();
+  comm.barrier();
+}
+
+template <class C>
+void run_all(C& comm) {
+  all_reduce<float>(comm);
+  all_reduce<double>(comm);
+  all_reduce<std::int32_t>(comm);
+  all_reduce<std::int64_t>(comm);
+  broadcast<double>(comm);
+  broadcast<std::int32_t>(comm);
+  all_gather<float>(comm);
+  all_gather<std::int64_t>(comm);
+  reduce_scatter<double>(comm);
+  reduce_scatter<std::int32_t>(comm);
+  all_to_all<double>(comm);
+  all_to_all<std::int64_t>(comm);
+  all_to_all_uneven<float>(comm);
+  all_to_all_uneven<std::int32_t>(comm);
+  uneven_counts_that_disagree_fail_everywhere(comm);
+  split(comm);
+  comm.barrier();
+}
+
+}  // namespace conformance
