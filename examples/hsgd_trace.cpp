@@ -1,0 +1,170 @@
+// hsgd_trace: a deterministic hierarchical-SGD workload that other implementations can run too,
+// for cross-checking to the last bits.
+//
+//   hsgd_trace --world N --hierarchy "P:G,..." [--warmup W] --steps S --dim D [--seed K]
+//              [--lr LR] [--out FILE]
+//
+// In float64 on every rank: p[i] = cos(0.01*(i+1)*(K+1)); at each step t = 0..S-1:
+// g[i] = sin(0.001*(i+1)*(rank+1)*(t+1)), p[i] -= lr*g[i], then one hierarchical averaging call
+// (AbsolutePhase, PyTorch's HierarchicalModelAverager). Writes
+// {"ranks":[{"rank":0,"final":[...D numbers...]},...]} with 17 significant digits.
+// Built with -ffp-contract=off, so that no fused multiply-add changes the last bits.
+#include <strata/averaging/averager.hpp>
+#include <strata/comm/local.hpp>
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  int world = 0;
+  std::string hierarchy;
+  std::size_t warmup = 0;
+  std::size_t steps = 0;
+  std::size_t dim = 0;
+  std::size_t seed = 0;
+  double lr = 0.05;
+  std::string out = "-";
+};
+
+template <class T>
+T parse_number(std::string_view flag, std::string_view text) {
+  T v{};
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
+    throw usage_error(std::string(flag) + " needs a number, got \"" + std::string(text) + "\"");
+  }
+  return v;
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  bool have[4] = {false, false, false, false};  // world, hierarchy, steps, dim
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    auto value = [&]() -> std::string_view {
+      if (i + 1 >= argc) throw usage_error(std::string(arg) + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--world") {
+      o.world = parse_number<int>(arg, value());
+      if (o.world < 1 || o.world > 1024) throw usage_error("--world must be between 1 and 1024");
+      have[0] = true;
+    } else if (arg == "--hierarchy") {
+      o.hierarchy = value();
+      have[1] = true;
+    } else if (arg == "--warmup") {
+      o.warmup = parse_number<std::size_t>(arg, value());
+    } else if (arg == "--steps") {
+      o.steps = parse_number<std::size_t>(arg, value());
+      if (o.steps > 10'000'000) throw usage_error("--steps must be at most 10000000");
+      have[2] = true;
+    } else if (arg == "--dim") {
+      o.dim = parse_number<std::size_t>(arg, value());
+      if (o.dim > 100'000'000) throw usage_error("--dim must be at most 100000000");
+      have[3] = true;
+    } else if (arg == "--seed") {
+      o.seed = parse_number<std::size_t>(arg, value());
+    } else if (arg == "--lr") {
+      o.lr = parse_number<double>(arg, value());
+      if (!std::isfinite(o.lr)) throw usage_error("--lr must be finite");
+    } else if (arg == "--out") {
+      o.out = value();
+    } else {
+      throw usage_error("unknown argument \"" + std::string(arg) + "\" (try --help)");
+    }
+  }
+  const char* names[4] = {"--world", "--hierarchy", "--steps", "--dim"};
+  for (int k = 0; k < 4; ++k) {
+    if (!have[k]) throw usage_error(std::string(names[k]) + " is required");
+  }
+  return o;
+}
+
+// One rank's run of the workload; returns its final parameters.
+template <strata::communicator Comm>
+std::vector<double> run_rank(Comm& comm, const Options& o, const strata::RuntimeHierarchy& h) {
+  strata::RuntimeHierarchicalAverager<Comm> averager(comm, h, o.warmup);
+  const double rank = comm.rank();
+  std::vector<double> p(o.dim);
+  for (std::size_t i = 0; i < o.dim; ++i) {
+    p[i] = std::cos(0.01 * static_cast<double>(i + 1) * static_cast<double>(o.seed + 1));
+  }
+  for (std::size_t t = 0; t < o.steps; ++t) {
+    for (std::size_t i = 0; i < o.dim; ++i) {
+      const double g = std::sin(0.001 * static_cast<double>(i + 1) * (rank + 1) *
+                                static_cast<double>(t + 1));
+      p[i] = p[i] - o.lr * g;
+    }
+    averager.average(std::span<double>(p));
+  }
+  return p;
+}
+
+void write_json(std::FILE* f, const std::vector<std::vector<double>>& finals) {
+  std::fputs("{\"ranks\":[", f);
+  for (std::size_t r = 0; r < finals.size(); ++r) {
+    std::fprintf(f, "%s{\"rank\":%zu,\"final\":[", r == 0 ? "" : ",", r);
+    for (std::size_t i = 0; i < finals[r].size(); ++i) {
+      std::fprintf(f, "%s%.17g", i == 0 ? "" : ",", finals[r][i]);
+    }
+    std::fputs("]}", f);
+  }
+  std::fputs("]}\n", f);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      std::printf(
+          "usage: hsgd_trace --world N --hierarchy P:G[,P:G...] --steps S --dim D\n"
+          "                  [--warmup W] [--seed K] [--lr LR] [--out FILE]\n"
+          "Runs the deterministic hierarchical-SGD trace on N in-process ranks and writes\n"
+          "{\"ranks\":[{\"rank\":0,\"final\":[...]},...]} to FILE (default: standard output).\n");
+      return 0;
+    }
+  }
+  try {
+    const Options o = parse_args(argc, argv);
+    const auto h = strata::RuntimeHierarchy::parse(o.hierarchy);
+    h.check_world_size(static_cast<std::size_t>(o.world));
+    std::vector<std::vector<double>> finals(static_cast<std::size_t>(o.world));
+    strata::LocalWorld(o.world).run([&](strata::LocalComm& comm) {
+      finals[static_cast<std::size_t>(comm.rank())] = run_rank(comm, o, h);
+    });
+    std::FILE* f = o.out == "-" ? stdout : std::fopen(o.out.c_str(), "w");
+    if (f == nullptr) {
+      std::fprintf(stderr, "hsgd_trace: cannot write %s: %s\n", o.out.c_str(), std::strerror(errno));
+      return 1;
+    }
+    write_json(f, finals);
+    if (f != stdout && std::fclose(f) != 0) {
+      std::fprintf(stderr, "hsgd_trace: cannot write %s\n", o.out.c_str());
+      return 1;
+    }
+    return 0;
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "hsgd_trace: %s\n", e.what());
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "hsgd_trace: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hsgd_trace: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,265 @@
+#pragma once
+//! \file
+//! Model averagers: hierarchical SGD (several levels) and plain local SGD (one level), following
+//! a schedule exactly, with one fused collective per averaging over all parameter tensors.
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <thrust/execution_policy.h>
+
+#include "strata/comm/communicator.hpp"
+#include "strata/comm/level_comms.hpp"
+#include "strata/hierarchy/hierarchy.hpp"
+#include "strata/hierarchy/runtime_hierarchy.hpp"
+#include "strata/kernels/arena.hpp"
+#include "strata/kernels/fused.hpp"
+#include "strata/schedule/phase.hpp"
+#include "strata/schedule/schedule.hpp"
+
+namespace strata {
+
+//! What an averager must remember across a restart: the step counter, and what it was counting
+//! for, so that a state is never restored into a different schedule.
+//!
+//! \code
+//! strata::AveragerState s{120, 100, "2:8,4:32,8:64", "absolute"};
+//! assert(s.step == 120);
+//! \endcode
+struct AveragerState {
+  std::size_t step = 0;
+  std::size_t warmup = 0;
+  std::string hierarchy;  //!< `RuntimeHierarchy::to_string()` form
+  std::string phase;      //!< the phase policy's name
+
+  friend bool operator==(const AveragerState&, const AveragerState&) = default;
+};
+
+namespace detail {
+
+// The plan and staging buffer of the tensors last averaged, rebuilt only when they move or
+// resize, so that a training loop allocates nothing after its first step.
+template <class T>
+struct PackCache {
+  std::vector<const T*> data;
+  std::vector<std::size_t> sizes;
+  std::optional<FusedPlan<T>> plan;
+  std::vector<T> staging;
+
+  template <class Tensors>
+  const FusedPlan<T>& plan_for(const Tensors& tensors) {
+    bool same = plan.has_value() && data.size() == std::size(tensors);
+    if (same) {
+      std::size_t i = 0;
+      for (const std::span<T> t : tensors) {
+        if (data[i] != t.data() || sizes[i] != t.size()) {
+          same = false;
+          break;
+        }
+        ++i;
+      }
+    }
+    if (!same) {
+      data.clear();
+      sizes.clear();
+      for (const std::span<T> t : tensors) {
+        data.push_back(t.data());
+        sizes.push_back(t.size());
+      }
+      plan.emplace(tensors);
+      staging.assign(plan->total_elements(), T{});
+    }
+    return *plan;
+  }
+};
+
+// The fused average of many tensors over `comm`: pack into the cached flat buffer, one
+// all-reduce, unpack with the 1/g scaling fused into the unpack. The tensors are written only by
+// the unpack, after the collective has succeeded.
+template <comm_value T, class Comm>
+void fused_average(Comm& comm, PackCache<T>& cache, std::span<const std::span<T>> tensors) {
+  const FusedPlan<T>& plan = cache.plan_for(tensors);
+  const std::span<T> flat(cache.staging);
+  pack(thrust::host, plan, flat);
+  if constexpr (std::is_floating_point_v<T>) {
+    comm.all_reduce(flat, ReduceOp::sum);
+    unpack(thrust::host, std::span<const T>(flat), plan, T(1) / static_cast<T>(comm.size()));
+  } else {
+    comm.all_reduce(flat, ReduceOp::average);  // integers: the truncated quotient
+    unpack(thrust::host, std::span<const T>(flat), plan);
+  }
+}
+
+using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std::int32_t>,
+                              PackCache<std::int64_t>>;
+
+}  // namespace detail
+
+//! An averager over any schedule (`Schedule<H, P>` or `RuntimeSchedule<P>`) and any
+//! communicator. Construction is collective: it builds one communicator per level, once, and
+//! checks the hierarchy against the world size (`std::invalid_argument`). Each `average` call is
+//! one step: when the schedule names a level, every group of that level ends with the
+//! arithmetic mean of its members' parameters, bitwise identical on every member; otherwise the
+//! parameters are untouched. A failed call throws, leaves the parameters as they were, and does
+//! not advance the step, so it can be retried.
+//!
+//! Use `HierarchicalAverager`, `RuntimeHierarchicalAverager` or `PeriodicAverager`.
+template <schedule_type S, communicator Comm>
+class BasicAverager {
+ public:
+  using schedule_type = S;
+  using comm_type = Comm;
+
+  BasicAverager(Comm& world, S schedule)
+      : schedule_(std::move(schedule)), comms_(world, schedule_.levels()) {}
+
+  //! Averages many tensors with one collective: packs them into a flat buffer, all-reduces it,
+  //! and unpacks with the 1/g scaling fused into the unpack. Returns the level that ran.
+  template <comm_value T>
+  std::optional<std::size_t> average(std::span<const std::span<T>> tensors) {
+    const std::optional<std::size_t> level = schedule_.level_at(step_);
+    if (level) {
+      detail::fused_average(comms_.level(*level), std::get<detail::PackCache<T>>(caches_), tensors);
+    }
+    ++step_;
+    return level;
+  }
+
+  template <comm_value T>
+  std::optional<std::size_t> average(const std::vector<std::span<T>>& tensors) {
+    return average(std::span<const std::span<T>>(tensors));
+  }
+
+  //! Parameters that already live in one contiguous buffer are averaged in place: no copy.
+  template <comm_value T>
+  std::optional<std::size_t> average(std::span<T> flat) {
+    const std::optional<std::size_t> level = schedule_.level_at(step_);
+    if (level) comms_.level(*level).all_reduce(flat, ReduceOp::average);
+    ++step_;
+    return level;
+  }
+
+  //! The whole arena in place, padding included (the mean of zeros stays zero).
+  template <comm_value T>
+  std::optional<std::size_t> average(ParameterArena<T>& arena) {
+    return average(arena.flat());
+  }
+
+  //! The level the next `average` call will run, if any.
+  [[nodiscard]] std::optional<std::size_t> next_level() const noexcept {
+    return schedule_.level_at(step_);
+  }
+  //! How many `average` calls have completed.
+  [[nodiscard]] std::size_t step() const noexcept { return step_; }
+  [[nodiscard]] const S& schedule() const noexcept { return schedule_; }
+  [[nodiscard]] Comm& level_comm(std::size_t level) { return comms_.level(level); }
+
+  [[nodiscard]] AveragerState state() const {
+    return {step_, schedule_.warmup(), hierarchy_text(), std::string(S::phase::name)};
+  }
+
+  //! Continues from a saved state; throws `std::invalid_argument` when it was saved by an
+  //! averager with another hierarchy, warm-up or phase, which would silently change the schedule.
+  void restore(const AveragerState& state) {
+    const AveragerState mine = this->state();
+    if (state.hierarchy != mine.hierarchy || state.warmup != mine.warmup ||
+        state.phase != mine.phase) {
+      throw std::invalid_argument("averager: cannot restore a state of hierarchy " +
+                                  state.hierarchy + ", warm-up " + std::to_string(state.warmup) +
+                                  ", phase " + state.phase + " into hierarchy " + mine.hierarchy +
+                                  ", warm-up " + std::to_string(mine.warmup) + ", phase " +
+                                  mine.phase);
+    }
+    step_ = state.step;
+  }
+
+ private:
+  [[nodiscard]] std::string hierarchy_text() const {
+    std::string s;
+    for (const LevelSpec& l : schedule_.levels()) {
+      if (!s.empty()) s += ',';
+      s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
+    }
+    return s;
+  }
+
+  S schedule_;
+  LevelComms<Comm> comms_;
+  std::size_t step_ = 0;
+  detail::PackCaches caches_;
+};
+
+//! Hierarchical SGD with a compile-time hierarchy: PyTorch's `HierarchicalModelAverager`, step
+//! for step (periods count from step 0; `AbsolutePhase`).
+//!
+//! \code
+//! #include <strata/comm/local.hpp>
+//! using H = strata::Hierarchy<strata::Level<1, 2>, strata::Level<2, 4>>;
+//! strata::LocalWorld(4).run([](strata::LocalComm& comm) {
+//!   strata::HierarchicalAverager<H, strata::LocalComm> avg(comm);
+//!   std::vector<double> w{double(comm.rank())};
+//!   std::vector<std::span<double>> params{w};
+//!   assert(avg.average(params) == 1 && w[0] == 1.5);  // step 0: all four ranks
+//!   w[0] = comm.rank();
+//!   assert(avg.average(params) == 0);                  // step 1: pairs
+//!   assert(w[0] == (comm.rank() < 2 ? 0.5 : 2.5));
+//! });
+//! \endcode
+template <hierarchy_type H, communicator Comm, phase_policy P = AbsolutePhase>
+class HierarchicalAverager : public BasicAverager<Schedule<H, P>, Comm> {
+ public:
+  explicit HierarchicalAverager(Comm& world, std::size_t warmup = 0)
+      : BasicAverager<Schedule<H, P>, Comm>(world, Schedule<H, P>(warmup)) {}
+};
+
+//! Hierarchical SGD with a hierarchy read at run time.
+//!
+//! \code
+//! #include <strata/comm/local.hpp>
+//! strata::LocalWorld(4).run([](strata::LocalComm& comm) {
+//!   strata::RuntimeHierarchicalAverager<strata::LocalComm> avg(
+//!       comm, strata::RuntimeHierarchy::parse("1:2,2:4"), /*warmup=*/1);
+//!   std::vector<float> w{float(comm.rank())};
+//!   assert(!avg.average(std::span<float>(w)));  // warm-up
+//!   assert(avg.average(std::span<float>(w)) == 0 && w[0] == (comm.rank() < 2 ? 0.5f : 2.5f));
+//! });
+//! \endcode
+template <communicator Comm, phase_policy P = AbsolutePhase>
+class RuntimeHierarchicalAverager : public BasicAverager<RuntimeSchedule<P>, Comm> {
+ public:
+  RuntimeHierarchicalAverager(Comm& world, RuntimeHierarchy hierarchy, std::size_t warmup = 0)
+      : BasicAverager<RuntimeSchedule<P>, Comm>(world,
+                                                RuntimeSchedule<P>(std::move(hierarchy), warmup)) {}
+};
+
+//! Plain local SGD: the whole world averages every `period` steps, counted from the end of
+//! warm-up (`WarmupRelativePhase`), as PyTorch's `PeriodicModelAverager`.
+//!
+//! \code
+//! #include <strata/comm/local.hpp>
+//! strata::LocalWorld(2).run([](strata::LocalComm& comm) {
+//!   strata::PeriodicAverager<strata::LocalComm> avg(comm, /*period=*/3, /*warmup=*/2);
+//!   std::vector<double> w{double(comm.rank())};
+//!   std::size_t runs = 0;
+//!   for (int step = 0; step < 9; ++step) runs += avg.average(std::span<double>(w)).has_value();
+//!   assert(runs == 3);  // steps 2, 5, 8
+//! });
+//! \endcode
+template <communicator Comm>
+class PeriodicAverager : public BasicAverager<RuntimeSchedule<WarmupRelativePhase>, Comm> {
+ public:
+  PeriodicAverager(Comm& world, std::size_t period, std::size_t warmup = 0)
+      : BasicAverager<RuntimeSchedule<WarmupRelativePhase>, Comm>(
+            world, RuntimeSchedule<WarmupRelativePhase>(
+                       RuntimeHierarchy({LevelSpec{period, static_cast<std::size_t>(world.size())}}),
+                       warmup)) {}
+};
+
+}  // namespace strata
