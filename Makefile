@@ -4,7 +4,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all setup configure build demo test bench clean
+.PHONY: all setup configure build demo test sanitize bench clean
 
 all: build
 
@@ -25,10 +25,21 @@ demo: configure
 
 test: build
 	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure
+	$(MAKE) --no-print-directory sanitize
+
+# The multi-rank suites again under ThreadSanitizer and AddressSanitizer (+ UBSan).
+sanitize: setup
+	@for s in thread address; do \
+	  cmake -S . -B $(BUILD)-$$s $(if $(shell command -v ninja 2>/dev/null),-G Ninja,) \
+	    -DSTRATA_SANITIZER=$$s -DSTRATA_BUILD_EXAMPLES=OFF -DSTRATA_BUILD_BENCH=OFF \
+	    -DSTRATA_ENABLE_CUDA=OFF >/dev/null && \
+	  cmake --build $(BUILD)-$$s -j $(JOBS) --target strata_multirank_tests && \
+	  (cd $(BUILD)-$$s && ctest -j $(JOBS) -L multirank --output-on-failure) || exit 1; \
+	done
 
 bench: configure
 	cmake --build $(BUILD) -j $(JOBS) --target schedule_bench
 	$(BUILD)/bench/schedule_bench
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD)-thread $(BUILD)-address
