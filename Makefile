@@ -1,10 +1,10 @@
 # The two front-door commands:
-#   make demo   installs what is missing, builds and runs the demo
+#   make demo   installs what is missing, builds and runs the demo (hsgd_demo)
 #   make test   installs what is missing, builds everything and runs the whole test suite
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all setup configure build demo test sanitize bench clean
+.PHONY: all setup configure build demo explain test sanitize bench clean
 
 all: build
 
@@ -20,6 +20,10 @@ build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: configure
+	cmake --build $(BUILD) -j $(JOBS) --target hsgd_demo
+	$(BUILD)/examples/hsgd_demo
+
+explain: configure
 	cmake --build $(BUILD) -j $(JOBS) --target schedule_explain
 	$(BUILD)/examples/schedule_explain --hierarchy 2:8,4:32,8:64 --steps 32 --param-bytes 46800000
 

@@ -1,0 +1,804 @@
+// hsgd_demo: why hierarchical SGD exists, in one run. Trains a small MLP on synthetic data with N
+// ranks as threads, injects random stragglers, and compares synchronous SGD, local SGD and
+// hierarchical SGD on the same data, the same initial model and the same straggler events.
+//
+//   hsgd_demo [--world N] [--hierarchy P:G,...] [--local-period P] [--warmup W] [--steps S]
+//             [--straggler-rate p] [--straggler-delay-ms D] [--step-ms T] [--lr X] [--seed S]
+//             [--methods sync,local,hier] [--intra-node] [--ranks-per-node R] [--batch B]
+//             [--json] [--quiet]
+//
+// Bad arguments print one line on stderr and exit with status 2.
+#include <strata/averaging/averager.hpp>
+#include <strata/averaging/post_local_sgd.hpp>
+#include <strata/comm/local.hpp>
+#include <strata/strata.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class Method { sync, local, hier };
+constexpr std::array all_methods{Method::sync, Method::local, Method::hier};
+
+constexpr std::string_view method_key(Method m) {
+  switch (m) {
+    case Method::sync: return "sync";
+    case Method::local: return "local";
+    case Method::hier: return "hier";
+  }
+  return "?";
+}
+
+struct Options {
+  std::size_t world = 16;
+  std::optional<std::string> hierarchy;  // derived from the world size when not given
+  std::size_t local_period = 8;
+  std::size_t warmup = 0;
+  std::size_t steps = 300;
+  std::size_t batch = 32;
+  double straggler_rate = 0.05;
+  double straggler_delay_ms = 40.0;
+  double step_ms = 4.0;
+  double lr = 0.5;
+  std::uint64_t seed = 1;
+  std::vector<Method> methods{all_methods.begin(), all_methods.end()};
+  bool intra_node = false;
+  std::optional<std::size_t> ranks_per_node;  // default: the hierarchy's smallest group
+  bool json = false;
+  bool quiet = false;
+};
+
+void print_help() {
+  std::printf(
+      "usage: hsgd_demo [options]\n"
+      "\n"
+      "Trains an MLP (32-64-4, tanh) on synthetic clustered data with N ranks as threads, each\n"
+      "rank on its own shard, with random stragglers, and compares synchronous SGD, local SGD\n"
+      "and hierarchical SGD on the same data, initial model and straggler events.\n"
+      "\n"
+      "  --world N               ranks (1..256, default 16)\n"
+      "  --hierarchy P:G,...     hierarchical SGD levels, smallest group first, ending at N\n"
+      "                          (default 2:4,4:8,8:16; derived from N if only --world is set)\n"
+      "  --local-period P        local SGD averages the whole world every P steps (default 8)\n"
+      "  --warmup W              synchronous SGD steps before local/hierarchical SGD (default 0)\n"
+      "  --steps S               optimizer steps (1..100000, default 300)\n"
+      "  --batch B               minibatch per rank (1..4096, default 32)\n"
+      "  --straggler-rate p      chance that a rank is delayed at a step (0..1, default 0.05)\n"
+      "  --straggler-delay-ms D  length of that delay (0..10000, default 40)\n"
+      "  --step-ms T             simulated compute in ms per step (0..10000, default 4)\n"
+      "  --lr X                  learning rate (0..10, default 0.5)\n"
+      "  --seed S                seed of the data, the model and the stragglers (default 1)\n"
+      "  --methods LIST          comma-separated subset of sync,local,hier (default all three)\n"
+      "  --intra-node            after warm-up, average gradients inside each node every step\n"
+      "  --ranks-per-node R      node size for --intra-node (default: smallest hierarchy group)\n"
+      "  --json                  print the results as one JSON object instead of a table\n"
+      "  --quiet                 no progress on stderr\n"
+      "  --help                  this text\n");
+}
+
+std::size_t parse_size(std::string_view flag, std::string_view text, std::size_t lo,
+                       std::size_t hi) {
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v < lo || v > hi) {
+    throw usage_error(std::string(flag) + " needs an integer in " + std::to_string(lo) + ".." +
+                      std::to_string(hi) + ", got \"" + std::string(text) + "\"");
+  }
+  return static_cast<std::size_t>(v);
+}
+
+std::uint64_t parse_seed(std::string_view text) {
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
+    throw usage_error("--seed needs a non-negative 64-bit integer, got \"" + std::string(text) +
+                      "\"");
+  }
+  return v;
+}
+
+// `lo_open`: the lower bound itself is refused (a learning rate of 0 trains nothing).
+double parse_real(std::string_view flag, std::string_view text, double lo, double hi,
+                  bool lo_open = false) {
+  double v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  const bool in_range = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || !in_range) {
+    char range[96];
+    std::snprintf(range, sizeof range, "%s%g, %g]", lo_open ? "(" : "[", lo, hi);
+    throw usage_error(std::string(flag) + " needs a number in " + range + ", got \"" +
+                      std::string(text) + "\"");
+  }
+  return v;
+}
+
+std::vector<Method> parse_methods(std::string_view text) {
+  std::vector<Method> chosen;
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t comma = text.find(',', begin);
+    const std::string_view name = text.substr(begin, comma == std::string_view::npos
+                                                         ? std::string_view::npos
+                                                         : comma - begin);
+    const auto it = std::find_if(all_methods.begin(), all_methods.end(),
+                                 [&](Method m) { return method_key(m) == name; });
+    if (it == all_methods.end()) {
+      throw usage_error("--methods: unknown method \"" + std::string(name) +
+                        "\"; choose from sync,local,hier");
+    }
+    if (std::find(chosen.begin(), chosen.end(), *it) != chosen.end()) {
+      throw usage_error("--methods: \"" + std::string(name) + "\" is listed twice");
+    }
+    chosen.push_back(*it);
+    if (comma == std::string_view::npos) break;
+    begin = comma + 1;
+  }
+  // Always run in the same order, so that the table reads the same whatever the list's order.
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    auto value = [&]() -> std::string_view {
+      if (i + 1 >= argc) throw usage_error(std::string(arg) + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--world") {
+      o.world = parse_size(arg, value(), 1, 256);
+    } else if (arg == "--hierarchy") {
+      o.hierarchy = std::string(value());
+    } else if (arg == "--local-period") {
+      o.local_period = parse_size(arg, value(), 1, 1'000'000);
+    } else if (arg == "--warmup") {
+      o.warmup = parse_size(arg, value(), 0, 1'000'000);
+    } else if (arg == "--steps") {
+      o.steps = parse_size(arg, value(), 1, 100'000);
+    } else if (arg == "--batch") {
+      o.batch = parse_size(arg, value(), 1, 4096);
+    } else if (arg == "--straggler-rate") {
+      o.straggler_rate = parse_real(arg, value(), 0.0, 1.0);
+    } else if (arg == "--straggler-delay-ms") {
+      o.straggler_delay_ms = parse_real(arg, value(), 0.0, 10'000.0);
+    } else if (arg == "--step-ms") {
+      o.step_ms = parse_real(arg, value(), 0.0, 10'000.0);
+    } else if (arg == "--lr") {
+      o.lr = parse_real(arg, value(), 0.0, 10.0, /*lo_open=*/true);
+    } else if (arg == "--seed") {
+      o.seed = parse_seed(value());
+    } else if (arg == "--methods") {
+      o.methods = parse_methods(value());
+    } else if (arg == "--intra-node") {
+      o.intra_node = true;
+    } else if (arg == "--ranks-per-node") {
+      o.ranks_per_node = parse_size(arg, value(), 1, 256);
+    } else if (arg == "--json") {
+      o.json = true;
+    } else if (arg == "--quiet") {
+      o.quiet = true;
+    } else {
+      throw usage_error("unknown argument \"" + std::string(arg) + "\" (try --help)");
+    }
+  }
+  if (o.warmup > o.steps) {
+    throw usage_error("--warmup " + std::to_string(o.warmup) + " is longer than --steps " +
+                      std::to_string(o.steps));
+  }
+  if (o.ranks_per_node && (*o.ranks_per_node > o.world || o.world % *o.ranks_per_node != 0)) {
+    throw usage_error("--ranks-per-node " + std::to_string(*o.ranks_per_node) +
+                      " does not divide --world " + std::to_string(o.world));
+  }
+  return o;
+}
+
+// A hierarchy for a world size the default does not fit: up to three nested levels, each group
+// the largest proper divisor of the next (16 -> 4,8,16; 12 -> 3,6,12), averaging every 2, 4 and
+// 8 steps, with the world always last at period 8 so that it meets as often as in local SGD.
+std::string default_hierarchy(std::size_t world) {
+  const auto largest_proper_divisor = [](std::size_t n) -> std::size_t {
+    for (std::size_t d = n / 2; d > 1; --d) {
+      if (n % d == 0) return d;
+    }
+    return 1;
+  };
+  std::vector<std::size_t> groups{world};
+  while (groups.size() < 3) {
+    const std::size_t d = largest_proper_divisor(groups.front());
+    if (d <= 1) break;
+    groups.insert(groups.begin(), d);
+  }
+  std::string text;
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const std::size_t period = i + 1 == groups.size() ? 8 : std::size_t{2} << i;
+    if (!text.empty()) text += ',';
+    text += std::to_string(period) + ':' + std::to_string(groups[i]);
+  }
+  return text;
+}
+
+strata::RuntimeHierarchy resolve_hierarchy(const Options& o) {
+  const std::string text = o.hierarchy.value_or(default_hierarchy(o.world));
+  std::optional<strata::RuntimeHierarchy> h;
+  try {
+    h.emplace(strata::RuntimeHierarchy::parse(text));
+  } catch (const std::invalid_argument& e) {
+    throw usage_error(std::string("--hierarchy: ") + e.what());
+  }
+  try {
+    h->check_world_size(o.world);
+  } catch (const std::invalid_argument& e) {
+    throw usage_error("--hierarchy \"" + text + "\" does not fit --world " +
+                      std::to_string(o.world) + ": " + e.what());
+  }
+  return *h;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic randomness. Every draw is a pure function of (seed, purpose, a, b), so the three
+// methods see the same data, batches and stragglers however their threads interleave, and the
+// results do not depend on the standard library's distributions (which differ between vendors).
+
+constexpr std::uint64_t mix(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+enum class Purpose : std::uint64_t { data, test, init, batch, straggler };
+
+class Stream {
+ public:
+  Stream(std::uint64_t seed, Purpose p, std::uint64_t a = 0, std::uint64_t b = 0)
+      : state_(mix(seed ^ mix(static_cast<std::uint64_t>(p) ^ mix(a ^ mix(b))))) {}
+
+  std::uint64_t next() { return mix(state_++); }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+  // Box-Muller; 1 - u keeps the logarithm's argument away from zero.
+  double normal() {
+    const double u = 1.0 - uniform();
+    const double v = uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+  }
+  std::size_t below(std::size_t n) { return static_cast<std::size_t>(next() % n); }
+
+ private:
+  std::uint64_t state_;
+};
+
+bool straggles(const Options& o, std::size_t rank, std::size_t step) {
+  return Stream(o.seed, Purpose::straggler, rank, step).uniform() < o.straggler_rate;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The problem: four classes, each a mixture of two Gaussian clusters in 32 dimensions, so that a
+// linear model cannot separate them and the hidden layer has something to learn.
+
+constexpr std::size_t inputs = 32;
+constexpr std::size_t hidden = 64;
+constexpr std::size_t classes = 4;
+constexpr std::size_t clusters_per_class = 2;
+constexpr double cluster_spread = 0.6;  // tuned so that the best accuracy is about 93%
+constexpr std::size_t shard_size = 2048;
+constexpr std::size_t test_size = 4096;
+
+struct Dataset {
+  std::vector<float> x;  // size() rows of `inputs` features
+  std::vector<int> y;
+  [[nodiscard]] std::size_t size() const noexcept { return y.size(); }
+  [[nodiscard]] const float* row(std::size_t i) const noexcept { return x.data() + i * inputs; }
+};
+
+struct Problem {
+  std::vector<Dataset> shards;  // one per rank
+  Dataset test;
+};
+
+Dataset sample(const std::vector<float>& centers, Stream rng, std::size_t n) {
+  Dataset d;
+  d.x.resize(n * inputs);
+  d.y.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t label = rng.below(classes);
+    const std::size_t cluster = label * clusters_per_class + rng.below(clusters_per_class);
+    for (std::size_t k = 0; k < inputs; ++k) {
+      d.x[i * inputs + k] = centers[cluster * inputs + k] + static_cast<float>(rng.normal());
+    }
+    d.y[i] = static_cast<int>(label);
+  }
+  return d;
+}
+
+Problem make_problem(const Options& o) {
+  Stream center_rng(o.seed, Purpose::data, ~std::uint64_t{0});
+  std::vector<float> centers(classes * clusters_per_class * inputs);
+  for (float& c : centers) c = static_cast<float>(cluster_spread * center_rng.normal());
+  Problem p;
+  for (std::size_t r = 0; r < o.world; ++r) {
+    p.shards.push_back(sample(centers, Stream(o.seed, Purpose::data, r), shard_size));
+  }
+  p.test = sample(centers, Stream(o.seed, Purpose::test), test_size);
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: inputs -> hidden (tanh) -> classes, softmax cross-entropy. Weights are row-major,
+// input-major (w1[k * hidden + j] connects input k to hidden unit j).
+
+constexpr std::size_t w1_size = inputs * hidden;
+constexpr std::size_t w2_size = hidden * classes;
+constexpr std::size_t param_count = w1_size + hidden + w2_size + classes;
+
+// Separate tensors, as a framework would hold them: the averagers pack them into one buffer.
+struct Params {
+  std::vector<float> w1, b1, w2, b2;
+
+  std::vector<std::span<float>> tensors() { return {w1, b1, w2, b2}; }
+};
+
+// One flat buffer: synchronous SGD all-reduces it in one call, with no packing.
+struct Grads {
+  std::vector<float> flat = std::vector<float>(param_count);
+  std::span<float> w1{flat.data(), w1_size};
+  std::span<float> b1{w1.data() + w1_size, hidden};
+  std::span<float> w2{b1.data() + hidden, w2_size};
+  std::span<float> b2{w2.data() + w2_size, classes};
+
+  Grads() = default;
+  Grads(const Grads&) = delete;  // the spans point into this object's own buffer
+  Grads& operator=(const Grads&) = delete;
+
+  std::vector<std::span<float>> tensors() { return {w1, b1, w2, b2}; }
+};
+
+// Every rank, and every method, starts from the same model, as data-parallel training does.
+Params init_params(std::uint64_t seed) {
+  Stream rng(seed, Purpose::init);
+  Params p{std::vector<float>(w1_size), std::vector<float>(hidden), std::vector<float>(w2_size),
+           std::vector<float>(classes)};
+  const double s1 = 1.0 / std::sqrt(static_cast<double>(inputs));
+  const double s2 = 1.0 / std::sqrt(static_cast<double>(hidden));
+  for (float& w : p.w1) w = static_cast<float>(s1 * rng.normal());
+  for (float& w : p.w2) w = static_cast<float>(s2 * rng.normal());
+  return p;
+}
+
+// The hidden layer and the class log-probabilities of one sample; returns its loss.
+float forward(const Params& p, const float* x, int label, std::array<float, hidden>& h,
+              std::array<float, classes>& logp) {
+  std::copy(p.b1.begin(), p.b1.end(), h.begin());
+  for (std::size_t k = 0; k < inputs; ++k) {
+    const float xk = x[k];
+    const float* row = p.w1.data() + k * hidden;
+    for (std::size_t j = 0; j < hidden; ++j) h[j] += xk * row[j];
+  }
+  for (float& v : h) v = std::tanh(v);
+  std::copy(p.b2.begin(), p.b2.end(), logp.begin());
+  for (std::size_t j = 0; j < hidden; ++j) {
+    const float* row = p.w2.data() + j * classes;
+    for (std::size_t c = 0; c < classes; ++c) logp[c] += h[j] * row[c];
+  }
+  // Log-softmax around the largest logit, so that exp cannot overflow.
+  const float top = *std::max_element(logp.begin(), logp.end());
+  float sum = 0;
+  for (float v : logp) sum += std::exp(v - top);
+  const float log_sum = top + std::log(sum);
+  for (float& v : logp) v -= log_sum;
+  return -logp[static_cast<std::size_t>(label)];
+}
+
+// Mean loss over the batch; `g` receives the gradient of that mean.
+float loss_and_gradient(const Params& p, const Dataset& data, std::span<const std::size_t> batch,
+                        Grads& g) {
+  std::fill(g.flat.begin(), g.flat.end(), 0.0f);
+  std::array<float, hidden> h{};
+  std::array<float, hidden> dh{};
+  std::array<float, classes> logp{};
+  std::array<float, classes> dlogit{};
+  const float inv_batch = 1.0f / static_cast<float>(batch.size());
+  float loss = 0;
+  for (const std::size_t i : batch) {
+    const float* x = data.row(i);
+    loss += forward(p, x, data.y[i], h, logp);
+    for (std::size_t c = 0; c < classes; ++c) {
+      const float target = static_cast<int>(c) == data.y[i] ? 1.0f : 0.0f;
+      dlogit[c] = (std::exp(logp[c]) - target) * inv_batch;
+      g.b2[c] += dlogit[c];
+    }
+    for (std::size_t j = 0; j < hidden; ++j) {
+      const float* w2_row = p.w2.data() + j * classes;
+      float* g2_row = g.w2.data() + j * classes;
+      float back = 0;
+      for (std::size_t c = 0; c < classes; ++c) {
+        g2_row[c] += h[j] * dlogit[c];
+        back += w2_row[c] * dlogit[c];
+      }
+      dh[j] = back * (1.0f - h[j] * h[j]);
+      g.b1[j] += dh[j];
+    }
+    for (std::size_t k = 0; k < inputs; ++k) {
+      const float xk = x[k];
+      float* g1_row = g.w1.data() + k * hidden;
+      for (std::size_t j = 0; j < hidden; ++j) g1_row[j] += xk * dh[j];
+    }
+  }
+  return loss * inv_batch;
+}
+
+void sgd_update(Params& p, Grads& g, float lr) {
+  const auto step = [lr](std::vector<float>& w, std::span<const float> dw) {
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] -= lr * dw[i];
+  };
+  step(p.w1, g.w1);
+  step(p.b1, g.b1);
+  step(p.w2, g.w2);
+  step(p.b2, g.b2);
+}
+
+// Sums of loss, correct predictions and samples over rows [begin, end) of `data`.
+std::array<double, 3> evaluate(const Params& p, const Dataset& data, std::size_t begin,
+                               std::size_t end) {
+  std::array<float, hidden> h{};
+  std::array<float, classes> logp{};
+  double loss = 0;
+  double correct = 0;
+  for (std::size_t i = begin; i < end; ++i) {
+    loss += forward(p, data.row(i), data.y[i], h, logp);
+    const auto best = std::max_element(logp.begin(), logp.end()) - logp.begin();
+    correct += best == data.y[i] ? 1.0 : 0.0;
+  }
+  return {loss, correct, static_cast<double>(end - begin)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress, from rank 0 only: its own smoothed minibatch loss, which costs no communication.
+
+class Progress {
+ public:
+  Progress(std::string_view tag, std::size_t steps, bool enabled)
+      : tag_(tag), steps_(steps), enabled_(enabled), tty_(isatty(fileno(stderr)) != 0) {}
+
+  void step(std::size_t done, float minibatch_loss) {
+    smoothed_ = done == 1 ? minibatch_loss : 0.95f * smoothed_ + 0.05f * minibatch_loss;
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (tty_) {
+      // Redraws are throttled: the terminal is slower than a 4 ms step.
+      if (done != steps_ && now - last_ < std::chrono::milliseconds(100)) return;
+      last_ = now;
+      std::fprintf(stderr, "\r[%s] step %zu/%zu loss %.3f   ", tag_.c_str(), done, steps_,
+                   static_cast<double>(smoothed_));
+    } else {
+      const std::size_t every = std::max<std::size_t>(1, steps_ / 5);
+      if (done % every != 0 && done != steps_) return;
+      std::fprintf(stderr, "[%s] step %zu/%zu loss %.3f\n", tag_.c_str(), done, steps_,
+                   static_cast<double>(smoothed_));
+    }
+    std::fflush(stderr);
+  }
+
+  void finish(double seconds) {
+    if (!enabled_) return;
+    if (tty_) {
+      std::fprintf(stderr, "\r[%s] step %zu/%zu loss %.3f  done in %.1f s\n", tag_.c_str(),
+                   steps_, steps_, static_cast<double>(smoothed_), seconds);
+    } else {
+      std::fprintf(stderr, "[%s] done in %.1f s\n", tag_.c_str(), seconds);
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  std::string tag_;
+  std::size_t steps_;
+  bool enabled_;
+  bool tty_;
+  float smoothed_ = 0;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Training
+
+struct Result {
+  Method method = Method::sync;
+  double wall_s = 0;
+  std::size_t world_syncs = 0;  // steps at which all ranks had to meet
+  double train_loss = 0;
+  double test_accuracy = 0;
+};
+
+// How a method communicates around the local update.
+struct SyncSgd {
+  strata::LocalComm* world;
+
+  // Returns true when the whole world met.
+  bool sync_gradients(Grads& g) {
+    world->all_reduce(std::span<float>(g.flat), strata::ReduceOp::average);
+    return true;
+  }
+  bool average_params(Params&) { return false; }
+};
+
+template <class Averager>
+struct AveragedSgd {
+  Averager averager;
+  strata::PostLocalGradientSync<Averager> gradient_sync;
+  std::size_t world_level;
+
+  AveragedSgd(strata::LocalComm& world, Averager a, std::size_t ranks_per_node, bool intra_node)
+      : averager(std::move(a)),
+        gradient_sync(averager, world, static_cast<int>(ranks_per_node), intra_node),
+        world_level(averager.schedule().levels().size() - 1) {}
+
+  bool sync_gradients(Grads& g) {
+    return gradient_sync.sync(g.tensors()) == strata::GradientSync::world;
+  }
+  bool average_params(Params& p) { return averager.average(p.tensors()) == world_level; }
+};
+
+struct RunContext {
+  const Options* options;
+  const Problem* problem;
+  const strata::RuntimeHierarchy* hierarchy;
+  std::size_t ranks_per_node;
+};
+
+// One rank's training run. Wall time is taken on rank 0 between two barriers, so it covers the
+// slowest rank; the final consensus averaging and the evaluation are not part of it.
+template <class Strategy>
+void train(strata::LocalComm& comm, const RunContext& ctx, Strategy& strategy, Result& result,
+           Progress& progress) {
+  const Options& o = *ctx.options;
+  const auto rank = static_cast<std::size_t>(comm.rank());
+  const Dataset& shard = ctx.problem->shards[rank];
+  Params params = init_params(o.seed);
+  Grads grads;
+  std::vector<std::size_t> batch(o.batch);
+  std::size_t world_syncs = 0;
+
+  comm.barrier();
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t step = 0; step < o.steps; ++step) {
+    Stream pick(o.seed, Purpose::batch, rank, step);
+    for (std::size_t& i : batch) i = pick.below(shard.size());
+    const float loss = loss_and_gradient(params, shard, batch, grads);
+
+    // The rest of the step's compute, simulated; a straggler (a slow GPU, a noisy neighbour,
+    // a garbage-collection pause) takes longer.
+    double busy_ms = o.step_ms;
+    if (straggles(o, rank, step)) busy_ms += o.straggler_delay_ms;
+    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(busy_ms));
+
+    bool world_met = strategy.sync_gradients(grads);
+    sgd_update(params, grads, static_cast<float>(o.lr));
+    world_met = strategy.average_params(params) || world_met;
+    world_syncs += world_met ? 1 : 0;
+    if (rank == 0) progress.step(step + 1, loss);
+  }
+  comm.barrier();
+  const double wall_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  // Evaluate one consensus model for every method: the mean of all ranks' parameters.
+  for (std::span<float> t : params.tensors()) comm.all_reduce(t, strata::ReduceOp::average);
+  const std::size_t world = static_cast<std::size_t>(comm.size());
+  const std::size_t test_n = ctx.problem->test.size();
+  const auto train_eval = evaluate(params, shard, 0, shard.size());
+  const auto test_eval =
+      evaluate(params, ctx.problem->test, test_n * rank / world, test_n * (rank + 1) / world);
+  std::array<double, 4> sums{train_eval[0], train_eval[2], test_eval[1], test_eval[2]};
+  comm.all_reduce(std::span<double>(sums), strata::ReduceOp::sum);
+
+  if (rank == 0) {
+    result.wall_s = wall_s;
+    result.world_syncs = world_syncs;
+    result.train_loss = sums[0] / sums[1];
+    result.test_accuracy = sums[2] / sums[3];
+    progress.finish(wall_s);
+  }
+}
+
+Result run_method(Method m, const RunContext& ctx) {
+  const Options& o = *ctx.options;
+  Result result;
+  result.method = m;
+  Progress progress(method_key(m), o.steps, !o.quiet);
+  strata::LocalWorld world(static_cast<int>(o.world));
+  world.run([&](strata::LocalComm& comm) {
+    // Building the averagers is collective (it splits the level communicators), so it happens
+    // on every rank before the clock starts.
+    switch (m) {
+      case Method::sync: {
+        SyncSgd s{&comm};
+        train(comm, ctx, s, result, progress);
+        break;
+      }
+      case Method::local: {
+        using Avg = strata::PeriodicAverager<strata::LocalComm>;
+        AveragedSgd<Avg> s(comm, Avg(comm, o.local_period, o.warmup), ctx.ranks_per_node,
+                           o.intra_node);
+        train(comm, ctx, s, result, progress);
+        break;
+      }
+      case Method::hier: {
+        using Avg = strata::RuntimeHierarchicalAverager<strata::LocalComm>;
+        AveragedSgd<Avg> s(comm, Avg(comm, *ctx.hierarchy, o.warmup), ctx.ranks_per_node,
+                           o.intra_node);
+        train(comm, ctx, s, result, progress);
+        break;
+      }
+    }
+  });
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+std::string method_label(Method m, const Options& o, const strata::RuntimeHierarchy& h) {
+  switch (m) {
+    case Method::sync: return "synchronous SGD";
+    case Method::local: return "local SGD (period " + std::to_string(o.local_period) + ")";
+    case Method::hier: return "hierarchical SGD (" + h.to_string() + ")";
+  }
+  return "?";
+}
+
+std::optional<double> speedup(const std::vector<Result>& results, const Result& r) {
+  for (const Result& s : results) {
+    if (s.method == Method::sync && r.wall_s > 0) return s.wall_s / r.wall_s;
+  }
+  return std::nullopt;
+}
+
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+std::string json_string(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+void print_json(const Options& o, const strata::RuntimeHierarchy& h, std::size_t ranks_per_node,
+                std::size_t stragglers, const std::vector<Result>& results) {
+  std::string s = "{";
+  s += "\"world\":" + std::to_string(o.world);
+  s += ",\"hierarchy\":" + json_string(h.to_string());
+  s += ",\"local_period\":" + std::to_string(o.local_period);
+  s += ",\"warmup\":" + std::to_string(o.warmup);
+  s += ",\"steps\":" + std::to_string(o.steps);
+  s += ",\"batch\":" + std::to_string(o.batch);
+  s += ",\"straggler_rate\":" + json_number(o.straggler_rate);
+  s += ",\"straggler_delay_ms\":" + json_number(o.straggler_delay_ms);
+  s += ",\"step_ms\":" + json_number(o.step_ms);
+  s += ",\"lr\":" + json_number(o.lr);
+  s += ",\"seed\":" + std::to_string(o.seed);
+  s += ",\"intra_node\":" + std::string(o.intra_node ? "true" : "false");
+  s += ",\"ranks_per_node\":" + std::to_string(ranks_per_node);
+  s += ",\"straggler_events\":" + std::to_string(stragglers);
+  s += ",\"results\":[";
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    const auto up = speedup(results, r);
+    if (i != 0) s += ',';
+    s += "{\"method\":" + json_string(method_key(r.method));
+    s += ",\"wall_s\":" + json_number(r.wall_s);
+    s += ",\"speedup\":" + (up ? json_number(*up) : std::string("null"));
+    s += ",\"world_syncs\":" + std::to_string(r.world_syncs);
+    s += ",\"train_loss\":" + json_number(r.train_loss);
+    s += ",\"test_accuracy\":" + json_number(r.test_accuracy);
+    s += '}';
+  }
+  s += "]}";
+  std::printf("%s\n", s.c_str());
+}
+
+void print_table(const Options& o, const strata::RuntimeHierarchy& h, std::size_t ranks_per_node,
+                 std::size_t stragglers, const std::vector<Result>& results) {
+  std::printf(
+      "%zu ranks, MLP %zu-%zu-%zu (%zu parameters), %zu steps of batch %zu per rank, lr %g\n"
+      "stragglers: p=%g per rank and step, +%g ms each (%zu events); compute %g ms per step\n",
+      o.world, inputs, hidden, classes, param_count, o.steps, o.batch, o.lr, o.straggler_rate,
+      o.straggler_delay_ms, stragglers, o.step_ms);
+  if (o.warmup != 0 || o.intra_node) {
+    std::printf("warm-up: %zu steps of synchronous SGD", o.warmup);
+    if (o.intra_node) {
+      std::printf("; then gradients averaged every step inside nodes of %zu ranks", ranks_per_node);
+    }
+    std::printf("\n");
+  }
+  std::printf("\n");
+
+  std::size_t width = std::string_view("method").size();
+  for (const Result& r : results) width = std::max(width, method_label(r.method, o, h).size());
+  std::printf("%-*s  %8s  %8s  %11s  %10s  %8s\n", static_cast<int>(width), "method", "wall (s)",
+              "speed-up", "world syncs", "train loss", "test acc");
+  for (const Result& r : results) {
+    const auto up = speedup(results, r);
+    char up_text[16] = "-";
+    if (up) std::snprintf(up_text, sizeof up_text, "%.2fx", *up);
+    std::printf("%-*s  %8.2f  %8s  %11zu  %10.4f  %7.1f%%\n", static_cast<int>(width),
+                method_label(r.method, o, h).c_str(), r.wall_s, up_text, r.world_syncs,
+                r.train_loss, 100.0 * r.test_accuracy);
+  }
+}
+
+// One line, whatever the message holds.
+std::string one_line(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      print_help();
+      return 0;
+    }
+  }
+  try {
+    const Options o = parse_args(argc, argv);
+    const strata::RuntimeHierarchy h = resolve_hierarchy(o);
+    const std::size_t ranks_per_node = o.ranks_per_node.value_or(h.level(0).group_size);
+
+    std::size_t stragglers = 0;
+    for (std::size_t r = 0; r < o.world; ++r) {
+      for (std::size_t s = 0; s < o.steps; ++s) stragglers += straggles(o, r, s) ? 1 : 0;
+    }
+    const Problem problem = make_problem(o);
+    const RunContext ctx{&o, &problem, &h, ranks_per_node};
+    std::vector<Result> results;
+    for (Method m : o.methods) results.push_back(run_method(m, ctx));
+
+    if (o.json) {
+      print_json(o, h, ranks_per_node, stragglers, results);
+    } else {
+      print_table(o, h, ranks_per_node, stragglers, results);
+    }
+    return 0;
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "hsgd_demo: %s\n", one_line(e.what()).c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hsgd_demo: error: %s\n", one_line(e.what()).c_str());
+    return 1;
+  }
+}
