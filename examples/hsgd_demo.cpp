@@ -13,6 +13,8 @@
 #include <strata/comm/local.hpp>
 #include <strata/strata.hpp>
 
+#include "cli.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,9 +38,7 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Command line
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using cli::usage_error;
 
 enum class Method { sync, local, hier };
 constexpr std::array all_methods{Method::sync, Method::local, Method::hier};
@@ -101,38 +101,7 @@ void print_help() {
 
 std::size_t parse_size(std::string_view flag, std::string_view text, std::size_t lo,
                        std::size_t hi) {
-  std::uint64_t v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v < lo || v > hi) {
-    throw usage_error(std::string(flag) + " needs an integer in " + std::to_string(lo) + ".." +
-                      std::to_string(hi) + ", got \"" + std::string(text) + "\"");
-  }
-  return static_cast<std::size_t>(v);
-}
-
-std::uint64_t parse_seed(std::string_view text) {
-  std::uint64_t v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
-    throw usage_error("--seed needs a non-negative 64-bit integer, got \"" + std::string(text) +
-                      "\"");
-  }
-  return v;
-}
-
-// `lo_open`: the lower bound itself is refused (a learning rate of 0 trains nothing).
-double parse_real(std::string_view flag, std::string_view text, double lo, double hi,
-                  bool lo_open = false) {
-  double v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  const bool in_range = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
-  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || !in_range) {
-    char range[96];
-    std::snprintf(range, sizeof range, "%s%g, %g]", lo_open ? "(" : "[", lo, hi);
-    throw usage_error(std::string(flag) + " needs a number in " + range + ", got \"" +
-                      std::string(text) + "\"");
-  }
-  return v;
+  return static_cast<std::size_t>(cli::parse_integer(flag, text, lo, hi));
 }
 
 std::vector<Method> parse_methods(std::string_view text) {
@@ -182,15 +151,15 @@ Options parse_args(int argc, char** argv) {
     } else if (arg == "--batch") {
       o.batch = parse_size(arg, value(), 1, 4096);
     } else if (arg == "--straggler-rate") {
-      o.straggler_rate = parse_real(arg, value(), 0.0, 1.0);
+      o.straggler_rate = cli::parse_real(arg, value(), 0.0, 1.0);
     } else if (arg == "--straggler-delay-ms") {
-      o.straggler_delay_ms = parse_real(arg, value(), 0.0, 10'000.0);
+      o.straggler_delay_ms = cli::parse_real(arg, value(), 0.0, 10'000.0);
     } else if (arg == "--step-ms") {
-      o.step_ms = parse_real(arg, value(), 0.0, 10'000.0);
+      o.step_ms = cli::parse_real(arg, value(), 0.0, 10'000.0);
     } else if (arg == "--lr") {
-      o.lr = parse_real(arg, value(), 0.0, 10.0, /*lo_open=*/true);
+      o.lr = cli::parse_real(arg, value(), 0.0, 10.0, /*lo_open=*/true);
     } else if (arg == "--seed") {
-      o.seed = parse_seed(value());
+      o.seed = cli::parse_integer(arg, value());
     } else if (arg == "--methods") {
       o.methods = parse_methods(value());
     } else if (arg == "--intra-node") {
@@ -757,14 +726,6 @@ void print_table(const Options& o, const strata::RuntimeHierarchy& h, std::size_
   }
 }
 
-// One line, whatever the message holds.
-std::string one_line(std::string s) {
-  for (char& c : s) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  return s;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -774,7 +735,7 @@ int main(int argc, char** argv) {
       return 0;
     }
   }
-  try {
+  return cli::run("hsgd_demo", [&] {
     const Options o = parse_args(argc, argv);
     const strata::RuntimeHierarchy h = resolve_hierarchy(o);
     const std::size_t ranks_per_node = o.ranks_per_node.value_or(h.level(0).group_size);
@@ -794,11 +755,5 @@ int main(int argc, char** argv) {
       print_table(o, h, ranks_per_node, stragglers, results);
     }
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "hsgd_demo: %s\n", one_line(e.what()).c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hsgd_demo: error: %s\n", one_line(e.what()).c_str());
-    return 1;
-  }
+  });
 }

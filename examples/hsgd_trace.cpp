@@ -12,6 +12,8 @@
 #include <strata/averaging/averager.hpp>
 #include <strata/comm/local.hpp>
 
+#include "cli.hpp"
+
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -24,9 +26,7 @@
 
 namespace {
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using cli::usage_error;
 
 struct Options {
   int world = 0;
@@ -39,16 +39,6 @@ struct Options {
   std::string out = "-";
 };
 
-template <class T>
-T parse_number(std::string_view flag, std::string_view text) {
-  T v{};
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
-    throw usage_error(std::string(flag) + " needs a number, got \"" + std::string(text) + "\"");
-  }
-  return v;
-}
-
 Options parse_args(int argc, char** argv) {
   Options o;
   bool have[4] = {false, false, false, false};  // world, hierarchy, steps, dim
@@ -59,27 +49,23 @@ Options parse_args(int argc, char** argv) {
       return argv[++i];
     };
     if (arg == "--world") {
-      o.world = parse_number<int>(arg, value());
-      if (o.world < 1 || o.world > 1024) throw usage_error("--world must be between 1 and 1024");
+      o.world = static_cast<int>(cli::parse_integer(arg, value(), 1, 1024));
       have[0] = true;
     } else if (arg == "--hierarchy") {
       o.hierarchy = value();
       have[1] = true;
     } else if (arg == "--warmup") {
-      o.warmup = parse_number<std::size_t>(arg, value());
+      o.warmup = cli::parse_integer(arg, value());
     } else if (arg == "--steps") {
-      o.steps = parse_number<std::size_t>(arg, value());
-      if (o.steps > 10'000'000) throw usage_error("--steps must be at most 10000000");
+      o.steps = cli::parse_integer(arg, value(), 0, 10'000'000);
       have[2] = true;
     } else if (arg == "--dim") {
-      o.dim = parse_number<std::size_t>(arg, value());
-      if (o.dim > 100'000'000) throw usage_error("--dim must be at most 100000000");
+      o.dim = cli::parse_integer(arg, value(), 0, 100'000'000);
       have[3] = true;
     } else if (arg == "--seed") {
-      o.seed = parse_number<std::size_t>(arg, value());
+      o.seed = cli::parse_integer(arg, value());
     } else if (arg == "--lr") {
-      o.lr = parse_number<double>(arg, value());
-      if (!std::isfinite(o.lr)) throw usage_error("--lr must be finite");
+      o.lr = cli::parse_real(arg, value(), -1e6, 1e6);
     } else if (arg == "--out") {
       o.out = value();
     } else {
@@ -138,7 +124,7 @@ int main(int argc, char** argv) {
       return 0;
     }
   }
-  try {
+  return cli::run("hsgd_trace", [&] {
     const Options o = parse_args(argc, argv);
     const auto h = strata::RuntimeHierarchy::parse(o.hierarchy);
     h.check_world_size(static_cast<std::size_t>(o.world));
@@ -157,14 +143,5 @@ int main(int argc, char** argv) {
       return 1;
     }
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "hsgd_trace: %s\n", e.what());
-    return 2;
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "hsgd_trace: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "hsgd_trace: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -6,6 +6,8 @@
 // Bad arguments print one line on stderr and exit with status 2.
 #include <strata/strata.hpp>
 
+#include "cli.hpp"
+
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -18,9 +20,7 @@ namespace {
 
 constexpr std::size_t max_steps = 1'000'000;
 
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using cli::usage_error;
 
 struct Options {
   std::string hierarchy;
@@ -47,20 +47,6 @@ void print_help() {
       "  --width        steps per timeline row (default 64)\n");
 }
 
-std::size_t parse_size(std::string_view flag, std::string_view text) {
-  std::size_t v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec == std::errc::result_out_of_range) {
-    throw usage_error(std::string(flag) + " needs a non-negative integer that fits in 64 bits, got \"" +
-                      std::string(text) + "\"");
-  }
-  if (ec != std::errc{} || end != text.data() + text.size()) {
-    throw usage_error(std::string(flag) + " needs a non-negative integer, got \"" +
-                      std::string(text) + "\"");
-  }
-  return v;
-}
-
 Options parse_args(int argc, char** argv) {
   Options o;
   bool have_hierarchy = false;
@@ -74,13 +60,13 @@ Options parse_args(int argc, char** argv) {
       o.hierarchy = value();
       have_hierarchy = true;
     } else if (arg == "--warmup") {
-      o.warmup = parse_size(arg, value());
+      o.warmup = cli::parse_integer(arg, value());
     } else if (arg == "--steps") {
-      o.steps = parse_size(arg, value());
+      o.steps = cli::parse_integer(arg, value());
     } else if (arg == "--param-bytes") {
-      o.param_bytes = parse_size(arg, value());
+      o.param_bytes = cli::parse_integer(arg, value());
     } else if (arg == "--width") {
-      o.width = parse_size(arg, value());
+      o.width = cli::parse_integer(arg, value());
       if (o.width == 0) throw usage_error("--width must be positive");
     } else if (arg == "--json") {
       o.json = true;
@@ -124,14 +110,6 @@ void explain(const Options& o, const strata::RuntimeHierarchy& h) {
               strata::format_timeline(s, steps, o.param_bytes, o.width).c_str());
 }
 
-// One line, whatever the message holds.
-std::string one_line(std::string s) {
-  for (char& c : s) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  return s;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -141,7 +119,7 @@ int main(int argc, char** argv) {
       return 0;
     }
   }
-  try {
+  return cli::run("schedule_explain", [&] {
     const Options o = parse_args(argc, argv);
     const auto h = strata::RuntimeHierarchy::parse(o.hierarchy);
     if (o.relative) {
@@ -150,14 +128,5 @@ int main(int argc, char** argv) {
       explain<strata::AbsolutePhase>(o, h);
     }
     return 0;
-  } catch (const usage_error& e) {
-    std::fprintf(stderr, "schedule_explain: %s\n", one_line(e.what()).c_str());
-    return 2;
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "schedule_explain: %s\n", one_line(e.what()).c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "schedule_explain: error: %s\n", one_line(e.what()).c_str());
-    return 1;
-  }
+  });
 }
