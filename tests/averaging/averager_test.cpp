@@ -6,6 +6,8 @@
 #include <strata/averaging/post_local_sgd.hpp>
 #include <strata/comm/local.hpp>
 
+#include "averager_conformance.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -14,46 +16,7 @@
 
 namespace {
 
-using Params = std::vector<std::vector<double>>;  // one rank's tensors
-
-const std::vector<std::size_t> tensor_sizes{1, 17, 40, 3};
-
-Params initial(int rank) {
-  Params p;
-  for (std::size_t t = 0; t < tensor_sizes.size(); ++t) {
-    p.emplace_back(tensor_sizes[t]);
-    for (std::size_t i = 0; i < tensor_sizes[t]; ++i) {
-      p[t][i] = std::cos(0.01 * static_cast<double>(i + 1 + 100 * t) * (rank + 1));
-    }
-  }
-  return p;
-}
-
-void local_step(Params& p, int rank, std::size_t step) {
-  for (std::size_t t = 0; t < p.size(); ++t) {
-    for (std::size_t i = 0; i < p[t].size(); ++i) {
-      p[t][i] -= 0.05 * std::sin(0.001 * static_cast<double>(i + 1 + 100 * t) * (rank + 1) *
-                                 static_cast<double>(step + 1));
-    }
-  }
-}
-
-std::vector<std::span<double>> spans(Params& p) {
-  std::vector<std::span<double>> s;
-  for (auto& t : p) s.emplace_back(t);
-  return s;
-}
-
-// The rule, independently: the highest level whose period divides the step, after warm-up.
-std::optional<std::size_t> expected_level(const std::vector<strata::LevelSpec>& levels,
-                                          std::size_t warmup, std::size_t step) {
-  if (step < warmup) return std::nullopt;
-  std::optional<std::size_t> l;
-  for (std::size_t i = 0; i < levels.size(); ++i) {
-    if (step % levels[i].period == 0) l = i;
-  }
-  return l;
-}
+using namespace averager_conformance;
 
 struct Trace {
   // [step][rank] snapshots and the level each rank reported.
@@ -191,8 +154,7 @@ TEST_CASE("an arena is averaged in place, with the same bits as packed tensors")
       local_step(p, r, step);
       for (std::size_t t = 0; t < p.size(); ++t) {
         for (std::size_t i = 0; i < p[t].size(); ++i) {
-          in_arena[t][i] -= 0.05 * std::sin(0.001 * static_cast<double>(i + 1 + 100 * t) *
-                                            (r + 1) * static_cast<double>(step + 1));
+          in_arena[t][i] -= 0.05 * gradient(r, t, i, step);
         }
       }
       const auto la = a.average(s);
@@ -328,4 +290,17 @@ TEST_CASE("an averager checks the hierarchy against the world size") {
                          "group must span the whole world",
                          std::invalid_argument);
   });
+}
+
+TEST_CASE("the backend-independent averager conformance on the local backend, worlds 1..16") {
+  std::mt19937_64 rng(11);
+  for (int n = 1; n <= 16; ++n) {
+    const strata::RuntimeHierarchy h(random_levels(rng, static_cast<std::size_t>(n)));
+    const std::size_t warmup = rng() % 4;
+    CAPTURE(n);
+    CAPTURE(h.to_string());
+    strata::LocalWorld(n).run([&](strata::LocalComm& comm) {
+      averager_conformance::matches_serial(comm, h, warmup, 2 * h.hyper_period() + warmup + 1);
+    });
+  }
 }

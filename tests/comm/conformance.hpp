@@ -9,6 +9,7 @@
 #include <strata/error.hpp>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
@@ -46,13 +47,22 @@ T reduce_serial(int n, std::size_t i, ReduceOp op) {
   return acc;
 }
 
-// Floating-point sums may be ordered differently by a backend (MPI, NCCL): allow rounding.
+// The sum of the magnitudes the reduction adds: the scale of its rounding error.
 template <class T>
-bool close(T got, T expected) {
+double magnitude(int n, std::size_t i) {
+  double m = 0;
+  for (int r = 0; r < n; ++r) m += std::abs(static_cast<double>(input<T>(r, i)));
+  return m;
+}
+
+// Floating-point sums may be ordered differently by a backend (MPI, NCCL): allow the rounding of
+// n additions relative to the magnitudes added (the result alone may cancel to near zero).
+template <class T>
+bool close(T got, T expected, double scale = 1.0) {
   if constexpr (std::is_floating_point_v<T>) {
-    const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+    const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-14;
     return std::abs(static_cast<double>(got) - static_cast<double>(expected)) <=
-           tol * std::max(1.0, std::abs(static_cast<double>(expected)));
+           tol * std::max({1.0, std::abs(static_cast<double>(expected)), scale});
   } else {
     return got == expected;
   }
@@ -72,7 +82,8 @@ void all_reduce(C& comm) {
       std::size_t bad = 0;
       for (std::size_t i = 0; i < count; ++i) {
         const T e = reduce_serial<T>(n, i, op);
-        if (!close(out[i], e) || !close(in[i], e)) ++bad;
+        const double scale = magnitude<T>(n, i) / (op == ReduceOp::average ? n : 1);
+        if (!close(out[i], e, scale) || !close(in[i], e, scale)) ++bad;
       }
       CAPTURE(count);
       CAPTURE(strata::to_string(op));
@@ -124,7 +135,8 @@ void reduce_scatter(C& comm) {
       comm.reduce_scatter(std::span<const T>(in), std::span<T>(out), op);
       std::size_t bad = 0;
       for (std::size_t i = 0; i < block; ++i) {
-        bad += !close(out[i], reduce_serial<T>(n, r * block + i, op));
+        const double scale = magnitude<T>(n, r * block + i) / (op == ReduceOp::average ? n : 1);
+        bad += !close(out[i], reduce_serial<T>(n, r * block + i, op), scale);
       }
       CAPTURE(block);
       CAPTURE(strata::to_string(op));

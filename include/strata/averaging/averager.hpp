@@ -74,8 +74,9 @@ struct PackCache {
         sizes.push_back(t.size());
       }
       plan.emplace(tensors);
-      staging.assign(plan->total_elements(), T{});
     }
+    // The in-place path of a non-all-or-nothing backend may have resized the staging buffer.
+    staging.resize(plan->total_elements());
     return *plan;
   }
 };
@@ -96,6 +97,13 @@ void fused_average(Comm& comm, PackCache<T>& cache, std::span<const std::span<T>
     unpack(thrust::host, std::span<const T>(flat), plan);
   }
 }
+
+// Backends whose collectives either complete or leave every buffer untouched can average a
+// caller's buffer in place; the others work on a copy.
+template <class Comm>
+concept all_or_nothing_collectives = requires {
+  requires Comm::all_or_nothing;
+};
 
 using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std::int32_t>,
                               PackCache<std::int64_t>>;
@@ -137,11 +145,23 @@ class BasicAverager {
     return average(std::span<const std::span<T>>(tensors));
   }
 
-  //! Parameters that already live in one contiguous buffer are averaged in place: no copy.
+  //! Parameters that already live in one contiguous buffer are averaged in place, with no copy,
+  //! on backends whose collectives are all-or-nothing (the local backend); on the others (MPI)
+  //! the result goes to a staging buffer first, so that a failure leaves `flat` as it was.
   template <comm_value T>
   std::optional<std::size_t> average(std::span<T> flat) {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
-    if (level) comms_.level(*level).all_reduce(flat, ReduceOp::average);
+    if (level) {
+      Comm& comm = comms_.level(*level);
+      if constexpr (detail::all_or_nothing_collectives<Comm>) {
+        comm.all_reduce(flat, ReduceOp::average);
+      } else {
+        std::vector<T>& staging = std::get<detail::PackCache<T>>(caches_).staging;
+        staging.resize(flat.size());
+        comm.all_reduce(std::span<const T>(flat), std::span<T>(staging), ReduceOp::average);
+        std::copy(staging.begin(), staging.end(), flat.begin());
+      }
+    }
     ++step_;
     return level;
   }

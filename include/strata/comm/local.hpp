@@ -306,6 +306,10 @@ class LocalComm {
  public:
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] int size() const noexcept { return group_->size(); }
+  //! Writes begin only after every member has arrived and every check has passed, and nothing
+  //! can fail after that: a collective either completes or leaves every buffer as it was.
+  static constexpr bool all_or_nothing = true;
+
   //! This member's rank in the whole world.
   [[nodiscard]] int world_rank() const noexcept {
     return group_->members[static_cast<std::size_t>(rank_)];

@@ -1,0 +1,122 @@
+// The backend-independent suites over MPI with real processes, plus what only MPI has.
+#include <doctest/doctest.h>
+
+#include <strata/comm/level_comms.hpp>
+#include <strata/comm/mpi.hpp>
+
+#include <chrono>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "../averaging/averager_conformance.hpp"
+#include "../comm/conformance.hpp"
+
+namespace {
+
+// A random chain of divisors of n ending at n, the same on every process (same seed).
+strata::RuntimeHierarchy random_hierarchy(std::mt19937_64& rng, std::size_t n) {
+  std::vector<std::size_t> sizes{n};
+  while (sizes.front() > 1 && rng() % 3 != 0) {
+    std::vector<std::size_t> divisors;
+    for (std::size_t d = 1; d < sizes.front(); ++d) {
+      if (sizes.front() % d == 0) divisors.push_back(d);
+    }
+    sizes.insert(sizes.begin(), divisors[rng() % divisors.size()]);
+  }
+  std::vector<strata::LevelSpec> levels;
+  std::size_t period = 1 + rng() % 3;
+  for (std::size_t g : sizes) {
+    levels.push_back({period, g});
+    period += 1 + rng() % 4;
+  }
+  return strata::RuntimeHierarchy(levels);
+}
+
+}  // namespace
+
+TEST_CASE("MPI backend: the collective conformance suite") {
+  auto world = strata::MpiComm::world();
+  conformance::run_all(world);
+}
+
+TEST_CASE("MPI backend: the averager conformance suite") {
+  auto world = strata::MpiComm::world();
+  const auto n = static_cast<std::size_t>(world.size());
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 4; ++trial) {
+    const auto h = random_hierarchy(rng, n);
+    const std::size_t warmup = rng() % 4;
+    CAPTURE(h.to_string());
+    averager_conformance::matches_serial(world, h, warmup, 2 * h.hyper_period() + warmup + 1);
+  }
+}
+
+TEST_CASE("MPI backend: level communicators are contiguous blocks") {
+  auto world = strata::MpiComm::world();
+  const int n = world.size();
+  if (n % 2 != 0 || n == 2) return;
+  const strata::LevelSpec levels[] = {{1, 2}, {2, static_cast<std::size_t>(n)}};
+  strata::LevelComms comms(world, levels);
+  CHECK(comms.level(0).size() == 2);
+  CHECK(comms.level(0).rank() == world.rank() % 2);
+  CHECK(&comms.level(1) == &world);
+}
+
+TEST_CASE("MPI backend: local misuse is an mpi_error naming the operation and rank") {
+  auto world = strata::MpiComm::world();
+  std::vector<double> a(3), b(4);
+  try {
+    world.broadcast(std::span<double>(a), world.size());
+    FAIL("no error");
+  } catch (const strata::mpi_error& e) {
+    CHECK(std::string(e.what()) == "strata: broadcast on rank " + std::to_string(world.rank()) +
+                                       ": root " + std::to_string(world.size()) +
+                                       " is not a rank of a group of " +
+                                       std::to_string(world.size()));
+  }
+  CHECK_THROWS_AS(world.all_reduce(std::span<const double>(a), std::span<double>(b),
+                                   strata::ReduceOp::sum),
+                  strata::mpi_error);
+  CHECK_THROWS_AS(world.split(-2, 0), strata::mpi_error);
+}
+
+TEST_CASE("MPI backend: a collective that a peer does not join times out instead of hanging") {
+  auto world = strata::MpiComm::world();
+  if (world.size() < 2) return;
+  strata::MpiOptions quick;
+  quick.timeout = std::chrono::milliseconds(300);
+  strata::MpiComm comm(world.native(), quick);
+  const auto start = std::chrono::steady_clock::now();
+  if (comm.rank() == 0) {
+    try {
+      comm.barrier();
+      FAIL("no timeout");
+    } catch (const strata::mpi_error& e) {
+      CHECK(std::string(e.what()).find("strata: barrier on rank 0: timed out after 300 ms") == 0);
+    }
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    // The communicator is now unusable, and says so.
+    try {
+      comm.barrier();
+      FAIL("no error");
+    } catch (const strata::mpi_error& e) {
+      CHECK(std::string(e.what()).find("unusable since a barrier timed out") != std::string::npos);
+    }
+  } else {
+    // The peers arrive late, so that the pending barrier completes and the job ends cleanly.
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    comm.barrier();
+  }
+  world.barrier();
+}
+
+TEST_CASE("MPI backend: communicators move") {
+  auto world = strata::MpiComm::world();
+  strata::MpiComm a = world.split(0, world.rank());
+  strata::MpiComm b = std::move(a);
+  CHECK(b.size() == world.size());
+  std::vector<std::int64_t> x{1};
+  b.all_reduce(std::span<std::int64_t>(x), strata::ReduceOp::sum);
+  CHECK(x[0] == world.size());
+}
