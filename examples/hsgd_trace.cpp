@@ -3,6 +3,8 @@
 //
 //   hsgd_trace --world N --hierarchy "P:G,..." [--warmup W] --steps S --dim D [--seed K]
 //              [--lr LR] [--out FILE]
+//   mpirun -np N hsgd_trace --backend mpi --hierarchy ... (world size and rank from MPI; rank 0
+//              gathers every rank's vector and writes the file)
 //
 // In float64 on every rank: p[i] = cos(0.01*(i+1)*(K+1)); at each step t = 0..S-1:
 // g[i] = sin(0.001*(i+1)*(rank+1)*(t+1)), p[i] -= lr*g[i], then one hierarchical averaging call
@@ -11,6 +13,9 @@
 // Built with -ffp-contract=off, so that no fused multiply-add changes the last bits.
 #include <strata/averaging/averager.hpp>
 #include <strata/comm/local.hpp>
+#ifdef STRATA_EXAMPLES_HAVE_MPI
+#include <strata/comm/mpi.hpp>
+#endif
 
 #include "cli.hpp"
 
@@ -30,6 +35,7 @@ using cli::usage_error;
 
 struct Options {
   int world = 0;
+  bool mpi = false;
   std::string hierarchy;
   std::size_t warmup = 0;
   std::size_t steps = 0;
@@ -48,7 +54,18 @@ Options parse_args(int argc, char** argv) {
       if (i + 1 >= argc) throw usage_error(std::string(arg) + " needs a value");
       return argv[++i];
     };
-    if (arg == "--world") {
+    if (arg == "--backend") {
+      const std::string_view b = value();
+      if (b == "mpi") {
+#ifdef STRATA_EXAMPLES_HAVE_MPI
+        o.mpi = true;
+#else
+        throw usage_error("--backend mpi: this build has no MPI");
+#endif
+      } else if (b != "local") {
+        throw usage_error("--backend must be local or mpi, got \"" + std::string(b) + "\"");
+      }
+    } else if (arg == "--world") {
       o.world = static_cast<int>(cli::parse_integer(arg, value(), 1, 1024));
       have[0] = true;
     } else if (arg == "--hierarchy") {
@@ -73,7 +90,7 @@ Options parse_args(int argc, char** argv) {
     }
   }
   const char* names[4] = {"--world", "--hierarchy", "--steps", "--dim"};
-  for (int k = 0; k < 4; ++k) {
+  for (int k = o.mpi ? 1 : 0; k < 4; ++k) {  // under MPI the world size comes from MPI
     if (!have[k]) throw usage_error(std::string(names[k]) + " is required");
   }
   return o;
@@ -118,20 +135,43 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
       std::printf(
           "usage: hsgd_trace --world N --hierarchy P:G[,P:G...] --steps S --dim D\n"
-          "                  [--warmup W] [--seed K] [--lr LR] [--out FILE]\n"
+          "                  [--warmup W] [--seed K] [--lr LR] [--out FILE] [--backend local|mpi]\n"
+          "With --backend mpi (under mpirun) the world size and ranks come from MPI.\n"
           "Runs the deterministic hierarchical-SGD trace on N in-process ranks and writes\n"
           "{\"ranks\":[{\"rank\":0,\"final\":[...]},...]} to FILE (default: standard output).\n");
       return 0;
     }
   }
   return cli::run("hsgd_trace", [&] {
-    const Options o = parse_args(argc, argv);
+    Options o = parse_args(argc, argv);
     const auto h = strata::RuntimeHierarchy::parse(o.hierarchy);
-    h.check_world_size(static_cast<std::size_t>(o.world));
-    std::vector<std::vector<double>> finals(static_cast<std::size_t>(o.world));
-    strata::LocalWorld(o.world).run([&](strata::LocalComm& comm) {
-      finals[static_cast<std::size_t>(comm.rank())] = run_rank(comm, o, h);
-    });
+    std::vector<std::vector<double>> finals;
+    if (o.mpi) {
+#ifdef STRATA_EXAMPLES_HAVE_MPI
+      strata::MpiEnvironment env(argc, argv);
+      auto comm = strata::MpiComm::world();
+      if (o.world != 0 && o.world != comm.size()) {
+        throw usage_error("--world " + std::to_string(o.world) + " but MPI runs " +
+                          std::to_string(comm.size()) + " processes");
+      }
+      o.world = comm.size();
+      h.check_world_size(static_cast<std::size_t>(o.world));
+      const std::vector<double> mine = run_rank(comm, o, h);
+      std::vector<double> all(mine.size() * static_cast<std::size_t>(o.world));
+      comm.all_gather(std::span<const double>(mine), std::span<double>(all));
+      if (comm.rank() != 0) return 0;
+      for (int r = 0; r < o.world; ++r) {
+        const auto first = all.begin() + static_cast<std::ptrdiff_t>(mine.size() * static_cast<std::size_t>(r));
+        finals.emplace_back(first, first + static_cast<std::ptrdiff_t>(mine.size()));
+      }
+#endif
+    } else {
+      h.check_world_size(static_cast<std::size_t>(o.world));
+      finals.resize(static_cast<std::size_t>(o.world));
+      strata::LocalWorld(o.world).run([&](strata::LocalComm& comm) {
+        finals[static_cast<std::size_t>(comm.rank())] = run_rank(comm, o, h);
+      });
+    }
     std::FILE* f = o.out == "-" ? stdout : std::fopen(o.out.c_str(), "w");
     if (f == nullptr) {
       std::fprintf(stderr, "hsgd_trace: cannot write %s: %s\n", o.out.c_str(), std::strerror(errno));
