@@ -5,12 +5,16 @@
 //   hsgd_demo [--world N] [--hierarchy P:G,...] [--local-period P] [--warmup W] [--steps S]
 //             [--straggler-rate p] [--straggler-delay-ms D] [--step-ms T] [--lr X] [--seed S]
 //             [--methods sync,local,hier] [--intra-node] [--ranks-per-node R] [--batch B]
-//             [--json] [--quiet]
+//             [--json] [--quiet] [--backend local|mpi]
+//   mpirun -np N hsgd_demo --backend mpi   (one process per rank; rank 0 prints)
 //
 // Bad arguments print one line on stderr and exit with status 2.
 #include <strata/averaging/averager.hpp>
 #include <strata/averaging/post_local_sgd.hpp>
 #include <strata/comm/local.hpp>
+#ifdef STRATA_EXAMPLES_HAVE_MPI
+#include <strata/comm/mpi.hpp>
+#endif
 #include <strata/strata.hpp>
 
 #include "cli.hpp"
@@ -96,6 +100,8 @@ void print_help() {
       "  --ranks-per-node R      node size for --intra-node (default: smallest hierarchy group)\n"
       "  --json                  print the results as one JSON object instead of a table\n"
       "  --quiet                 no progress on stderr\n"
+      "  --backend local|mpi     local: ranks as threads (default); mpi: one process per rank\n"
+      "                          under mpirun, the world size taken from MPI\n"
       "  --help                  this text\n");
 }
 
@@ -130,8 +136,10 @@ std::vector<Method> parse_methods(std::string_view text) {
   return chosen;
 }
 
-Options parse_args(int argc, char** argv) {
+// `mpi_world`: the number of MPI processes, when running over MPI; it is the world size.
+Options parse_args(int argc, char** argv, std::optional<std::size_t> mpi_world = std::nullopt) {
   Options o;
+  bool world_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     auto value = [&]() -> std::string_view {
@@ -140,6 +148,15 @@ Options parse_args(int argc, char** argv) {
     };
     if (arg == "--world") {
       o.world = parse_size(arg, value(), 1, 256);
+      world_given = true;
+    } else if (arg == "--backend") {
+      const std::string_view b = value();
+      if (b != "local" && b != "mpi") {
+        throw usage_error("--backend must be local or mpi, got \"" + std::string(b) + "\"");
+      }
+#ifndef STRATA_EXAMPLES_HAVE_MPI
+      if (b == "mpi") throw usage_error("--backend mpi: this build has no MPI");
+#endif
     } else if (arg == "--hierarchy") {
       o.hierarchy = std::string(value());
     } else if (arg == "--local-period") {
@@ -173,6 +190,13 @@ Options parse_args(int argc, char** argv) {
     } else {
       throw usage_error("unknown argument \"" + std::string(arg) + "\" (try --help)");
     }
+  }
+  if (mpi_world) {
+    if (world_given && o.world != *mpi_world) {
+      throw usage_error("--world " + std::to_string(o.world) + " but MPI runs " +
+                        std::to_string(*mpi_world) + " processes");
+    }
+    o.world = *mpi_world;
   }
   if (o.warmup > o.steps) {
     throw usage_error("--warmup " + std::to_string(o.warmup) + " is longer than --steps " +
@@ -455,9 +479,9 @@ class Progress {
   void step(std::size_t done, float minibatch_loss) {
     smoothed_ = done == 1 ? minibatch_loss : 0.95f * smoothed_ + 0.05f * minibatch_loss;
     if (!enabled_) return;
-    const auto now = std::chrono::steady_clock::now();
     if (tty_) {
       // Redraws are throttled: the terminal is slower than a 4 ms step.
+      const auto now = std::chrono::steady_clock::now().time_since_epoch();
       if (done != steps_ && now - last_ < std::chrono::milliseconds(100)) return;
       last_ = now;
       std::fprintf(stderr, "\r[%s] step %zu/%zu loss %.3f   ", tag_.c_str(), done, steps_,
@@ -488,7 +512,7 @@ class Progress {
   bool enabled_;
   bool tty_;
   float smoothed_ = 0;
-  std::chrono::steady_clock::time_point last_{};
+  std::chrono::steady_clock::duration last_{};  // since the clock's epoch
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -503,8 +527,9 @@ struct Result {
 };
 
 // How a method communicates around the local update.
+template <class Comm>
 struct SyncSgd {
-  strata::LocalComm* world;
+  Comm* world;
 
   // Returns true when the whole world met.
   bool sync_gradients(Grads& g) {
@@ -514,13 +539,13 @@ struct SyncSgd {
   bool average_params(Params&) { return false; }
 };
 
-template <class Averager>
+template <class Averager, class Comm>
 struct AveragedSgd {
   Averager averager;
   strata::PostLocalGradientSync<Averager> gradient_sync;
   std::size_t world_level;
 
-  AveragedSgd(strata::LocalComm& world, Averager a, std::size_t ranks_per_node, bool intra_node)
+  AveragedSgd(Comm& world, Averager a, std::size_t ranks_per_node, bool intra_node)
       : averager(std::move(a)),
         gradient_sync(averager, world, static_cast<int>(ranks_per_node), intra_node),
         world_level(averager.schedule().levels().size() - 1) {}
@@ -540,8 +565,8 @@ struct RunContext {
 
 // One rank's training run. Wall time is taken on rank 0 between two barriers, so it covers the
 // slowest rank; the final consensus averaging and the evaluation are not part of it.
-template <class Strategy>
-void train(strata::LocalComm& comm, const RunContext& ctx, Strategy& strategy, Result& result,
+template <class Comm, class Strategy>
+void train(Comm& comm, const RunContext& ctx, Strategy& strategy, Result& result,
            Progress& progress) {
   const Options& o = *ctx.options;
   const auto rank = static_cast<std::size_t>(comm.rank());
@@ -593,37 +618,44 @@ void train(strata::LocalComm& comm, const RunContext& ctx, Strategy& strategy, R
   }
 }
 
+// One rank's run of method `m`; every rank of `comm` calls it.
+template <class Comm>
+void run_method_on(Comm& comm, Method m, const RunContext& ctx, Result& result,
+                   Progress& progress) {
+  const Options& o = *ctx.options;
+  // Building the averagers is collective (it splits the level communicators), so it happens on
+  // every rank before the clock starts.
+  switch (m) {
+    case Method::sync: {
+      SyncSgd<Comm> s{&comm};
+      train(comm, ctx, s, result, progress);
+      break;
+    }
+    case Method::local: {
+      using Avg = strata::PeriodicAverager<Comm>;
+      AveragedSgd<Avg, Comm> s(comm, Avg(comm, o.local_period, o.warmup), ctx.ranks_per_node,
+                               o.intra_node);
+      train(comm, ctx, s, result, progress);
+      break;
+    }
+    case Method::hier: {
+      using Avg = strata::RuntimeHierarchicalAverager<Comm>;
+      AveragedSgd<Avg, Comm> s(comm, Avg(comm, *ctx.hierarchy, o.warmup), ctx.ranks_per_node,
+                               o.intra_node);
+      train(comm, ctx, s, result, progress);
+      break;
+    }
+  }
+}
+
+// The local backend: the ranks are threads of this process.
 Result run_method(Method m, const RunContext& ctx) {
   const Options& o = *ctx.options;
   Result result;
   result.method = m;
   Progress progress(method_key(m), o.steps, !o.quiet);
   strata::LocalWorld world(static_cast<int>(o.world));
-  world.run([&](strata::LocalComm& comm) {
-    // Building the averagers is collective (it splits the level communicators), so it happens
-    // on every rank before the clock starts.
-    switch (m) {
-      case Method::sync: {
-        SyncSgd s{&comm};
-        train(comm, ctx, s, result, progress);
-        break;
-      }
-      case Method::local: {
-        using Avg = strata::PeriodicAverager<strata::LocalComm>;
-        AveragedSgd<Avg> s(comm, Avg(comm, o.local_period, o.warmup), ctx.ranks_per_node,
-                           o.intra_node);
-        train(comm, ctx, s, result, progress);
-        break;
-      }
-      case Method::hier: {
-        using Avg = strata::RuntimeHierarchicalAverager<strata::LocalComm>;
-        AveragedSgd<Avg> s(comm, Avg(comm, *ctx.hierarchy, o.warmup), ctx.ranks_per_node,
-                           o.intra_node);
-        train(comm, ctx, s, result, progress);
-        break;
-      }
-    }
-  });
+  world.run([&](strata::LocalComm& comm) { run_method_on(comm, m, ctx, result, progress); });
   return result;
 }
 
@@ -726,6 +758,40 @@ void print_table(const Options& o, const strata::RuntimeHierarchy& h, std::size_
   }
 }
 
+// Everything after argument parsing; `run` trains one method and returns its result (complete
+// on the rank that prints).
+template <class Run>
+int demo(const Options& o, bool prints, Run&& run) {
+  const strata::RuntimeHierarchy h = resolve_hierarchy(o);
+  const std::size_t ranks_per_node = o.ranks_per_node.value_or(h.level(0).group_size);
+
+  std::size_t stragglers = 0;
+  for (std::size_t r = 0; r < o.world; ++r) {
+    for (std::size_t s = 0; s < o.steps; ++s) stragglers += straggles(o, r, s) ? 1 : 0;
+  }
+  const Problem problem = make_problem(o);
+  const RunContext ctx{&o, &problem, &h, ranks_per_node};
+  std::vector<Result> results;
+  for (Method m : o.methods) results.push_back(run(m, ctx));
+
+  if (!prints) return 0;
+  if (o.json) {
+    print_json(o, h, ranks_per_node, stragglers, results);
+  } else {
+    print_table(o, h, ranks_per_node, stragglers, results);
+  }
+  return 0;
+}
+
+// True when the command line asks for `--backend mpi`: MPI must be initialised before the rest of
+// the arguments can be checked against its world size.
+bool wants_mpi(int argc, char** argv) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--backend") == 0 && std::strcmp(argv[i + 1], "mpi") == 0) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -736,24 +802,23 @@ int main(int argc, char** argv) {
     }
   }
   return cli::run("hsgd_demo", [&] {
+#ifdef STRATA_EXAMPLES_HAVE_MPI
+    if (wants_mpi(argc, argv)) {
+      // One process per rank: the same training, with the communication over MPI.
+      strata::MpiEnvironment env(argc, argv);
+      auto comm = strata::MpiComm::world();
+      const Options o = parse_args(argc, argv, static_cast<std::size_t>(comm.size()));
+      const bool prints = comm.rank() == 0;
+      return demo(o, prints, [&](Method m, const RunContext& ctx) {
+        Result result;
+        result.method = m;
+        Progress progress(method_key(m), o.steps, !o.quiet && prints);
+        run_method_on(comm, m, ctx, result, progress);
+        return result;
+      });
+    }
+#endif
     const Options o = parse_args(argc, argv);
-    const strata::RuntimeHierarchy h = resolve_hierarchy(o);
-    const std::size_t ranks_per_node = o.ranks_per_node.value_or(h.level(0).group_size);
-
-    std::size_t stragglers = 0;
-    for (std::size_t r = 0; r < o.world; ++r) {
-      for (std::size_t s = 0; s < o.steps; ++s) stragglers += straggles(o, r, s) ? 1 : 0;
-    }
-    const Problem problem = make_problem(o);
-    const RunContext ctx{&o, &problem, &h, ranks_per_node};
-    std::vector<Result> results;
-    for (Method m : o.methods) results.push_back(run_method(m, ctx));
-
-    if (o.json) {
-      print_json(o, h, ranks_per_node, stragglers, results);
-    } else {
-      print_table(o, h, ranks_per_node, stragglers, results);
-    }
-    return 0;
+    return demo(o, true, run_method);
   });
 }
