@@ -413,12 +413,11 @@ class MpiComm {
     check(op, rc);
   }
 
-  // Polls the request until it completes or the deadline passes. The first polls spin (a
-  // collective of a well-behaved job completes quickly); then the thread yields and finally
-  // sleeps, so that a rank waiting for a straggler does not steal the straggler's core.
+  // Polls the request until it completes or the deadline passes. MPI progresses a non-blocking
+  // collective only inside MPI calls, so the loop keeps calling MPI_Test, as MPI_Wait would;
+  // between polls it yields the core, which an oversubscribed node (more ranks than cores) needs.
   void wait(std::string_view op, MPI_Request& req) {
-    const auto begin = std::chrono::steady_clock::now();
-    const auto deadline = begin + options_.timeout;
+    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
     for (std::size_t polls = 0;; ++polls) {
       int done = 0;
       check(op, MPI_Test(&req, &done, MPI_STATUS_IGNORE));
@@ -437,12 +436,7 @@ class MpiComm {
         }
         fail(op, why);
       }
-      if (polls < 1000) continue;
-      if (now - begin < std::chrono::milliseconds(20)) {
-        std::this_thread::yield();
-      } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-      }
+      if (polls >= 64) std::this_thread::yield();
     }
   }
 
