@@ -55,11 +55,11 @@ struct Link {
 //! assert(c.gradient_allreduce_s(8) == 0.75 * c.allreduce_s(8));
 //! \endcode
 struct CostModel {
-  double model_bytes = 0.0;          //!< bytes averaged per all-reduce (parameters or gradients)
-  std::size_t ranks_per_node = 1;    //!< ranks (GPUs) per machine
-  Link intra_node{};                 //!< links inside a machine (PCIe, NVLink)
-  Link inter_node{};                 //!< links between machines (Ethernet, InfiniBand)
-  double backward_overlap = 0.0;     //!< fraction of a gradient all-reduce hidden by backward
+  double model_bytes = 0.0;        //!< bytes averaged per all-reduce (parameters or gradients)
+  std::size_t ranks_per_node = 1;  //!< ranks (GPUs) per machine
+  Link intra_node{};               //!< links inside a machine (PCIe, NVLink)
+  Link inter_node{};               //!< links between machines (Ethernet, InfiniBand)
+  double backward_overlap = 0.0;   //!< fraction of a gradient all-reduce hidden by backward
 
   //! The cluster of the published straggler study: ResNet-18 on machines of 4 NVIDIA T4 over
   //! PCIe, 32 Gbit/s Ethernet between machines, NCCL. Every number here is an assumption, stated

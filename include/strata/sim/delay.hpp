@@ -31,7 +31,8 @@ struct DelayEvent {
 
 //! The compute time of rank r at step s (forward, backward and optimizer, without communication):
 //!
-//!     t(r, s) = step_s * slow(r) * L(r, s) + (straggles(r, s) ? straggler_delay_s : 0) + events(r, s)
+//!     t(r, s) = step_s * slow(r) * L(r, s) + (straggles(r, s) ? straggler_delay_s : 0)
+//!               + events(r, s)
 //!
 //! - *independent stragglers*: `straggles(r, s)` is true with probability `straggler_rate`,
 //!   independently for every rank and step;
@@ -54,13 +55,13 @@ struct DelayEvent {
 //! assert(m.step_time(7, 3, 0) == t);  // deterministic
 //! \endcode
 struct DelayModel {
-  double step_s = 0.0;              //!< normal compute time of one step, seconds
-  double straggler_rate = 0.0;      //!< chance that a rank is delayed at a step, in [0, 1]
-  double straggler_delay_s = 0.0;   //!< how long that delay lasts, seconds
-  std::vector<std::size_t> slow_ranks;  //!< ranks that are always slow
-  double slow_factor = 1.0;         //!< their step time is multiplied by this
-  double lognormal_sigma = 0.0;     //!< spread of the log-normal factor; 0 turns it off
-  std::vector<DelayEvent> events;   //!< delays placed by hand
+  double step_s = 0.0;                    //!< normal compute time of one step, seconds
+  double straggler_rate = 0.0;            //!< chance that a rank is late at a step, in [0, 1]
+  double straggler_delay_s = 0.0;         //!< how late, seconds
+  std::vector<std::size_t> slow_ranks{};  //!< ranks that are always slow
+  double slow_factor = 1.0;               //!< their step time is multiplied by this
+  double lognormal_sigma = 0.0;           //!< spread of the log-normal factor; 0 turns it off
+  std::vector<DelayEvent> events{};       //!< delays placed by hand
 
   //! Throws `std::invalid_argument` naming the first field that cannot describe a run of `world`
   //! ranks (a negative time, a rate outside [0, 1], a rank outside the world, a rank listed twice).
@@ -100,8 +101,9 @@ class DelaySampler {
       : model_(model), slow_(world, 1.0), events_(model.events) {
     model_.validate(world);
     for (const std::size_t r : model.slow_ranks) slow_[r] = model.slow_factor;
-    std::stable_sort(events_.begin(), events_.end(),
-                     [](const sim::DelayEvent& a, const sim::DelayEvent& b) { return a.step < b.step; });
+    std::stable_sort(
+        events_.begin(), events_.end(),
+        [](const sim::DelayEvent& a, const sim::DelayEvent& b) { return a.step < b.step; });
   }
 
   // times[r] = t(r, step) for every rank.
@@ -176,8 +178,7 @@ inline void DelayModel::validate(std::size_t world) const {
   }
 }
 
-inline double DelayModel::step_time(std::uint64_t seed, std::size_t rank,
-                                    std::size_t step) const {
+inline double DelayModel::step_time(std::uint64_t seed, std::size_t rank, std::size_t step) const {
   const bool slow = std::find(slow_ranks.begin(), slow_ranks.end(), rank) != slow_ranks.end();
   double t = detail::base_step_time(*this, slow ? slow_factor : 1.0, seed, rank, step);
   for (const DelayEvent& e : events) {

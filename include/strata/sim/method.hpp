@@ -3,6 +3,7 @@
 //! Training methods as the simulator sees them: when gradients are all-reduced and which level
 //! averages the model at each step.
 
+#include <algorithm>
 #include <cstddef>
 #include <optional>
 #include <span>
@@ -59,7 +60,7 @@ enum class GroupAssignment {
 //! const auto h = Method::hierarchical(strata::RuntimeHierarchy::parse("2:8,4:32,8:64"), 4)
 //!                    .with_intra_node_gradients();
 //! assert(h.world_size() == 64 && h.warmup() == 4 && h.intra_node_gradients());
-//! assert(h.name() == "hierarchical SGD 2:8,4:32,8:64");
+//! assert(h.name() == "hierarchical SGD 2:8,4:32,8:64, warm-up 4, intra-node gradients");
 //! const auto levels = h.averaging_levels(9);
 //! assert(!levels[0] && !levels[3] && levels[4] == 1u && levels[6] == 0u && levels[8] == 2u);
 //! const auto local = Method::local_sgd(64, 8, /*warmup=*/3);
@@ -128,11 +129,15 @@ class Method {
   [[nodiscard]] std::string name() const {
     std::string s;
     switch (kind_) {
-      case MethodKind::synchronous: s = "synchronous SGD"; break;
+      case MethodKind::synchronous:
+        s = "synchronous SGD";
+        break;
       case MethodKind::local:
         s = "local SGD (period " + std::to_string(hierarchy_->level(0).period) + ")";
         break;
-      case MethodKind::hierarchical: s = "hierarchical SGD " + hierarchy_->to_string(); break;
+      case MethodKind::hierarchical:
+        s = "hierarchical SGD " + hierarchy_->to_string();
+        break;
     }
     if (warmup_ != 0) s += ", warm-up " + std::to_string(warmup_);
     if (intra_node_) s += ", intra-node gradients";
@@ -146,15 +151,23 @@ class Method {
   }
 
   //! Entry s: the level that averages the model at step s, for s in [0, steps); the schedule's
-  //! rule, with the phase origin of the method.
+  //! rule (`RuntimeSchedule::level_at`), with the phase origin of the method.
   [[nodiscard]] std::vector<std::optional<std::size_t>> averaging_levels(std::size_t steps) const {
     std::vector<std::optional<std::size_t>> out(steps);
-    if (kind_ == MethodKind::local) {
-      fill(RuntimeSchedule<WarmupRelativePhase>(*hierarchy_, warmup_), out);
-    } else if (kind_ == MethodKind::hierarchical) {
-      fill(RuntimeSchedule<AbsolutePhase>(*hierarchy_, warmup_), out);
-    }
+    averaging_levels(0, out);
     return out;
+  }
+
+  //! `out[i]`: the level that averages the model at step `first + i`; long runs fill a buffer
+  //! piece by piece instead of holding one entry per step.
+  void averaging_levels(std::size_t first, std::span<std::optional<std::size_t>> out) const {
+    if (kind_ == MethodKind::local) {
+      fill(RuntimeSchedule<WarmupRelativePhase>(*hierarchy_, warmup_), first, out);
+    } else if (kind_ == MethodKind::hierarchical) {
+      fill(RuntimeSchedule<AbsolutePhase>(*hierarchy_, warmup_), first, out);
+    } else {
+      std::fill(out.begin(), out.end(), std::nullopt);
+    }
   }
 
  private:
@@ -166,8 +179,9 @@ class Method {
   }
 
   template <class Schedule>
-  static void fill(const Schedule& s, std::vector<std::optional<std::size_t>>& out) {
-    for (std::size_t step = 0; step < out.size(); ++step) out[step] = s.level_at(step);
+  static void fill(const Schedule& s, std::size_t first,
+                   std::span<std::optional<std::size_t>> out) {
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = s.level_at(first + i);
   }
 
   MethodKind kind_;

@@ -26,9 +26,9 @@ namespace strata::sim {
 //! static_assert(strata::sim::SyncKind::model_average != strata::sim::SyncKind::node_gradients);
 //! \endcode
 enum class SyncKind {
-  model_average,   //!< a level of the method averages the model (no overlap with compute)
-  world_gradients, //!< gradient all-reduce over the world (synchronous SGD, warm-up)
-  node_gradients,  //!< gradient all-reduce inside each node after warm-up (post-local SGD)
+  model_average,    //!< a level of the method averages the model (no overlap with compute)
+  world_gradients,  //!< gradient all-reduce over the world (synchronous SGD, warm-up)
+  node_gradients,   //!< gradient all-reduce inside each node after warm-up (post-local SGD)
 };
 
 //! The collectives of one kind (or one level) in a run: how often they ran, how long ranks
@@ -43,20 +43,22 @@ enum class SyncKind {
 //! \endcode
 struct SyncStats {
   SyncKind kind = SyncKind::model_average;
-  std::size_t level = 0;       //!< the level, for `model_average`
+  std::size_t level = 0;  //!< the level, for `model_average`
   std::size_t group_size = 0;
-  std::size_t period = 0;      //!< the level's period, for `model_average`
-  std::size_t count = 0;       //!< how many steps ran this collective
-  double wait_s = 0.0;         //!< mean over ranks of the time spent waiting for the group
-  double comm_s = 0.0;         //!< time each rank spent communicating (the exposed part)
+  std::size_t period = 0;  //!< the level's period, for `model_average`
+  std::size_t count = 0;   //!< how many steps ran this collective
+  double wait_s = 0.0;     //!< mean over ranks of the time spent waiting for the group
+  double comm_s = 0.0;     //!< time each rank spent communicating (the exposed part)
 
   [[nodiscard]] std::string label() const {
     const std::string g = "g=" + std::to_string(group_size);
     switch (kind) {
       case SyncKind::model_average:
         return "level " + std::to_string(level) + " (" + g + ", P=" + std::to_string(period) + ")";
-      case SyncKind::world_gradients: return "world gradients (" + g + ")";
-      case SyncKind::node_gradients: return "node gradients (" + g + ")";
+      case SyncKind::world_gradients:
+        return "world gradients (" + g + ")";
+      case SyncKind::node_gradients:
+        return "node gradients (" + g + ")";
     }
     return g;
   }
@@ -98,7 +100,9 @@ inline double sync_group(std::span<double> clock, double comm_s) noexcept {
 
 inline double sync_blocks(std::span<double> clock, std::size_t g, double comm_s) noexcept {
   double waited = 0.0;
-  for (std::size_t b = 0; b < clock.size(); b += g) waited += sync_group(clock.subspan(b, g), comm_s);
+  for (std::size_t b = 0; b < clock.size(); b += g) {
+    waited += sync_group(clock.subspan(b, g), comm_s);
+  }
   return waited;
 }
 
@@ -123,7 +127,7 @@ inline void shuffle_range(std::size_t* first, std::size_t* last, std::uint64_t s
   const std::size_t n = static_cast<std::size_t>(last - first);
   for (std::size_t i = n; i > 1; --i) {
     const std::uint64_t bits = counter_bits(seed, SimStream::shuffle, step, key + i);
-    std::swap(first[i - 1], first[bits % i]);  // the bias of % is below 2^-40 for any world here
+    std::swap(first[i - 1], first[bits % i]);  // % is biased by under i / 2^64: nothing here
   }
 }
 
@@ -189,8 +193,8 @@ namespace strata::sim {
   run.steps = steps;
   const auto levels = method.levels();
   for (std::size_t l = 0; l < levels.size(); ++l) {
-    run.syncs.push_back({SyncKind::model_average, l, levels[l].group_size, levels[l].period, 0,
-                         0.0, 0.0});
+    run.syncs.push_back(
+        {SyncKind::model_average, l, levels[l].group_size, levels[l].period, 0, 0.0, 0.0});
   }
   std::optional<std::size_t> world_entry;
   std::optional<std::size_t> node_entry;
@@ -204,16 +208,23 @@ namespace strata::sim {
   }
 
   std::vector<double> level_comm(levels.size());
-  for (std::size_t l = 0; l < levels.size(); ++l) level_comm[l] = cost.allreduce_s(levels[l].group_size);
+  for (std::size_t l = 0; l < levels.size(); ++l) {
+    level_comm[l] = cost.allreduce_s(levels[l].group_size);
+  }
   const double world_grad_comm = cost.gradient_allreduce_s(world);
   const double node_grad_comm = cost.gradient_allreduce_s(node);
   const bool shuffled = method.groups() == GroupAssignment::shuffled;
 
-  const auto schedule = method.averaging_levels(steps);
+  // The schedule in pieces, so that a long run does not hold one entry per step.
+  std::vector<std::optional<std::size_t>> schedule(std::min<std::size_t>(steps, 4096));
   std::vector<double> clock(world, 0.0);
   std::vector<double> times(world);
   std::vector<std::size_t> order(shuffled ? world : 0);
   for (std::size_t s = 0; s < steps; ++s) {
+    if (s % schedule.size() == 0) {
+      const std::size_t n = std::min(schedule.size(), steps - s);
+      method.averaging_levels(s, std::span(schedule).first(n));
+    }
     sampler.fill(seed, s, times);
     for (std::size_t r = 0; r < world; ++r) clock[r] += times[r];
 
@@ -229,7 +240,7 @@ namespace strata::sim {
       ++st.count;
     }
 
-    if (const auto l = schedule[s]) {
+    if (const auto l = schedule[s % schedule.size()]) {
       SyncStats& st = run.syncs[*l];
       const std::size_t g = levels[*l].group_size;
       if (shuffled && g < world) {

@@ -19,7 +19,12 @@ namespace strata::detail {
 }
 
 // Streams keep the draws for different purposes independent of each other.
-enum class SimStream : std::uint64_t { straggler = 1, normal_radius = 2, normal_angle = 3, shuffle = 4 };
+enum class SimStream : std::uint64_t {
+  straggler = 1,
+  normal_radius = 2,
+  normal_angle = 3,
+  shuffle = 4,
+};
 
 // 64 random bits for (seed, stream, a, b). Each key word goes through its own round of mixing, so
 // keys that differ in any word give unrelated outputs (xor-ing them together first would not).
