@@ -228,3 +228,15 @@ function(strata_add_cli_test name)
   add_test(NAME ${name} COMMAND "${CMAKE_COMMAND}" ${defs} -P "${PROJECT_SOURCE_DIR}/cmake/scripts/run_check.cmake")
   set_tests_properties(${name} PROPERTIES LABELS cli)
 endfunction()
+
+# Each case "name|arg|arg|..." must make `program` exit with status 2 and print one line on
+# stderr that starts with "program: ".
+function(strata_add_cli_rejects program executable)
+  foreach(case IN LISTS ARGN)
+    string(REPLACE "|" ";" parts "${case}")
+    list(POP_FRONT parts name)
+    strata_add_cli_test(cli.${program}_rejects_${name}
+      COMMAND ${executable} ${parts}
+      EXPECT_RC 2 STDERR_MATCHES "^${program}: " STDERR_LINES 1)
+  endforeach()
+endfunction()

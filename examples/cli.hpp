@@ -46,6 +46,15 @@ inline double parse_real(std::string_view flag, std::string_view text, double lo
   return v;
 }
 
+// True when any argument is --help or -h: help wins over every other argument, valid or not.
+inline bool asks_for_help(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--help" || a == "-h") return true;
+  }
+  return false;
+}
+
 // One line, whatever the message holds.
 inline std::string one_line(std::string s) {
   for (char& c : s) {

@@ -795,11 +795,9 @@ bool wants_mpi(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      print_help();
-      return 0;
-    }
+  if (cli::asks_for_help(argc, argv)) {
+    print_help();
+    return 0;
   }
   return cli::run("hsgd_demo", [&] {
 #ifdef STRATA_EXAMPLES_HAVE_MPI

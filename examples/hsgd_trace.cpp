@@ -131,16 +131,14 @@ void write_json(std::FILE* f, const std::vector<std::vector<double>>& finals) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      std::printf(
-          "usage: hsgd_trace --world N --hierarchy P:G[,P:G...] --steps S --dim D\n"
-          "                  [--warmup W] [--seed K] [--lr LR] [--out FILE] [--backend local|mpi]\n"
-          "With --backend mpi (under mpirun) the world size and ranks come from MPI.\n"
-          "Runs the deterministic hierarchical-SGD trace on N in-process ranks and writes\n"
-          "{\"ranks\":[{\"rank\":0,\"final\":[...]},...]} to FILE (default: standard output).\n");
-      return 0;
-    }
+  if (cli::asks_for_help(argc, argv)) {
+    std::printf(
+        "usage: hsgd_trace --world N --hierarchy P:G[,P:G...] --steps S --dim D\n"
+        "                  [--warmup W] [--seed K] [--lr LR] [--out FILE] [--backend local|mpi]\n"
+        "With --backend mpi (under mpirun) the world size and ranks come from MPI.\n"
+        "Runs the deterministic hierarchical-SGD trace on N in-process ranks and writes\n"
+        "{\"ranks\":[{\"rank\":0,\"final\":[...]},...]} to FILE (default: standard output).\n");
+    return 0;
   }
   return cli::run("hsgd_trace", [&] {
     Options o = parse_args(argc, argv);

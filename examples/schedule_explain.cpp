@@ -113,11 +113,9 @@ void explain(const Options& o, const strata::RuntimeHierarchy& h) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      print_help();
-      return 0;
-    }
+  if (cli::asks_for_help(argc, argv)) {
+    print_help();
+    return 0;
   }
   return cli::run("schedule_explain", [&] {
     const Options o = parse_args(argc, argv);

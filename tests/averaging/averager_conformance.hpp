@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <random>
 #include <span>
 #include <vector>
 
@@ -79,6 +80,27 @@ inline void serial_average(std::vector<Params>& world, std::size_t g) {
 
 inline bool close(double got, double expected) {
   return std::abs(got - expected) <= 1e-12 * std::max(1.0, std::abs(expected));
+}
+
+// A random valid hierarchy for a world of n: a chain of divisors of n ending at n, with strictly
+// increasing periods. The same seed gives the same hierarchy on every process.
+inline std::vector<strata::LevelSpec> random_levels(std::mt19937_64& rng, std::size_t n) {
+  // A chain of divisors of n ending at n, with strictly increasing periods.
+  std::vector<std::size_t> sizes{n};
+  while (sizes.front() > 1 && rng() % 3 != 0) {
+    std::vector<std::size_t> divisors;
+    for (std::size_t d = 1; d < sizes.front(); ++d) {
+      if (sizes.front() % d == 0) divisors.push_back(d);
+    }
+    sizes.insert(sizes.begin(), divisors[rng() % divisors.size()]);
+  }
+  std::vector<strata::LevelSpec> levels;
+  std::size_t period = 1 + rng() % 3;
+  for (std::size_t g : sizes) {
+    levels.push_back({period, g});
+    period += 1 + rng() % 4;
+  }
+  return levels;
 }
 
 // Runs `steps` averaging steps of `h` on this rank, through the fused path (separate tensors) and

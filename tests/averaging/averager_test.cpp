@@ -81,25 +81,6 @@ void check_trace(const Trace& trace, const std::vector<strata::LevelSpec>& level
   }
 }
 
-std::vector<strata::LevelSpec> random_levels(std::mt19937_64& rng, std::size_t n) {
-  // A chain of divisors of n ending at n, with strictly increasing periods.
-  std::vector<std::size_t> sizes{n};
-  while (sizes.front() > 1 && rng() % 3 != 0) {
-    std::vector<std::size_t> divisors;
-    for (std::size_t d = 1; d < sizes.front(); ++d) {
-      if (sizes.front() % d == 0) divisors.push_back(d);
-    }
-    sizes.insert(sizes.begin(), divisors[rng() % divisors.size()]);
-  }
-  std::vector<strata::LevelSpec> levels;
-  std::size_t period = 1 + rng() % 3;
-  for (std::size_t g : sizes) {
-    levels.push_back({period, g});
-    period += 1 + rng() % 4;
-  }
-  return levels;
-}
-
 }  // namespace
 
 TEST_CASE("hierarchical averaging matches the serial mean on random hierarchies, worlds 1..16") {

@@ -12,28 +12,6 @@
 #include "../averaging/averager_conformance.hpp"
 #include "../comm/conformance.hpp"
 
-namespace {
-
-// A random chain of divisors of n ending at n, the same on every process (same seed).
-strata::RuntimeHierarchy random_hierarchy(std::mt19937_64& rng, std::size_t n) {
-  std::vector<std::size_t> sizes{n};
-  while (sizes.front() > 1 && rng() % 3 != 0) {
-    std::vector<std::size_t> divisors;
-    for (std::size_t d = 1; d < sizes.front(); ++d) {
-      if (sizes.front() % d == 0) divisors.push_back(d);
-    }
-    sizes.insert(sizes.begin(), divisors[rng() % divisors.size()]);
-  }
-  std::vector<strata::LevelSpec> levels;
-  std::size_t period = 1 + rng() % 3;
-  for (std::size_t g : sizes) {
-    levels.push_back({period, g});
-    period += 1 + rng() % 4;
-  }
-  return strata::RuntimeHierarchy(levels);
-}
-
-}  // namespace
 
 TEST_CASE("MPI backend: the collective conformance suite") {
   auto world = strata::MpiComm::world();
@@ -45,7 +23,7 @@ TEST_CASE("MPI backend: the averager conformance suite") {
   const auto n = static_cast<std::size_t>(world.size());
   std::mt19937_64 rng(5);
   for (int trial = 0; trial < 4; ++trial) {
-    const auto h = random_hierarchy(rng, n);
+    const strata::RuntimeHierarchy h(averager_conformance::random_levels(rng, n));
     const std::size_t warmup = rng() % 4;
     CAPTURE(h.to_string());
     averager_conformance::matches_serial(world, h, warmup, 2 * h.hyper_period() + warmup + 1);
