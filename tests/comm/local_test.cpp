@@ -2,6 +2,7 @@
 
 #include <strata/comm/local.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -174,5 +175,56 @@ TEST_CASE("local backend: a world can run several times") {
       sum += static_cast<int>(x[0]);
     });
     CHECK(sum == 5 * 10);
+  }
+}
+
+TEST_CASE("local backend: one member's bad arguments fail every member at once") {
+  strata::LocalWorld world(4);  // default timeout: minutes; nobody may wait for it
+  const auto start = std::chrono::steady_clock::now();
+  world.run([](strata::LocalComm& comm) {
+    std::vector<double> in(8, 1.0), out(comm.rank() == 2 ? 9 : 8, 0.0);
+    const auto before = out;
+    try {
+      comm.all_reduce(std::span<const double>(in), std::span<double>(out), strata::ReduceOp::sum);
+      FAIL("no error");
+    } catch (const strata::error& e) {
+      CHECK(std::string(e.what()) == "strata: all_reduce on rank " + std::to_string(comm.rank()) +
+                                         ": rank 2: input has 8 elements but output has 9");
+    }
+    CHECK(out == before);
+    comm.barrier();  // the group is still usable
+  });
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+}
+
+TEST_CASE("local backend: a failure elsewhere never leaves a collective half done") {
+  // Ranks 0 and 1 all-reduce a large buffer in their own group while rank 2 fails at about the
+  // same moment. Either both complete the all-reduce or both fail before writing anything, and
+  // neither returns while the other still uses its buffers.
+  for (int trial = 0; trial < 12; ++trial) {
+    CAPTURE(trial);
+    std::vector<int> outcome(2, -1);  // 1 completed, 0 failed
+    std::vector<int> state(2, -1);    // 1 reduced, 0 untouched, 2 mixed
+    CHECK_THROWS(strata::LocalWorld(3).run([&](strata::LocalComm& comm) {
+      auto pair = comm.split(comm.rank() < 2 ? 0 : 1, comm.rank());
+      if (comm.rank() == 2) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200 * trial));
+        throw std::runtime_error("rank 2 failed");
+      }
+      std::vector<double> x(1 << 21, double(comm.rank() + 1));
+      const auto r = static_cast<std::size_t>(comm.rank());
+      try {
+        pair.all_reduce(std::span<double>(x), strata::ReduceOp::sum);
+        outcome[r] = 1;
+      } catch (const strata::error&) {
+        outcome[r] = 0;
+      }
+      const std::size_t reduced = static_cast<std::size_t>(std::count(x.begin(), x.end(), 3.0));
+      state[r] = reduced == x.size() ? 1 : (reduced == 0 ? 0 : 2);
+      comm.barrier();  // fails: rank 2 is gone
+    }));
+    CHECK(outcome[0] == outcome[1]);
+    CHECK(state[0] == outcome[0]);
+    CHECK(state[1] == outcome[1]);
   }
 }

@@ -75,9 +75,10 @@ TEST_CASE("RuntimeHierarchy points at the offending item of bad text") {
                 "RuntimeHierarchy: item 1 \"18446744073709551616:8\" of \"18446744073709551616:8\": "
                 "period \"18446744073709551616\" does not fit in std::size_t (max "
                 "18446744073709551615)");
+  // A period given twice breaks the rule that periods strictly increase, in the rule's words.
   check_rejects("2:8,2:16",
-                "RuntimeHierarchy: item 2 \"2:16\" of \"2:8,2:16\": period 2 already given by item "
-                "1; each level needs its own period");
+                "Hierarchy: level 1 period 2 is not greater than level 0 period 2; periods must "
+                "strictly increase (item 2 \"2:16\" of \"2:8,2:16\")");
   check_rejects("2:8,4:32,",
                 "RuntimeHierarchy: trailing comma after item 2 in \"2:8,4:32,\"");
   check_rejects("2:8,,4:32",

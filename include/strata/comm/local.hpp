@@ -99,6 +99,7 @@ struct Post {
   int root = 0;
   int color = 0;
   int key = 0;
+  std::string invalid;  // why this member's arguments are unusable; empty when they are fine
 };
 
 struct Group;
@@ -158,7 +159,8 @@ inline std::string rank_list(const std::vector<int>& ranks) {
 
 // Waits until every member of the group has arrived. Throws strata::error when the world has
 // failed, when a member it waits for has left, or at the deadline (which fails the world, so that
-// every other waiter learns why).
+// every other waiter learns why). A member that throws withdraws its arrival first: the barrier
+// can then never complete with a member that has gone, whose buffers may already be freed.
 inline void rendezvous(Group& g, int me, Kind kind) {
   World& w = *g.world;
   const int my_world_rank = g.members[static_cast<std::size_t>(me)];
@@ -180,6 +182,11 @@ inline void rendezvous(Group& g, int me, Kind kind) {
   }
   const std::uint64_t generation = g.generation;
   const auto deadline = std::chrono::steady_clock::now() + w.options.timeout;
+  auto withdraw_and_throw = [&] {
+    g.here[static_cast<std::size_t>(me)] = false;
+    --g.arrived;
+    throw_failed();
+  };
   auto not_here = [&](auto&& keep) {
     std::vector<int> ranks;
     for (std::size_t m = 0; m < g.members.size(); ++m) {
@@ -189,7 +196,7 @@ inline void rendezvous(Group& g, int me, Kind kind) {
   };
   auto has_left = [&](int world_rank) { return w.left[static_cast<std::size_t>(world_rank)]; };
   while (g.generation == generation) {
-    if (w.failed) throw_failed();
+    if (w.failed) withdraw_and_throw();
     // The lists are built only on the failure paths: a wake-up must stay cheap.
     bool someone_left = false;
     for (std::size_t m = 0; m < g.members.size() && !someone_left; ++m) {
@@ -199,16 +206,34 @@ inline void rendezvous(Group& g, int me, Kind kind) {
       w.fail_locked(my_world_rank, std::string(op) + " waited for rank(s) " +
                                        rank_list(not_here(has_left)) +
                                        ", which already returned from their function");
-      throw_failed();
+      withdraw_and_throw();
     }
     if (w.cv.wait_until(lock, deadline) == std::cv_status::timeout &&
         g.generation == generation && !w.failed) {
       w.fail_locked(my_world_rank, "timed out after " + std::to_string(w.options.timeout.count()) +
                                        " ms in " + std::string(op) + " waiting for rank(s) " +
                                        rank_list(not_here([](int) { return true; })));
-      throw_failed();
+      withdraw_and_throw();
     }
   }
+}
+
+// The barrier that ends a collective. Every member has passed the first barrier and the work
+// between never blocks, so every member arrives: this one neither fails nor times out. A member
+// must not return (and perhaps free its buffers) while a peer still reads or writes them.
+inline void complete(Group& g, int me) {
+  World& w = *g.world;
+  std::unique_lock lock(w.mutex);
+  g.here[static_cast<std::size_t>(me)] = true;
+  if (++g.arrived == g.size()) {
+    g.arrived = 0;
+    std::fill(g.here.begin(), g.here.end(), false);
+    ++g.generation;
+    w.cv.notify_all();
+    return;
+  }
+  const std::uint64_t generation = g.generation;
+  w.cv.wait(lock, [&] { return g.generation != generation; });
 }
 
 // memcpy that accepts the null pointers of empty spans.
@@ -326,7 +351,7 @@ class LocalComm {
   void all_reduce(std::span<const T> in, std::span<T> out, ReduceOp op) {
     using detail::local::Kind;
     if (in.size() != out.size()) {
-      local_error(Kind::all_reduce, "input has " + std::to_string(in.size()) +
+      reject("input has " + std::to_string(in.size()) +
                                         " elements but output has " + std::to_string(out.size()));
     }
     run<T>(Kind::all_reduce, in, out, op, [&](auto& g) {
@@ -348,7 +373,7 @@ class LocalComm {
   void broadcast(std::span<T> buf, int root) {
     using detail::local::Kind;
     if (root < 0 || root >= size()) {
-      local_error(Kind::broadcast, "root " + std::to_string(root) + " is not a rank of a group of " +
+      reject("root " + std::to_string(root) + " is not a rank of a group of " +
                                        std::to_string(size()));
     }
     run<T>(Kind::broadcast, std::span<const T>(buf.data(), buf.size()), buf, ReduceOp::sum,
@@ -366,7 +391,7 @@ class LocalComm {
   void all_gather(std::span<const T> in, std::span<T> out) {
     using detail::local::Kind;
     if (out.size() != in.size() * static_cast<std::size_t>(size())) {
-      local_error(Kind::all_gather, "output has " + std::to_string(out.size()) +
+      reject("output has " + std::to_string(out.size()) +
                                         " elements; it needs " + std::to_string(in.size()) +
                                         " x " + std::to_string(size()));
     }
@@ -384,7 +409,7 @@ class LocalComm {
   void reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op) {
     using detail::local::Kind;
     if (in.size() != out.size() * static_cast<std::size_t>(size())) {
-      local_error(Kind::reduce_scatter, "input has " + std::to_string(in.size()) +
+      reject("input has " + std::to_string(in.size()) +
                                             " elements; it needs " + std::to_string(out.size()) +
                                             " x " + std::to_string(size()));
     }
@@ -405,7 +430,7 @@ class LocalComm {
     using detail::local::Kind;
     const auto n = static_cast<std::size_t>(size());
     if (in.size() != out.size() || in.size() % n != 0) {
-      local_error(Kind::all_to_all, "input has " + std::to_string(in.size()) +
+      reject("input has " + std::to_string(in.size()) +
                                         " and output " + std::to_string(out.size()) +
                                         " elements; both must be the same multiple of " +
                                         std::to_string(n));
@@ -430,20 +455,19 @@ class LocalComm {
     using detail::local::Kind;
     const auto n = static_cast<std::size_t>(size());
     if (send_counts.size() != n || recv_counts.size() != n) {
-      local_error(Kind::all_to_all_v, "needs one send and one receive count per member (" +
+      reject("needs one send and one receive count per member (" +
                                           std::to_string(n) + "), got " +
                                           std::to_string(send_counts.size()) + " and " +
                                           std::to_string(recv_counts.size()));
     }
     std::size_t sent = 0;
     std::size_t received = 0;
-    for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t j = 0; j < n && invalid_.empty(); ++j) {
       sent += send_counts[j];
       received += recv_counts[j];
     }
-    if (sent != in.size() || received != out.size()) {
-      local_error(Kind::all_to_all_v,
-                  "counts add up to " + std::to_string(sent) + " sent and " +
+    if (invalid_.empty() && (sent != in.size() || received != out.size())) {
+      reject("counts add up to " + std::to_string(sent) + " sent and " +
                       std::to_string(received) + " received, but the buffers hold " +
                       std::to_string(in.size()) + " and " + std::to_string(out.size()));
     }
@@ -475,7 +499,7 @@ class LocalComm {
   //! `key`, then by their rank here.
   LocalComm split(int color, int key) {
     using detail::local::Kind;
-    if (color < 0) local_error(Kind::split, "color " + std::to_string(color) + " is negative");
+    if (color < 0) reject("color " + std::to_string(color) + " is negative");
     detail::local::Post p;
     p.kind = Kind::split;
     p.color = color;
@@ -499,7 +523,10 @@ class LocalComm {
         }
       }
     });
-    auto [sub, sub_rank] = g.split_result[static_cast<std::size_t>(rank_)];
+    // Each member takes its result and clears the slot, so that a build that failed on member 0
+    // shows as an empty slot rather than a stale group.
+    auto [sub, sub_rank] = std::exchange(g.split_result[static_cast<std::size_t>(rank_)], {});
+    if (!sub) throw error("split", world_rank(), "member 0 could not build the sub-communicators");
     return LocalComm(std::move(sub), sub_rank);
   }
 
@@ -508,8 +535,11 @@ class LocalComm {
   LocalComm(std::shared_ptr<detail::local::Group> group, int rank)
       : group_(std::move(group)), rank_(rank) {}
 
-  [[noreturn]] void local_error(detail::local::Kind kind, const std::string& why) const {
-    throw error(detail::local::kind_name(kind), world_rank(), why);
+  // Records that this member's arguments are unusable. The collective still takes place, so
+  // that every member learns it at once and fails alike, instead of waiting for a member that
+  // threw on its own.
+  void reject(std::string why) {
+    if (invalid_.empty()) invalid_ = std::move(why);
   }
 
   // Posts this member's arguments. Only this member writes its slot, and only between the
@@ -523,6 +553,9 @@ class LocalComm {
     const auto& posts = group_->posts;
     const auto& first = posts[0];
     const auto name = [&](std::size_t m) { return "rank " + std::to_string(group_->members[m]); };
+    for (std::size_t m = 0; m < posts.size(); ++m) {
+      if (!posts[m].invalid.empty()) return name(m) + ": " + posts[m].invalid;
+    }
     for (std::size_t m = 1; m < posts.size(); ++m) {
       const auto& p = posts[m];
       const std::string pair = name(0) + " and " + name(m) + " disagree: ";
@@ -562,16 +595,26 @@ class LocalComm {
     return {};
   }
 
-  // Two barriers around the work. After a failed check the second barrier still runs: a member
-  // must not post its next collective while a peer is still reading this one's posts.
+  // Two barriers around the work. The second is a completion barrier that every member reaches,
+  // also after a failed check, so that no member posts its next collective, or frees its
+  // buffers, while a peer still reads this one's posts. A failure of the world during the work
+  // is reported by the next collective: this one has completed.
   template <class Work>
-  void collective(const detail::local::Post& p, Work&& work) {
+  void collective(detail::local::Post p, Work&& work) {
+    p.invalid = std::exchange(invalid_, {});
     exchange(p);
     detail::local::Group& g = *group_;
     detail::local::rendezvous(g, rank_, p.kind);
-    const std::string problem = disagreement();
-    if (problem.empty()) work(g);
-    detail::local::rendezvous(g, rank_, p.kind);
+    std::string problem;
+    std::exception_ptr failed;
+    try {
+      problem = disagreement();
+      if (problem.empty()) work(g);
+    } catch (...) {
+      failed = std::current_exception();  // out of memory in split's bookkeeping, say
+    }
+    detail::local::complete(g, rank_);
+    if (failed) std::rethrow_exception(failed);
     if (!problem.empty()) throw error(detail::local::kind_name(p.kind), world_rank(), problem);
   }
 
@@ -595,6 +638,7 @@ class LocalComm {
 
   std::shared_ptr<detail::local::Group> group_;
   int rank_;
+  std::string invalid_;  // set by reject(), posted and cleared by the next collective
 };
 
 //! N ranks as N threads of this process: the embedded default backend, for demos, tests and

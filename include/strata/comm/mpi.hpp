@@ -180,7 +180,10 @@ class MpiComm {
       throw mpi_error("MpiComm", -1, "MPI is not initialised (use MpiEnvironment or MPI_Init)",
                       MPI_SUCCESS);
     }
-    check("MPI_Comm_dup", MPI_Comm_dup(comm, &comm_));
+    // Non-blocking, so that a rank that never joins makes the others time out, not hang.
+    MPI_Request req = MPI_REQUEST_NULL;
+    start("MPI_Comm_idup", MPI_Comm_idup(comm, &comm_, &req));
+    wait("MPI_Comm_idup", req);
     adopt();
   }
 
@@ -222,6 +225,7 @@ class MpiComm {
 
   template <comm_value T>
   void all_reduce(std::span<T> buf, ReduceOp op) {
+    ensure_usable("all_reduce");
     MPI_Request req = MPI_REQUEST_NULL;
     const int count = to_int("all_reduce", buf.size());
     start("all_reduce", MPI_Iallreduce(MPI_IN_PLACE, buf.data(), count, detail::mpi::datatype<T>(),
@@ -232,6 +236,7 @@ class MpiComm {
 
   template <comm_value T>
   void all_reduce(std::span<const T> in, std::span<T> out, ReduceOp op) {
+    ensure_usable("all_reduce");
     if (in.size() != out.size()) {
       fail("all_reduce", "input has " + std::to_string(in.size()) + " elements but output has " +
                              std::to_string(out.size()));
@@ -250,6 +255,7 @@ class MpiComm {
 
   template <comm_value T>
   void broadcast(std::span<T> buf, int root) {
+    ensure_usable("broadcast");
     if (root < 0 || root >= size_) {
       fail("broadcast", "root " + std::to_string(root) + " is not a rank of a group of " +
                             std::to_string(size_));
@@ -262,6 +268,7 @@ class MpiComm {
 
   template <comm_value T>
   void all_gather(std::span<const T> in, std::span<T> out) {
+    ensure_usable("all_gather");
     if (out.size() != in.size() * static_cast<std::size_t>(size_)) {
       fail("all_gather", "output has " + std::to_string(out.size()) + " elements; it needs " +
                              std::to_string(in.size()) + " x " + std::to_string(size_));
@@ -276,6 +283,7 @@ class MpiComm {
 
   template <comm_value T>
   void reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op) {
+    ensure_usable("reduce_scatter");
     if (in.size() != out.size() * static_cast<std::size_t>(size_)) {
       fail("reduce_scatter", "input has " + std::to_string(in.size()) + " elements; it needs " +
                                  std::to_string(out.size()) + " x " + std::to_string(size_));
@@ -292,6 +300,7 @@ class MpiComm {
 
   template <comm_value T>
   void all_to_all(std::span<const T> in, std::span<T> out) {
+    ensure_usable("all_to_all");
     const auto n = static_cast<std::size_t>(size_);
     if (in.size() != out.size() || in.size() % n != 0) {
       fail("all_to_all", "input has " + std::to_string(in.size()) + " and output " +
@@ -313,6 +322,7 @@ class MpiComm {
   void all_to_all(std::span<const T> in, std::span<const std::size_t> send_counts,
                   std::span<T> out, std::span<const std::size_t> recv_counts) {
     constexpr std::string_view op = "all_to_all (uneven)";
+    ensure_usable(op);
     const auto n = static_cast<std::size_t>(size_);
     if (send_counts.size() != n || recv_counts.size() != n) {
       fail(op, "needs one send and one receive count per member (" + std::to_string(n) +
@@ -344,6 +354,7 @@ class MpiComm {
   }
 
   void barrier() {
+    ensure_usable("barrier");
     MPI_Request req = MPI_REQUEST_NULL;
     start("barrier", MPI_Ibarrier(comm_, &req));
     wait("barrier", req);
@@ -353,6 +364,13 @@ class MpiComm {
   MpiComm split(int color, int key) {
     if (color < 0) fail("split", "color " + std::to_string(color) + " is negative");
     ensure_usable("split");
+    // MPI_Comm_split blocks with no deadline; a timed exchange first makes sure that every member
+    // has arrived, so that the split itself cannot wait for a rank that never comes.
+    int mine[2] = {color, key};
+    std::vector<int> all(2 * static_cast<std::size_t>(size_));
+    MPI_Request req = MPI_REQUEST_NULL;
+    start("split", MPI_Iallgather(mine, 2, MPI_INT, all.data(), 2, MPI_INT, comm_, &req));
+    wait("split", req);
     MPI_Comm sub = MPI_COMM_NULL;
     check("split", MPI_Comm_split(comm_, color, key, &sub));
     return MpiComm(sub, options_, adopt_tag{});
@@ -408,10 +426,9 @@ class MpiComm {
     return static_cast<int>(count);
   }
 
-  void start(std::string_view op, int rc) {
-    ensure_usable(op);
-    check(op, rc);
-  }
+  // `rc` is the result of posting a non-blocking call; callers check `ensure_usable` before
+  // posting, since a broken communicator must not post anything.
+  void start(std::string_view op, int rc) { check(op, rc); }
 
   // Polls the request until it completes or the deadline passes. MPI progresses a non-blocking
   // collective only inside MPI calls, so the loop keeps calling MPI_Test, as MPI_Wait would;
@@ -427,8 +444,9 @@ class MpiComm {
         broken_ = "a " + std::string(op) + " timed out";
         const std::string why =
             "timed out after " + std::to_string(options_.timeout.count()) + " ms; MPI cannot " +
-            "tell which peers had not arrived, and the request stays pending, so this " +
-            "communicator can no longer be used (abort the job, or give up the communicator)";
+            "tell which peers had not arrived, and cannot cancel the request: it stays pending " +
+            "and may still write into this call's buffers, so the communicator is unusable and " +
+            "the safe way on is to end the job (abort())";
         if (options_.abort_on_timeout) {
           std::fprintf(stderr, "strata: %.*s on rank %d: %s; aborting the job\n",
                        static_cast<int>(op.size()), op.data(), rank_, why.c_str());
@@ -476,7 +494,7 @@ class MpiComm {
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   MpiOptions options_;
-  int rank_ = 0;
+  int rank_ = -1;  // -1 until the communicator exists: errors before that name no rank
   int size_ = 0;
   std::string broken_;  // why the communicator can no longer be used; empty while it can
 };

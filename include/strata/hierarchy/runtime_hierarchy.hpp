@@ -72,14 +72,6 @@ class RuntimeHierarchy {
           text.substr(begin, comma == std::string_view::npos ? std::string_view::npos : comma - begin);
       levels.push_back(parse_item(text, piece, item));
       pieces.push_back(piece);
-      for (std::size_t j = 0; j + 1 < levels.size(); ++j) {
-        if (levels[j].period == levels.back().period) {
-          throw std::invalid_argument(item_error(text, piece, item) + "period " +
-                                      std::to_string(levels.back().period) +
-                                      " already given by item " + std::to_string(j + 1) +
-                                      "; each level needs its own period");
-        }
-      }
       if (comma == std::string_view::npos) break;
       begin = comma + 1;
       if (begin == text.size()) {
