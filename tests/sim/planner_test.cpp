@@ -126,3 +126,11 @@ TEST_CASE("the planner refuses bad requests") {
   CHECK_THROWS_WITH_AS((void)strata::sim::plan({.world = 8, .top = 0}, d, CostModel{}),
                        "plan: top is 0", std::invalid_argument);
 }
+
+TEST_CASE("the candidate limit counts real candidates, not a bound") {
+  // 720720 has many divisors; with the smallest level's period capped at 1 the candidates number
+  // 139700 by direct count, under the limit of 200000.
+  const auto c = strata::sim::candidate_hierarchies(720720, 1, 8, 3, /*max_local_period=*/1);
+  CHECK(c.size() == 139700);
+  for (const auto& h : c) REQUIRE(h.level(0).period == 1);
+}

@@ -57,6 +57,8 @@ namespace strata::sim {
   std::vector<std::vector<std::size_t>> chains;
   std::vector<std::size_t> chain;
   const std::function<void(std::size_t)> grow = [&](std::size_t from) {
+    // More levels than periods give no candidate, and neither do longer chains.
+    if (chain.size() + 1 > max_period) return;
     if (chains.size() >= limit) throw too_many();  // each chain is at least one candidate
     std::vector<std::size_t> full = chain;
     full.push_back(world);
@@ -74,22 +76,13 @@ namespace strata::sim {
                    [](const auto& a, const auto& b) { return a.size() < b.size(); });
 
   const std::size_t first_max = max_local_period == 0 ? max_period : max_local_period;
-  // The number of strictly increasing period sequences of length k is at most C(max_period, k).
-  std::size_t total = 0;
-  for (const auto& c : chains) {
-    double n = 1.0;
-    for (std::size_t i = 0; i < c.size(); ++i) {
-      n = n * static_cast<double>(max_period - i) / static_cast<double>(i + 1);
-    }
-    total += static_cast<std::size_t>(std::max(0.0, n + 0.5));
-    if (total > limit) throw too_many();
-  }
+  // Counted while generated: a bound computed ahead would have to know every constraint.
   std::vector<RuntimeHierarchy> out;
-  out.reserve(total);
   for (const auto& c : chains) {
     std::vector<std::size_t> periods(c.size());
     const std::function<void(std::size_t, std::size_t)> pick = [&](std::size_t i, std::size_t lo) {
       if (i == c.size()) {
+        if (out.size() >= limit) throw too_many();
         std::vector<LevelSpec> levels;
         for (std::size_t k = 0; k < c.size(); ++k) levels.push_back({periods[k], c[k]});
         out.emplace_back(std::move(levels));
