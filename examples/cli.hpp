@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -29,6 +30,12 @@ inline std::uint64_t parse_integer(std::string_view flag, std::string_view text,
                       std::to_string(hi) + ", got \"" + std::string(text) + "\"");
   }
   return v;
+}
+
+// The same, as a size.
+inline std::size_t parse_size(std::string_view flag, std::string_view text, std::size_t lo,
+                              std::size_t hi) {
+  return static_cast<std::size_t>(parse_integer(flag, text, lo, hi));
 }
 
 // A finite number in [lo, hi], or (lo, hi] when `lo_open` (a learning rate of 0 trains nothing).

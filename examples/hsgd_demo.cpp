@@ -105,10 +105,7 @@ void print_help() {
       "  --help                  this text\n");
 }
 
-std::size_t parse_size(std::string_view flag, std::string_view text, std::size_t lo,
-                       std::size_t hi) {
-  return static_cast<std::size_t>(cli::parse_integer(flag, text, lo, hi));
-}
+using cli::parse_size;
 
 std::vector<Method> parse_methods(std::string_view text) {
   std::vector<Method> chosen;

@@ -147,10 +147,7 @@ void print_help() {
       "  --top K                   how many to show (default 5)\n");
 }
 
-std::size_t parse_size(std::string_view flag, std::string_view text, std::size_t lo,
-                       std::size_t hi) {
-  return static_cast<std::size_t>(cli::parse_integer(flag, text, lo, hi));
-}
+using cli::parse_size;
 
 std::vector<std::size_t> parse_ranks(std::string_view flag, std::string_view text) {
   std::vector<std::size_t> ranks;

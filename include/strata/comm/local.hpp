@@ -157,6 +157,18 @@ inline std::string rank_list(const std::vector<int>& ranks) {
   return s;
 }
 
+// Counts this member in at the current barrier; true when it was the last to arrive, in which
+// case the barrier is complete and the waiters are woken. Caller holds the world's mutex.
+inline bool arrive(Group& g, int me) {
+  g.here[static_cast<std::size_t>(me)] = true;
+  if (++g.arrived != g.size()) return false;
+  g.arrived = 0;
+  std::fill(g.here.begin(), g.here.end(), false);
+  ++g.generation;
+  g.world->cv.notify_all();
+  return true;
+}
+
 // Waits until every member of the group has arrived. Throws strata::error when the world has
 // failed, when a member it waits for has left, or at the deadline (which fails the world, so that
 // every other waiter learns why). A member that throws withdraws its arrival first: the barrier
@@ -172,14 +184,7 @@ inline void rendezvous(Group& g, int me, Kind kind) {
                 "rank " + std::to_string(w.failed_rank) + " failed: " + w.failure);
   };
   if (w.failed) throw_failed();
-  g.here[static_cast<std::size_t>(me)] = true;
-  if (++g.arrived == g.size()) {
-    g.arrived = 0;
-    std::fill(g.here.begin(), g.here.end(), false);
-    ++g.generation;
-    w.cv.notify_all();
-    return;
-  }
+  if (arrive(g, me)) return;
   const std::uint64_t generation = g.generation;
   const auto deadline = std::chrono::steady_clock::now() + w.options.timeout;
   auto withdraw_and_throw = [&] {
@@ -224,14 +229,7 @@ inline void rendezvous(Group& g, int me, Kind kind) {
 inline void complete(Group& g, int me) {
   World& w = *g.world;
   std::unique_lock lock(w.mutex);
-  g.here[static_cast<std::size_t>(me)] = true;
-  if (++g.arrived == g.size()) {
-    g.arrived = 0;
-    std::fill(g.here.begin(), g.here.end(), false);
-    ++g.generation;
-    w.cv.notify_all();
-    return;
-  }
+  if (arrive(g, me)) return;
   const std::uint64_t generation = g.generation;
   w.cv.wait(lock, [&] { return g.generation != generation; });
 }
