@@ -108,6 +108,60 @@ concept all_or_nothing_collectives = requires {
 using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std::int32_t>,
                               PackCache<std::int64_t>>;
 
+// Backends whose buffers live in device memory (NCCL): host-side packing cannot touch them.
+template <class Comm>
+concept device_memory_comm = requires {
+  requires Comm::device_memory;
+};
+
+// The schedule and step counter of an averager, and saving and restoring them: shared by the
+// host and the device averagers.
+template <schedule_type S>
+class AveragerClock {
+ public:
+  //! The level the next `average` call will run, if any.
+  [[nodiscard]] std::optional<std::size_t> next_level() const noexcept {
+    return schedule_.level_at(step_);
+  }
+  //! How many `average` calls have completed.
+  [[nodiscard]] std::size_t step() const noexcept { return step_; }
+  [[nodiscard]] const S& schedule() const noexcept { return schedule_; }
+
+  [[nodiscard]] AveragerState state() const {
+    return {step_, schedule_.warmup(), hierarchy_text(), std::string(S::phase::name)};
+  }
+
+  //! Continues from a saved state; throws `std::invalid_argument` when it was saved by an
+  //! averager with another hierarchy, warm-up or phase, which would silently change the schedule.
+  void restore(const AveragerState& state) {
+    const AveragerState mine = this->state();
+    if (state.hierarchy != mine.hierarchy || state.warmup != mine.warmup ||
+        state.phase != mine.phase) {
+      throw std::invalid_argument("averager: cannot restore a state of hierarchy " +
+                                  state.hierarchy + ", warm-up " + std::to_string(state.warmup) +
+                                  ", phase " + state.phase + " into hierarchy " + mine.hierarchy +
+                                  ", warm-up " + std::to_string(mine.warmup) + ", phase " +
+                                  mine.phase);
+    }
+    step_ = state.step;
+  }
+
+ protected:
+  explicit AveragerClock(S schedule) : schedule_(std::move(schedule)) {}
+
+  [[nodiscard]] std::string hierarchy_text() const {
+    std::string s;
+    for (const LevelSpec& l : schedule_.levels()) {
+      if (!s.empty()) s += ',';
+      s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
+    }
+    return s;
+  }
+
+  S schedule_;
+  std::size_t step_ = 0;
+};
+
 }  // namespace detail
 
 //! An averager over any schedule (`Schedule<H, P>` or `RuntimeSchedule<P>`) and any
@@ -120,13 +174,19 @@ using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std
 //!
 //! Use `HierarchicalAverager`, `RuntimeHierarchicalAverager` or `PeriodicAverager`.
 template <schedule_type S, communicator Comm>
-class BasicAverager {
+class BasicAverager : public detail::AveragerClock<S> {
+  static_assert(!detail::device_memory_comm<Comm>,
+                "BasicAverager: this communicator's buffers are device memory; average device "
+                "tensors with DeviceAverager (strata/averaging/device_averager.hpp)");
+  using detail::AveragerClock<S>::schedule_;
+  using detail::AveragerClock<S>::step_;
+
  public:
   using schedule_type = S;
   using comm_type = Comm;
 
   BasicAverager(Comm& world, S schedule)
-      : schedule_(std::move(schedule)), comms_(world, schedule_.levels()) {}
+      : detail::AveragerClock<S>(std::move(schedule)), comms_(world, schedule_.levels()) {}
 
   //! Averages many tensors with one collective: packs them into a flat buffer, all-reduces it,
   //! and unpacks with the 1/g scaling fused into the unpack. Returns the level that ran.
@@ -172,47 +232,10 @@ class BasicAverager {
     return average(arena.flat());
   }
 
-  //! The level the next `average` call will run, if any.
-  [[nodiscard]] std::optional<std::size_t> next_level() const noexcept {
-    return schedule_.level_at(step_);
-  }
-  //! How many `average` calls have completed.
-  [[nodiscard]] std::size_t step() const noexcept { return step_; }
-  [[nodiscard]] const S& schedule() const noexcept { return schedule_; }
   [[nodiscard]] Comm& level_comm(std::size_t level) { return comms_.level(level); }
 
-  [[nodiscard]] AveragerState state() const {
-    return {step_, schedule_.warmup(), hierarchy_text(), std::string(S::phase::name)};
-  }
-
-  //! Continues from a saved state; throws `std::invalid_argument` when it was saved by an
-  //! averager with another hierarchy, warm-up or phase, which would silently change the schedule.
-  void restore(const AveragerState& state) {
-    const AveragerState mine = this->state();
-    if (state.hierarchy != mine.hierarchy || state.warmup != mine.warmup ||
-        state.phase != mine.phase) {
-      throw std::invalid_argument("averager: cannot restore a state of hierarchy " +
-                                  state.hierarchy + ", warm-up " + std::to_string(state.warmup) +
-                                  ", phase " + state.phase + " into hierarchy " + mine.hierarchy +
-                                  ", warm-up " + std::to_string(mine.warmup) + ", phase " +
-                                  mine.phase);
-    }
-    step_ = state.step;
-  }
-
  private:
-  [[nodiscard]] std::string hierarchy_text() const {
-    std::string s;
-    for (const LevelSpec& l : schedule_.levels()) {
-      if (!s.empty()) s += ',';
-      s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
-    }
-    return s;
-  }
-
-  S schedule_;
   LevelComms<Comm> comms_;
-  std::size_t step_ = 0;
   detail::PackCaches caches_;
 };
 

@@ -8,12 +8,14 @@
 //! compiled with `THRUST_DEVICE_SYSTEM=THRUST_DEVICE_SYSTEM_CPP`), `thrust::device` or
 //! `thrust::cuda::par.on(stream)` under nvcc. The work is cut into chunks of consecutive elements
 //! of one tensor; Thrust runs one functor call per chunk, whose body is a plain contiguous loop
-//! that the host compiler vectorises. On a GPU one thread per chunk is correct but slow: CUDA
-//! kernels written for the device (`.cuh`) replace this path where speed on the device matters.
-//! Until then the functors stay device-compatible (raw pointers only), so this path compiles and
+//! that the host compiler vectorises. On a GPU one thread per chunk is correct but slow: the
+//! kernels of `strata/kernels/multi_tensor.cuh` give each chunk a whole block and read the same
+//! plans. The functors here stay device-compatible (raw pointers only), so this path compiles and
 //! runs under nvcc too.
 //!
-//! The flat buffer must not overlap any of the tensors.
+//! Elements are arithmetic types, or CUDA's `__half` and `__nv_bfloat16` once
+//! `strata/cuda/half.hpp` is included (see `is_reduced_float_v`); this header itself needs no
+//! CUDA. The flat buffer must not overlap any of the tensors.
 
 #include <algorithm>
 #include <concepts>
@@ -35,16 +37,41 @@
 
 namespace strata {
 
+//! Customisation point: true for a 16-bit floating-point class type (CUDA's `__half`,
+//! `__nv_bfloat16`) that converts explicitly to and from `float`. Such a type joins the fused
+//! kernels, which scale it in `float` (see `fused_factor_t`). Specialised for CUDA's two types by
+//! `strata/cuda/half.hpp`, so that this header needs no CUDA; specialise it only for
+//! cv-unqualified types, before the first use of the type with the fused kernels.
+//!
+//! \code
+//! static_assert(!strata::is_reduced_float_v<float> && !strata::is_reduced_float_v<int>);
+//! \endcode
+template <class T>
+inline constexpr bool is_reduced_float_v = false;
+
 //! Element types the fused kernels move: arithmetic, but not `bool` (scaling a flag has no
-//! meaning) and not cv-qualified (the same type is read and written).
+//! meaning) and not cv-qualified (the same type is read and written); or a reduced float (see
+//! `is_reduced_float_v`).
 //!
 //! \code
 //! static_assert(strata::fusable<float> && strata::fusable<long long>);
 //! static_assert(!strata::fusable<bool> && !strata::fusable<const float>);
 //! \endcode
 template <class T>
-concept fusable =
-    std::is_arithmetic_v<T> && !std::same_as<T, bool> && std::same_as<T, std::remove_cv_t<T>>;
+concept fusable = std::same_as<T, std::remove_cv_t<T>> &&
+                  ((std::is_arithmetic_v<T> && !std::same_as<T, bool>) || is_reduced_float_v<T>);
+
+//! The type of the factor that scales elements of type `T`: `T` itself for arithmetic types,
+//! `float` for reduced floats. A factor such as 1/3 rounded to a half is off by up to 2^-11 of
+//! its value (2^-8 for bfloat16), an error every element would inherit; kept in `float`, each
+//! element is multiplied in `float` and rounded to `T` once, the same on host and device.
+//!
+//! \code
+//! static_assert(std::is_same_v<strata::fused_factor_t<double>, double>);
+//! static_assert(std::is_same_v<strata::fused_factor_t<int>, int>);
+//! \endcode
+template <fusable T>
+using fused_factor_t = std::conditional_t<is_reduced_float_v<T>, float, T>;
 
 //! A Thrust execution policy: `thrust::seq`, `thrust::host`, `thrust::device`, `thrust::cpp::par`.
 //!
@@ -217,16 +244,28 @@ FusedPlan(const Tensors&, std::size_t = default_chunk_elements)
 
 namespace detail {
 
+// The one formula every path uses, host and device, so that all of them agree bitwise. A
+// reduced float goes through float: its own arithmetic, where there is any, would first round
+// the factor to 16 bits.
+template <class T>
+STRATA_HOST_DEVICE inline T scale_element(T x, fused_factor_t<T> factor) {
+  if constexpr (is_reduced_float_v<T>) {
+    return static_cast<T>(static_cast<float>(x) * factor);
+  } else {
+    return static_cast<T>(x * factor);
+  }
+}
+
 // Scaling by exactly 1 is a plain copy: a multiply would turn signalling NaNs quiet, and the
 // averaging contract is bitwise reproducibility. On the host the copy is a memcpy and the scaled
 // loop runs in fixed blocks of 16, which g++ vectorises at -O2 (a loop of unknown length it
 // vectorises only at -O3); the device keeps one plain loop.
 template <bool Scaled, class T>
 STRATA_HOST_DEVICE inline void move_elements(const T* src, T* dst, std::size_t n,
-                                             [[maybe_unused]] T factor) {
+                                             [[maybe_unused]] fused_factor_t<T> factor) {
 #if defined(__CUDA_ARCH__)
   if constexpr (Scaled) {
-    for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i] * factor);
+    for (std::size_t i = 0; i < n; ++i) dst[i] = scale_element(src[i], factor);
   } else {
     for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
   }
@@ -235,9 +274,9 @@ STRATA_HOST_DEVICE inline void move_elements(const T* src, T* dst, std::size_t n
     constexpr std::size_t block = 16;
     std::size_t i = 0;
     for (; i + block <= n; i += block) {
-      for (std::size_t k = 0; k < block; ++k) dst[i + k] = static_cast<T>(src[i + k] * factor);
+      for (std::size_t k = 0; k < block; ++k) dst[i + k] = scale_element(src[i + k], factor);
     }
-    for (; i < n; ++i) dst[i] = static_cast<T>(src[i] * factor);
+    for (; i < n; ++i) dst[i] = scale_element(src[i], factor);
   } else if (n != 0 && src != dst) {
     std::memcpy(dst, src, n * sizeof(T));
   }
@@ -248,7 +287,7 @@ template <class T, bool Scaled>
 struct PackChunks {
   const TensorChunk<T>* chunks;
   T* flat;
-  T factor;
+  fused_factor_t<T> factor;
   STRATA_HOST_DEVICE void operator()(std::size_t c) const {
     const TensorChunk<T> chunk = chunks[c];
     move_elements<Scaled>(chunk.data, flat + chunk.offset, chunk.length, factor);
@@ -259,7 +298,7 @@ template <class T, bool Scaled>
 struct UnpackChunks {
   const TensorChunk<T>* chunks;
   const T* flat;
-  T factor;
+  fused_factor_t<T> factor;
   STRATA_HOST_DEVICE void operator()(std::size_t c) const {
     const TensorChunk<T> chunk = chunks[c];
     move_elements<Scaled>(flat + chunk.offset, chunk.data, chunk.length, factor);
@@ -271,7 +310,7 @@ struct ScaleChunks {
   T* data;
   std::size_t size;
   std::size_t chunk_elements;
-  T factor;
+  fused_factor_t<T> factor;
   STRATA_HOST_DEVICE void operator()(std::size_t c) const {
     const std::size_t begin = c * chunk_elements;
     const std::size_t left = size - begin;
@@ -318,9 +357,9 @@ inline void check_chunk_elements(const char* operation, std::size_t chunk_elemen
 //! \endcode
 template <thrust_policy Policy, fusable T>
 void pack(const Policy& policy, ChunkTable<T> table, std::type_identity_t<std::span<T>> flat,
-          std::type_identity_t<T> factor = T(1)) {
+          fused_factor_t<T> factor = fused_factor_t<T>(1)) {
   detail::check_flat_size("pack", flat.size(), table.total_elements);
-  if (factor == T(1)) {
+  if (factor == fused_factor_t<T>(1)) {
     detail::for_each_index(policy, table.chunk_count,
                            detail::PackChunks<T, false>{table.chunks, flat.data(), factor});
   } else {
@@ -345,7 +384,8 @@ void pack(const Policy& policy, ChunkTable<T> table, std::type_identity_t<std::s
 //! \endcode
 template <thrust_policy Policy, fusable T>
 void pack(const Policy& policy, const FusedPlan<T>& plan,
-          std::type_identity_t<std::span<T>> flat, std::type_identity_t<T> factor = T(1)) {
+          std::type_identity_t<std::span<T>> flat,
+          fused_factor_t<T> factor = fused_factor_t<T>(1)) {
   static_assert(detail::host_policy<Policy>,
                 "strata::pack: a FusedPlan keeps its chunks in host memory; with a device "
                 "policy, copy plan.chunks() to device memory and pass a ChunkTable");
@@ -364,7 +404,8 @@ void pack(const Policy& policy, const FusedPlan<T>& plan,
 //! \endcode
 template <thrust_policy Policy, tensor_list Tensors>
 void pack(const Policy& policy, const Tensors& tensors, std::span<tensor_element_t<Tensors>> flat,
-          tensor_element_t<Tensors> factor = tensor_element_t<Tensors>(1),
+          fused_factor_t<tensor_element_t<Tensors>> factor =
+              fused_factor_t<tensor_element_t<Tensors>>(1),
           std::size_t chunk_elements = default_chunk_elements) {
   static_assert(detail::host_policy<Policy>,
                 "strata::pack: a tensor list is planned in host memory; with a device policy, "
@@ -389,9 +430,9 @@ void pack(const Policy& policy, const Tensors& tensors, std::span<tensor_element
 //! \endcode
 template <thrust_policy Policy, fusable T>
 void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
-            ChunkTable<T> table, std::type_identity_t<T> factor = T(1)) {
+            ChunkTable<T> table, fused_factor_t<T> factor = fused_factor_t<T>(1)) {
   detail::check_flat_size("unpack", flat.size(), table.total_elements);
-  if (factor == T(1)) {
+  if (factor == fused_factor_t<T>(1)) {
     detail::for_each_index(policy, table.chunk_count,
                            detail::UnpackChunks<T, false>{table.chunks, flat.data(), factor});
   } else {
@@ -412,7 +453,7 @@ void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
 //! \endcode
 template <thrust_policy Policy, fusable T>
 void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
-            const FusedPlan<T>& plan, std::type_identity_t<T> factor = T(1)) {
+            const FusedPlan<T>& plan, fused_factor_t<T> factor = fused_factor_t<T>(1)) {
   static_assert(detail::host_policy<Policy>,
                 "strata::unpack: a FusedPlan keeps its chunks in host memory; with a device "
                 "policy, copy plan.chunks() to device memory and pass a ChunkTable");
@@ -430,7 +471,9 @@ void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
 //! \endcode
 template <thrust_policy Policy, tensor_list Tensors>
 void unpack(const Policy& policy, std::span<const tensor_element_t<Tensors>> flat,
-            const Tensors& tensors, tensor_element_t<Tensors> factor = tensor_element_t<Tensors>(1),
+            const Tensors& tensors,
+            fused_factor_t<tensor_element_t<Tensors>> factor =
+                fused_factor_t<tensor_element_t<Tensors>>(1),
             std::size_t chunk_elements = default_chunk_elements) {
   static_assert(detail::host_policy<Policy>,
                 "strata::unpack: a tensor list is planned in host memory; with a device policy, "
@@ -453,11 +496,12 @@ template <thrust_policy Policy, class Data>
   requires std::ranges::contiguous_range<Data> && std::ranges::sized_range<Data> &&
            fusable<std::ranges::range_value_t<Data>> &&
            std::ranges::output_range<Data, std::ranges::range_value_t<Data>>
-void scale(const Policy& policy, Data&& data, std::ranges::range_value_t<Data> factor,
+void scale(const Policy& policy, Data&& data,
+           fused_factor_t<std::ranges::range_value_t<Data>> factor,
            std::size_t chunk_elements = default_chunk_elements) {
   using T = std::ranges::range_value_t<Data>;
   detail::check_chunk_elements("scale", chunk_elements);
-  if (factor == T(1)) return;
+  if (factor == fused_factor_t<T>(1)) return;
   const auto size = static_cast<std::size_t>(std::ranges::size(data));
   const std::size_t chunks = size / chunk_elements + (size % chunk_elements != 0 ? 1 : 0);
   detail::for_each_index(

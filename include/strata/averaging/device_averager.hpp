@@ -1,0 +1,349 @@
+#pragma once
+//! \file
+//! The averager for device tensors: the schedule of `HierarchicalAverager`, on a device
+//! communicator (NCCL), on CUDA streams, with no host synchronisation, and optionally replayed
+//! from one CUDA graph per level. Host code: builds with g++; the kernels it launches come from
+//! a `.cuh` (`strata/averaging/cuda_averager.cuh` names the CUDA ones).
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "strata/averaging/averager.hpp"
+#include "strata/comm/communicator.hpp"
+#include "strata/comm/level_comms.hpp"
+#include "strata/cuda/error.hpp"
+#include "strata/cuda/half.hpp"
+#include "strata/kernels/fused.hpp"
+#include "strata/schedule/schedule.hpp"
+
+namespace strata {
+
+//! A communicator over device memory whose collectives are enqueued on streams: the NCCL backend
+//! (`NcclComm`), or its host test double.
+//!
+//! \code
+//! static_assert(!strata::device_communicator<int>);
+//! \endcode
+template <class C>
+concept device_communicator =
+    communicator<C> && requires { requires C::device_memory; } &&
+    requires(C& c, const C& cc, typename C::stream_handle s) {
+      typename C::runtime_type;
+      { cc.stream() } -> std::same_as<typename C::stream_handle>;
+      c.synchronize(s);
+    };
+
+//! The element types averaged on the device: float, double, half and bfloat16.
+//!
+//! \code
+//! static_assert(strata::device_average_value<__nv_bfloat16> && strata::device_average_value<float>);
+//! static_assert(!strata::device_average_value<int>);
+//! \endcode
+template <class T>
+concept device_average_value = std::same_as<T, float> || std::same_as<T, double> ||
+                               std::same_as<T, __half> || std::same_as<T, __nv_bfloat16>;
+
+//! The fused kernels a `DeviceAverager` launches for element type `T`, all enqueued on a stream:
+//! `upload(plan, s)` makes a plan's chunk table visible to later kernels (outside graph capture),
+//! `pack(flat, s)` gathers the planned tensors into `flat`, `unpack(flat, factor, s)` scatters
+//! `flat` times `factor` back, `scale(data, factor, s)` scales in place. `CudaFusedKernels`
+//! (`strata/averaging/cuda_averager.cuh`) is the CUDA model; each call is one kernel launch.
+template <template <class> class K, class T, class Stream>
+concept fused_device_kernels =
+    std::default_initializable<K<T>> &&
+    requires(K<T>& k, const FusedPlan<T>& plan, std::span<T> flat, std::span<const T> in,
+             fused_factor_t<T> factor, Stream s) {
+      k.upload(plan, s);
+      k.pack(flat, s);
+      k.unpack(in, factor, s);
+      k.scale(flat, factor, s);
+    };
+
+//! Settings of a `DeviceAverager`.
+//!
+//! \code
+//! strata::DeviceAveragerOptions opts;
+//! opts.use_graphs = true;
+//! assert(opts.use_graphs);
+//! \endcode
+struct DeviceAveragerOptions {
+  //! Capture each level's step (pack, all-reduce, unpack) into a CUDA graph the first time it
+  //! runs for a set of tensors, and replay the graph afterwards: one launch per averaging
+  //! instead of three, and no per-call NCCL enqueue cost. The graphs are captured again when the
+  //! tensors move or resize.
+  bool use_graphs = false;
+};
+
+namespace detail {
+
+// A device allocation through the communicator's runtime.
+template <class Runtime, class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { reset(); }
+
+  void reset() noexcept {
+    if (data_ != nullptr) (void)Runtime::free(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+  // Callers make sure no enqueued work still uses the old allocation.
+  void resize(std::size_t n, int rank) {
+    if (n == size_) return;
+    reset();
+    if (n == 0) return;
+    void* p = nullptr;
+    cuda_check("cudaMalloc", rank, Runtime::malloc(&p, n * sizeof(T)));
+    data_ = static_cast<T*>(p);
+    size_ = n;
+  }
+  [[nodiscard]] std::span<T> span() const noexcept { return {data_, size_}; }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// One graph per level for one set of buffers; dropped when the buffers change.
+template <class Runtime>
+class LevelGraphs {
+ public:
+  using graph_handle = typename Runtime::graph_handle;
+  LevelGraphs() = default;
+  LevelGraphs(const LevelGraphs&) = delete;
+  LevelGraphs& operator=(const LevelGraphs&) = delete;
+  ~LevelGraphs() { clear(); }
+
+  void clear() noexcept {
+    for (auto& g : graphs_) {
+      if (g) (void)Runtime::graph_destroy(*g);
+    }
+    graphs_.clear();
+  }
+  [[nodiscard]] std::optional<graph_handle>& at(std::size_t level) {
+    if (graphs_.size() <= level) graphs_.resize(level + 1);
+    return graphs_[level];
+  }
+  [[nodiscard]] std::size_t count() const noexcept {
+    std::size_t n = 0;
+    for (const auto& g : graphs_) n += g.has_value();
+    return n;
+  }
+
+ private:
+  std::vector<std::optional<graph_handle>> graphs_;
+};
+
+// The plan, device table, staging buffer and graphs of the tensors last averaged.
+template <class T, template <class> class Kernels, class Runtime>
+struct DeviceCache {
+  std::vector<const T*> data;
+  std::vector<std::size_t> sizes;
+  std::optional<FusedPlan<T>> plan;
+  Kernels<T> kernels;
+  DeviceBuffer<Runtime, T> staging;
+  LevelGraphs<Runtime> graphs;
+  // The in-place form's buffer and graphs.
+  const T* flat = nullptr;
+  std::size_t flat_size = 0;
+  LevelGraphs<Runtime> flat_graphs;
+
+  [[nodiscard]] bool same(std::span<const std::span<T>> tensors) const {
+    if (!plan || data.size() != tensors.size()) return false;
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      if (data[i] != tensors[i].data() || sizes[i] != tensors[i].size()) return false;
+    }
+    return true;
+  }
+};
+
+template <template <class> class Kernels, class Runtime>
+using DeviceCaches =
+    std::tuple<DeviceCache<float, Kernels, Runtime>, DeviceCache<double, Kernels, Runtime>,
+               DeviceCache<__half, Kernels, Runtime>, DeviceCache<__nv_bfloat16, Kernels, Runtime>>;
+
+}  // namespace detail
+
+//! Averages device tensors on a schedule, over a device communicator, on a stream. Construction
+//! is collective (one communicator per level, made by `split`, sharing the world's stream).
+//! Each `average` call is one step: when the schedule names a level, it enqueues on `stream` one
+//! fused pack of the tensors into a staging buffer, one all-reduce (sum) over the level's group,
+//! and one unpack that scales by 1/g, and returns without waiting for the device: every group of
+//! that level ends with the mean of its members' tensors, identical on every member, once the
+//! stream reaches that point. With `use_graphs` the three launches are captured once per level
+//! and replayed as one graph.
+//!
+//! Failures: a bad call (wrong sizes, a broken communicator) throws before anything is enqueued,
+//! leaves the tensors as they were and does not advance the step. Faults that happen on the
+//! device after the call returned (a peer that dies mid-collective) surface as an error of the
+//! next call or of `synchronize`, and the communicator is then aborted; tensors written by that
+//! step are not to be trusted (restore them from a checkpoint, as with any NCCL trainer).
+//!
+//! \code
+//! // using H = strata::Hierarchy<strata::Level<4, 8>, strata::Level<16, 64>>;
+//! // strata::NcclComm world = strata::nccl_bootstrap(mpi_world, opts);
+//! // strata::CudaHierarchicalAverager<H> avg(world, /*warmup=*/100, {.use_graphs = true});
+//! // for (each step) { train(stream); avg.average(params, stream); }
+//! static_assert(strata::device_average_value<__half>);
+//! \endcode
+template <schedule_type S, device_communicator Comm, template <class> class Kernels>
+class DeviceAverager : public detail::AveragerClock<S> {
+  using detail::AveragerClock<S>::schedule_;
+  using detail::AveragerClock<S>::step_;
+  using Runtime = typename Comm::runtime_type;
+
+ public:
+  using schedule_type = S;
+  using comm_type = Comm;
+  using stream_handle = typename Comm::stream_handle;
+
+  DeviceAverager(Comm& world, S schedule, DeviceAveragerOptions options = {})
+      : detail::AveragerClock<S>(std::move(schedule)),
+        comms_(world, schedule_.levels()),
+        options_(options),
+        stream_(world.stream()),
+        rank_(world.rank()) {}
+
+  DeviceAverager(const DeviceAverager&) = delete;
+  DeviceAverager& operator=(const DeviceAverager&) = delete;
+
+  //! Averages `tensors` (device memory) on `stream`; returns the level that ran.
+  template <device_average_value T>
+    requires fused_device_kernels<Kernels, T, stream_handle>
+  std::optional<std::size_t> average(std::span<const std::span<T>> tensors, stream_handle stream) {
+    const std::optional<std::size_t> level = schedule_.level_at(step_);
+    if (level) {
+      Comm& comm = comms_.level(*level);
+      auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime>>(caches_);
+      prepare(comm, cache, tensors, stream);
+      const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
+      const std::span<T> flat = cache.staging.span();
+      run(cache.graphs, *level, stream, [&] {
+        cache.kernels.pack(flat, stream);
+        comm.all_reduce(flat, ReduceOp::sum, stream);
+        cache.kernels.unpack(std::span<const T>(flat), factor, stream);
+      });
+    }
+    ++step_;
+    return level;
+  }
+  template <device_average_value T>
+    requires fused_device_kernels<Kernels, T, stream_handle>
+  std::optional<std::size_t> average(const std::vector<std::span<T>>& tensors,
+                                     stream_handle stream) {
+    return average(std::span<const std::span<T>>(tensors), stream);
+  }
+  //! On the world communicator's stream.
+  template <device_average_value T>
+    requires fused_device_kernels<Kernels, T, stream_handle>
+  std::optional<std::size_t> average(const std::vector<std::span<T>>& tensors) {
+    return average(std::span<const std::span<T>>(tensors), stream_);
+  }
+
+  //! Parameters already in one contiguous device buffer: averaged in place, one all-reduce
+  //! (sum) and one scale by 1/g, no staging copy.
+  template <device_average_value T>
+    requires fused_device_kernels<Kernels, T, stream_handle>
+  std::optional<std::size_t> average(std::span<T> flat, stream_handle stream) {
+    const std::optional<std::size_t> level = schedule_.level_at(step_);
+    if (level) {
+      Comm& comm = comms_.level(*level);
+      auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime>>(caches_);
+      if (cache.flat != flat.data() || cache.flat_size != flat.size()) {
+        cache.flat_graphs.clear();
+        cache.flat = flat.data();
+        cache.flat_size = flat.size();
+      }
+      const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
+      run(cache.flat_graphs, *level, stream, [&] {
+        comm.all_reduce(flat, ReduceOp::sum, stream);
+        cache.kernels.scale(flat, factor, stream);
+      });
+    }
+    ++step_;
+    return level;
+  }
+
+  //! Waits for the averaging work enqueued on `stream`, under the communicator's deadline.
+  void synchronize(stream_handle stream) { comms_.level(comms_.num_levels() - 1).synchronize(stream); }
+  void synchronize() { synchronize(stream_); }
+
+  //! How many level graphs are captured now (tensor-list and in-place forms together).
+  [[nodiscard]] std::size_t graphs() const noexcept {
+    std::size_t n = 0;
+    std::apply([&](const auto&... c) { ((n += c.graphs.count() + c.flat_graphs.count()), ...); },
+               caches_);
+    return n;
+  }
+  [[nodiscard]] Comm& level_comm(std::size_t level) { return comms_.level(level); }
+  [[nodiscard]] const DeviceAveragerOptions& options() const noexcept { return options_; }
+
+ private:
+  // Re-plans when the tensors moved or resized. That is rare (a model's parameters stay put),
+  // so waiting for the stream first, which makes freeing the old staging buffer safe, is cheap.
+  template <class T, class Cache>
+  void prepare(Comm& comm, Cache& cache, std::span<const std::span<T>> tensors,
+               stream_handle stream) {
+    if (cache.same(tensors)) return;
+    if (cache.plan) comm.synchronize(stream);
+    cache.graphs.clear();
+    cache.plan.reset();
+    cache.data.clear();
+    cache.sizes.clear();
+    FusedPlan<T> plan(tensors);
+    cache.staging.resize(plan.total_elements(), rank_);
+    cache.kernels.upload(plan, stream);
+    for (const std::span<T> t : tensors) {
+      cache.data.push_back(t.data());
+      cache.sizes.push_back(t.size());
+    }
+    cache.plan.emplace(std::move(plan));
+  }
+
+  // Enqueues the step directly, or through the level's graph: captured on first use, replayed
+  // after. A capture that fails part-way is ended and discarded so the stream stays usable.
+  template <class Enqueue>
+  void run(detail::LevelGraphs<Runtime>& graphs, std::size_t level, stream_handle stream,
+           Enqueue enqueue) {
+    if (!options_.use_graphs) {
+      enqueue();
+      return;
+    }
+    auto& graph = graphs.at(level);
+    if (!graph) {
+      cuda_check("cudaStreamBeginCapture", rank_, Runtime::begin_capture(stream));
+      try {
+        enqueue();
+      } catch (...) {
+        typename Runtime::graph_handle discard{};
+        if (Runtime::end_capture(stream, &discard) == cudaSuccess) {
+          (void)Runtime::graph_destroy(discard);
+        }
+        throw;
+      }
+      typename Runtime::graph_handle exec{};
+      cuda_check("cudaStreamEndCapture", rank_, Runtime::end_capture(stream, &exec));
+      graph = exec;
+    }
+    cuda_check("cudaGraphLaunch", rank_, Runtime::graph_launch(*graph, stream));
+  }
+
+  LevelComms<Comm> comms_;
+  DeviceAveragerOptions options_;
+  stream_handle stream_;
+  int rank_;
+  detail::DeviceCaches<Kernels, Runtime> caches_;
+};
+
+}  // namespace strata

@@ -1,0 +1,480 @@
+// The NCCL communicator's own logic, run across 1 to 16 ranks on host threads: the communicator
+// is the one users get (BasicNcclComm), the runtime under it is the host double of
+// fake_runtime.hpp. Everything but the NCCL and CUDA calls themselves is exercised here: the
+// collective conformance suite, bootstrap, grouping, counts checking, deadlines, aborts,
+// asynchronous errors, and the device averager with CUDA graph capture and replay.
+#include <doctest/doctest.h>
+
+#include <strata/averaging/device_averager.hpp>
+#include <strata/comm/local.hpp>
+#include <strata/comm/nccl.hpp>
+#include <strata/hierarchy/runtime_hierarchy.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <string>
+#include <vector>
+
+#include "../comm/conformance.hpp"
+#include "fake_runtime.hpp"
+
+namespace {
+
+using FakeNccl = strata::BasicNcclComm<fake::Runtime>;
+using namespace std::chrono_literals;
+
+// The conformance suite reads results on the host right after each call, as with the host
+// backends; a device communicator's results are there once its stream is synchronised.
+class Synchronous {
+ public:
+  explicit Synchronous(FakeNccl comm) : comm_(std::move(comm)) {}
+  [[nodiscard]] int rank() const { return comm_.rank(); }
+  [[nodiscard]] int size() const { return comm_.size(); }
+
+  template <class T>
+  void all_reduce(std::span<T> buf, strata::ReduceOp op) {
+    comm_.all_reduce(buf, op);
+    comm_.synchronize();
+  }
+  template <class T>
+  void all_reduce(std::span<const T> in, std::span<T> out, strata::ReduceOp op) {
+    comm_.all_reduce(in, out, op);
+    comm_.synchronize();
+  }
+  template <class T>
+  void broadcast(std::span<T> buf, int root) {
+    comm_.broadcast(buf, root);
+    comm_.synchronize();
+  }
+  template <class T>
+  void all_gather(std::span<const T> in, std::span<T> out) {
+    comm_.all_gather(in, out);
+    comm_.synchronize();
+  }
+  template <class T>
+  void reduce_scatter(std::span<const T> in, std::span<T> out, strata::ReduceOp op) {
+    comm_.reduce_scatter(in, out, op);
+    comm_.synchronize();
+  }
+  template <class T>
+  void all_to_all(std::span<const T> in, std::span<T> out) {
+    comm_.all_to_all(in, out);
+    comm_.synchronize();
+  }
+  template <class T>
+  void all_to_all(std::span<const T> in, std::span<const std::size_t> sc, std::span<T> out,
+                  std::span<const std::size_t> rc) {
+    comm_.all_to_all(in, sc, out, rc);
+    comm_.synchronize();
+  }
+  void barrier() { comm_.barrier(); }
+  Synchronous split(int color, int key) { return Synchronous(comm_.split(color, key)); }
+
+ private:
+  FakeNccl comm_;
+};
+static_assert(strata::communicator<Synchronous>);
+static_assert(strata::communicator<FakeNccl>);
+static_assert(strata::device_communicator<FakeNccl>);
+
+strata::NcclOptions quick(std::chrono::milliseconds timeout = 10s) {
+  strata::NcclOptions o;
+  o.timeout = timeout;
+  return o;
+}
+
+// Records one message per rank, for checks that every rank failed alike.
+struct Messages {
+  std::mutex m;
+  std::vector<std::string> text;
+  void add(const std::string& s) {
+    std::lock_guard lk(m);
+    text.push_back(s);
+  }
+};
+
+// "Kernels" for the device averager on the host double: the host algorithm (the same plans and
+// Thrust functors as the CUDA path) run in stream order on the fake stream.
+template <class T>
+class HostStreamKernels {
+ public:
+  void upload(const strata::FusedPlan<T>& plan, fake::Stream* s) {
+    std::vector<strata::TensorChunk<T>> chunks(plan.chunks().begin(), plan.chunks().end());
+    const std::size_t total = plan.total_elements();
+    fake::Runtime::launch_host(s, [this, chunks = std::move(chunks), total] {
+      table_ = chunks;
+      total_ = total;
+    });
+    ++launches;
+  }
+  void pack(std::span<T> flat, fake::Stream* s) {
+    fake::Runtime::launch_host(s, [this, flat] { strata::pack(thrust::host, table(), flat); });
+    ++launches;
+  }
+  void unpack(std::span<const T> flat, strata::fused_factor_t<T> f, fake::Stream* s) {
+    fake::Runtime::launch_host(s, [this, flat, f] { strata::unpack(thrust::host, flat, table(), f); });
+    ++launches;
+  }
+  void scale(std::span<T> data, strata::fused_factor_t<T> f, fake::Stream* s) {
+    fake::Runtime::launch_host(s, [data, f] { strata::scale(thrust::host, data, f); });
+    ++launches;
+  }
+  static inline std::atomic<long> launches{0};
+
+ private:
+  strata::ChunkTable<T> table() const { return {table_.data(), table_.size(), total_}; }
+  std::vector<strata::TensorChunk<T>> table_;
+  std::size_t total_ = 0;
+};
+
+using FakeAverager =
+    strata::DeviceAverager<strata::RuntimeSchedule<strata::AbsolutePhase>, FakeNccl, HostStreamKernels>;
+
+}  // namespace
+
+TEST_CASE("nccl backend (host double): the conformance suite on world sizes 1 to 16") {
+  for (int n = 1; n <= 16; ++n) {
+    CAPTURE(n);
+    strata::LocalWorld(n).run([](strata::LocalComm& host) {
+      Synchronous comm(strata::nccl_bootstrap<fake::Runtime>(host, quick()));
+      CHECK(comm.rank() == host.rank());
+      CHECK(comm.size() == host.size());
+      conformance::run_all(comm);
+    });
+  }
+}
+
+TEST_CASE("nccl backend (host double): half and bfloat16 reduce like NCCL") {
+  strata::LocalWorld(5).run([](strata::LocalComm& host) {
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    std::vector<__half> h(64);
+    std::vector<__nv_bfloat16> b(64);
+    for (std::size_t i = 0; i < h.size(); ++i) {
+      h[i] = __float2half(static_cast<float>(comm.rank() + 1) * 0.25f + static_cast<float>(i));
+      b[i] = __float2bfloat16(static_cast<float>(comm.rank()) - static_cast<float>(i));
+    }
+    comm.all_reduce(std::span<__half>(h), strata::ReduceOp::sum);
+    comm.all_reduce(std::span<__nv_bfloat16>(b), strata::ReduceOp::max);
+    comm.synchronize();
+    for (std::size_t i = 0; i < h.size(); ++i) {
+      // Serial reference: the ranks' values added in rank order, rounding to half after each.
+      float acc = __half2float(__float2half(0.25f + static_cast<float>(i)));
+      for (int r = 1; r < 5; ++r) {
+        acc = __half2float(__float2half(
+            acc + __half2float(__float2half(static_cast<float>(r + 1) * 0.25f + static_cast<float>(i)))));
+      }
+      CHECK(__half2float(h[i]) == acc);
+      CHECK(__bfloat162float(b[i]) == __bfloat162float(__float2bfloat16(4.0f - static_cast<float>(i))));
+    }
+  });
+}
+
+TEST_CASE("nccl backend (host double): many tensors go out as one group") {
+  strata::LocalWorld(4).run([](strata::LocalComm& host) {
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    std::vector<std::vector<double>> storage{std::vector<double>(3), std::vector<double>(0),
+                                             std::vector<double>(100)};
+    std::vector<std::span<double>> tensors;
+    for (auto& s : storage) {
+      for (std::size_t i = 0; i < s.size(); ++i) s[i] = comm.rank() * 10.0 + static_cast<double>(i);
+      tensors.emplace_back(s);
+    }
+    host.barrier();
+    const long groups_before = fake::stats().groups.load();
+    host.barrier();
+    comm.all_reduce_many(std::span<const std::span<double>>(tensors), strata::ReduceOp::average);
+    comm.synchronize();
+    host.barrier();
+    // Four ranks, one group each: the three tensors never went out one by one.
+    CHECK(fake::stats().groups.load() - groups_before == 4);
+    for (const auto& s : storage) {
+      for (std::size_t i = 0; i < s.size(); ++i) {
+        CHECK(s[i] == doctest::Approx(15.0 + static_cast<double>(i)).epsilon(1e-14));
+      }
+    }
+  });
+}
+
+TEST_CASE("nccl backend (host double): split shares the stream and orders members by key") {
+  strata::LocalWorld(6).run([](strata::LocalComm& host) {
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    FakeNccl sub = comm.split(comm.rank() % 2, -comm.rank());
+    CHECK(sub.stream() == comm.stream());
+    CHECK(sub.size() == 3);
+    CHECK(sub.rank() == 2 - comm.rank() / 2);
+    std::vector<std::int32_t> v{comm.rank()};
+    sub.all_reduce(std::span<std::int32_t>(v), strata::ReduceOp::sum);
+    sub.synchronize();
+    CHECK(v[0] == (comm.rank() % 2 == 0 ? 0 + 2 + 4 : 1 + 3 + 5));
+    CHECK_THROWS_WITH_AS(comm.split(-1, 0), doctest::Contains("color -1 is negative"),
+                         strata::nccl_error);
+  });
+}
+
+TEST_CASE("nccl backend (host double): a peer that never joins makes the wait fail, not hang") {
+  Messages messages;
+  strata::LocalWorld(3).run([&](strata::LocalComm& host) {
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick(300ms));
+    std::vector<float> v(10, 1.0f);
+    if (comm.rank() != 2) {
+      comm.all_reduce(std::span<float>(v), strata::ReduceOp::sum);  // rank 2 never comes
+      const auto start = std::chrono::steady_clock::now();
+      try {
+        comm.synchronize();
+        messages.add("no error");
+      } catch (const strata::nccl_error& e) {
+        messages.add(e.what());
+        CHECK(std::chrono::steady_clock::now() - start < 5s);
+        CHECK(!comm.broken().empty());
+        CHECK_THROWS_WITH_AS(comm.all_reduce(std::span<float>(v), strata::ReduceOp::sum),
+                             doctest::Contains("unusable since"), strata::nccl_error);
+      }
+      CHECK(v[0] == 1.0f);  // nothing was written
+    }
+    host.barrier();
+  });
+  REQUIRE(messages.text.size() == 2);
+  for (const std::string& m : messages.text) {
+    // Rank 0 and 1 may time out themselves, or see the other's abort as a remote error first.
+    const bool timed_out = m.find("did not finish within 300 ms") != std::string::npos;
+    const bool remote = m.find("asynchronous NCCL error") != std::string::npos;
+    CHECK_MESSAGE((timed_out || remote), m);
+  }
+}
+
+TEST_CASE("nccl backend (host double): a rank that aborts makes its peers fail with an error") {
+  Messages messages;
+  strata::LocalWorld(4).run([&](strata::LocalComm& host) {
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick(20s));
+    std::vector<double> v(8, 2.0);
+    if (comm.rank() == 3) {
+      host.barrier();
+      comm.abort();
+      CHECK_THROWS_WITH_AS(comm.barrier(), doctest::Contains("abort() was called"),
+                           strata::nccl_error);
+      return;
+    }
+    comm.all_reduce(std::span<double>(v), strata::ReduceOp::sum);
+    host.barrier();
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      comm.synchronize();
+      messages.add("no error");
+    } catch (const strata::nccl_error& e) {
+      messages.add(e.what());
+      CHECK(e.code() == ncclRemoteError);
+    }
+    // Well before the 20 s deadline: the abort was seen, not waited out.
+    CHECK(std::chrono::steady_clock::now() - start < 10s);
+  });
+  REQUIRE(messages.text.size() == 3);
+  for (const std::string& m : messages.text) {
+    CHECK_MESSAGE(m.find("asynchronous NCCL error") != std::string::npos, m);
+  }
+}
+
+TEST_CASE("nccl backend (host double): creation waits for every rank under a deadline") {
+  const ncclUniqueId id = FakeNccl::unique_id();
+  // Two ranks are expected, only one joins.
+  CHECK_THROWS_WITH_AS((void)FakeNccl::from_unique_id(id, 0, 2, quick(200ms)),
+                       doctest::Contains("not complete after 200 ms"), strata::nccl_error);
+  CHECK_THROWS_WITH_AS((void)FakeNccl::from_unique_id(id, 2, 2, quick()),
+                       doctest::Contains("rank 2 is not a rank of a world of 2"),
+                       strata::nccl_error);
+}
+
+TEST_CASE("nccl backend (host double): a bootstrap whose id cannot be made fails on every rank") {
+  Messages messages;
+  fake::Runtime::fail_unique_id = true;
+  strata::LocalWorld(3).run([&](strata::LocalComm& host) {
+    try {
+      (void)strata::nccl_bootstrap<fake::Runtime>(host, quick());
+      messages.add("no error");
+    } catch (const strata::nccl_error& e) {
+      messages.add(e.what());
+    }
+  });
+  REQUIRE(messages.text.size() == 3);
+  for (const std::string& m : messages.text) {
+    CHECK_MESSAGE(m.find("rank 0 could not make the unique id") != std::string::npos, m);
+  }
+}
+
+TEST_CASE("nccl backend (host double): bad arguments throw before anything is enqueued") {
+  strata::LocalWorld(2).run([](strata::LocalComm& host) {
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    std::vector<float> a(4), b(5);
+    CHECK_THROWS_WITH_AS(comm.all_reduce(std::span<const float>(a), std::span<float>(b),
+                                         strata::ReduceOp::sum),
+                         doctest::Contains("input has 4 elements but output has 5"),
+                         strata::nccl_error);
+    CHECK_THROWS_WITH_AS(comm.broadcast(std::span<float>(a), 2),
+                         doctest::Contains("root 2 is not a rank"), strata::nccl_error);
+    CHECK_THROWS_WITH_AS(comm.all_gather(std::span<const float>(a), std::span<float>(b)),
+                         doctest::Contains("it needs 4 x 2"), strata::nccl_error);
+    const std::vector<std::size_t> counts{1, 1};
+    CHECK_THROWS_WITH_AS(comm.all_to_all(std::span<const float>(a), std::span(counts),
+                                         std::span<float>(b), std::span(counts)),
+                         doctest::Contains("counts add up to 2 sent and 2 received"),
+                         strata::nccl_error);
+    // Still usable: argument errors do not break the communicator.
+    comm.barrier();
+    CHECK(comm.broken().empty());
+  });
+}
+
+TEST_CASE("nccl backend (host double): unchecked uneven counts never wait for the stream") {
+  strata::LocalWorld(3).run([](strata::LocalComm& host) {
+    strata::NcclOptions opts = quick();
+    opts.check_counts = false;
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, opts);
+    const auto n = static_cast<std::size_t>(comm.size());
+    const auto me = static_cast<std::size_t>(comm.rank());
+    std::vector<std::size_t> send(n), recv(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      send[j] = conformance::uneven(me, j);
+      recv[j] = conformance::uneven(j, me);
+    }
+    std::size_t total_send = 0, total_recv = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      total_send += send[j];
+      total_recv += recv[j];
+    }
+    std::vector<std::int64_t> in(total_send), out(total_recv, -1);
+    for (std::size_t i = 0; i < in.size(); ++i) {
+      in[i] = comm.rank() * 1000 + static_cast<std::int64_t>(i);
+    }
+    // Earlier device work holds the stream until the host lets it go: a call that waited for
+    // the stream would never return.
+    std::atomic<bool> release{false};
+    fake::Runtime::launch_host(comm.stream(), [&release] {
+      while (!release) std::this_thread::yield();
+    });
+    comm.all_to_all(std::span<const std::int64_t>(in), std::span<const std::size_t>(send),
+                    std::span<std::int64_t>(out), std::span<const std::size_t>(recv));
+    CHECK(fake::Runtime::stream_query(comm.stream()) == cudaErrorNotReady);
+    release = true;
+    comm.synchronize();
+    // Serial reference: what each sender's block for this rank holds.
+    std::size_t k = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      std::size_t offset = 0;
+      for (std::size_t d = 0; d < me; ++d) offset += conformance::uneven(j, d);
+      for (std::size_t e = 0; e < recv[j]; ++e, ++k) {
+        CHECK(out[k] == static_cast<std::int64_t>(j) * 1000 + static_cast<std::int64_t>(offset + e));
+      }
+    }
+  });
+}
+
+TEST_CASE("device averager (host double): schedule, means and graphs per level") {
+  for (const bool graphs : {false, true}) {
+    CAPTURE(graphs);
+    strata::LocalWorld(8).run([&](strata::LocalComm& host) {
+      FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+      strata::DeviceAveragerOptions opts;
+      opts.use_graphs = graphs;
+      FakeAverager avg(world,
+                       strata::RuntimeSchedule<strata::AbsolutePhase>(
+                           strata::RuntimeHierarchy::parse("1:2,2:4,4:8"), /*warmup=*/0),
+                       opts);
+      std::vector<float> a(5), b(300);
+      std::vector<__half> h(7);
+      std::vector<std::span<float>> params{a, b};
+      std::vector<std::span<__half>> hparams{h};
+      const int r = world.rank();
+      for (std::size_t step = 0; step < 9; ++step) {
+        for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(r * 3 + i + step);
+        for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(r) * 0.5f - i;
+        const auto level = avg.next_level();
+        CHECK(avg.average(params, world.stream()) == level);
+        avg.synchronize();
+        const int g = level ? (1 << (*level + 1)) : 1;  // group sizes 2, 4, 8
+        const int first = r / g * g;
+        for (std::size_t i = 0; i < a.size(); ++i) {
+          float sum = 0;
+          for (int m = first; m < first + g; ++m) sum += static_cast<float>(m * 3 + i + step);
+          CHECK(a[i] == sum * (1.0f / static_cast<float>(g)));
+        }
+        for (std::size_t i = 0; i < b.size(); ++i) {
+          float sum = 0;
+          for (int m = first; m < first + g; ++m) sum += static_cast<float>(m) * 0.5f - i;
+          CHECK(b[i] == sum * (1.0f / static_cast<float>(g)));
+        }
+      }
+      // Steps 0..8 ran levels 2,0,1,0,2,0,1,0,2: three levels, one graph each when enabled.
+      CHECK(avg.graphs() == (graphs ? 3u : 0u));
+      CHECK(avg.step() == 9);
+      // Half tensors and the in-place form, on the same averager.
+      for (std::size_t i = 0; i < h.size(); ++i) h[i] = __float2half(static_cast<float>(r));
+      CHECK(avg.average(hparams, world.stream()) == 0);  // step 9: pairs
+      std::vector<double> flat(33, static_cast<double>(r));
+      CHECK(avg.average(std::span<double>(flat), world.stream()) == 1);  // step 10: fours
+      avg.synchronize();
+      const float pair = static_cast<float>(r / 2 * 2) + 0.5f;
+      for (const __half& x : h) CHECK(__half2float(x) == __half2float(__float2half(pair)));
+      const double four = static_cast<double>(r / 4 * 4) + 1.5;
+      for (double x : flat) CHECK(x == doctest::Approx(four).epsilon(1e-15));
+    });
+  }
+}
+
+TEST_CASE("device averager (host double): replayed graphs enqueue no NCCL call") {
+  strata::LocalWorld(4).run([&](strata::LocalComm& host) {
+    FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    FakeAverager avg(world,
+                     strata::RuntimeSchedule<strata::AbsolutePhase>(
+                         strata::RuntimeHierarchy::parse("1:4"), 0),
+                     strata::DeviceAveragerOptions{true});
+    std::vector<double> w(64, static_cast<double>(world.rank()));
+    std::vector<std::span<double>> params{w};
+    avg.average(params, world.stream());  // captures
+    avg.synchronize();
+    host.barrier();
+    const long launches_before = fake::stats().graph_launches.load();
+    const long kernels_before = HostStreamKernels<double>::launches.load();
+    host.barrier();
+    for (int i = 0; i < 5; ++i) avg.average(params, world.stream());
+    avg.synchronize();
+    host.barrier();
+    CHECK(fake::stats().graph_launches.load() - launches_before == 4 * 5);
+    CHECK(HostStreamKernels<double>::launches.load() == kernels_before);  // nothing re-enqueued
+    for (double x : w) CHECK(x == 1.5);
+    host.barrier();
+    // The tensors move: the graph is captured again for the new buffers.
+    std::vector<double> moved(64, static_cast<double>(world.rank() * 2));
+    std::vector<std::span<double>> params2{moved};
+    avg.average(params2, world.stream());
+    avg.synchronize();
+    CHECK(avg.graphs() == 1);
+    for (double x : moved) CHECK(x == 3.0);
+  });
+}
+
+TEST_CASE("device averager (host double): a failed call leaves tensors and step unchanged") {
+  strata::LocalWorld(2).run([&](strata::LocalComm& host) {
+    FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    FakeAverager avg(world,
+                     strata::RuntimeSchedule<strata::AbsolutePhase>(
+                         strata::RuntimeHierarchy::parse("1:2"), 0),
+                     strata::DeviceAveragerOptions{true});
+    std::vector<float> w(16, static_cast<float>(world.rank()));
+    std::vector<std::span<float>> params{w};
+    host.barrier();
+    world.abort();
+    CHECK_THROWS_AS(avg.average(params, world.stream()), strata::nccl_error);
+    CHECK(avg.step() == 0);
+    for (float x : w) CHECK(x == static_cast<float>(world.rank()));
+    // The failed capture was ended: the stream is not left capturing.
+    cudaError_t q = cudaErrorNotReady;
+    while ((q = fake::Runtime::stream_query(world.stream())) == cudaErrorNotReady) {
+      std::this_thread::yield();
+    }
+    CHECK(q == cudaSuccess);
+  });
+}
