@@ -31,13 +31,14 @@ test: build
 	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure
 	$(MAKE) --no-print-directory sanitize
 
-# The multi-rank suites again under ThreadSanitizer and AddressSanitizer (+ UBSan).
+# The multi-rank suites (local backend, averagers, the NCCL communicator on its host double)
+# again under ThreadSanitizer and AddressSanitizer (+ UBSan).
 sanitize: setup
 	@for s in thread address; do \
 	  cmake -S . -B $(BUILD)-$$s $(if $(shell command -v ninja 2>/dev/null),-G Ninja,) \
 	    -DSTRATA_SANITIZER=$$s -DSTRATA_BUILD_EXAMPLES=OFF -DSTRATA_BUILD_BENCH=OFF \
-	    -DSTRATA_ENABLE_CUDA=OFF >/dev/null && \
-	  cmake --build $(BUILD)-$$s -j $(JOBS) --target strata_multirank_tests && \
+	    -DSTRATA_ENABLE_CUDA=ON >/dev/null && \
+	  cmake --build $(BUILD)-$$s -j $(JOBS) --target strata_multirank_suites && \
 	  (cd $(BUILD)-$$s && ctest -j $(JOBS) -L multirank --output-on-failure) || exit 1; \
 	done
 

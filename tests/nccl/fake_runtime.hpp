@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -32,6 +33,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -44,12 +46,14 @@ struct Stats {
   std::atomic<long> graph_launches{0};
   std::atomic<long> host_syncs{0};    // stream queries that found work still pending
   std::atomic<long> aborts{0};
+  std::atomic<long> cancelled{0};     // work that reached a member after its abort
   void reset() {
     collectives = 0;
     groups = 0;
     graph_launches = 0;
     host_syncs = 0;
     aborts = 0;
+    cancelled = 0;
   }
 };
 inline Stats& stats() {
@@ -67,6 +71,8 @@ struct Stream {
   bool busy = false;
   bool stop = false;
   std::vector<Task>* capture = nullptr;  // non-null while capturing
+  // The thread that created it stands for its device: a rank's thread, in the tests.
+  std::thread::id device = std::this_thread::get_id();
   std::thread worker;
 
   Stream() : worker([this] { loop(); }) {}
@@ -117,6 +123,16 @@ struct Stream {
 struct Graph {
   std::vector<Task> tasks;
 };
+
+// Every live stream: cudaFree waits for the whole device, and so does the double's free.
+inline std::mutex& streams_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::vector<Stream*>& streams() {
+  static std::vector<Stream*> s;
+  return s;
+}
 
 // One collective in flight: each member's part, gathered until all have arrived.
 struct Part {
@@ -172,7 +188,10 @@ struct Comm : std::enable_shared_from_this<Comm> {
   int rank = -1;
   std::atomic<bool> aborted{false};
   std::atomic<ncclResult_t> async{ncclSuccess};
-  std::uint64_t next_collective = 0;  // advanced by the stream worker, in stream order
+  // Collectives are matched across members in the order their streams run them (NCCL's rule is
+  // the order they are issued; the two agree while one stream at a time uses a communicator).
+  // Counted on the stream workers, so that a replayed graph counts again.
+  std::atomic<std::uint64_t> next_collective{0};
   std::uint64_t next_split = 0;
   std::mutex m;
   std::string last_error;
@@ -220,7 +239,14 @@ T combine(T a, T b, ncclRedOp_t op) {
     switch (op) {
       case ncclMin: return std::min(a, b);
       case ncclMax: return std::max(a, b);
-      default: return static_cast<T>(a + b);
+      default:
+        if constexpr (std::is_integral_v<T>) {
+          // Integer sums wrap on the device; signed overflow is undefined on the host.
+          using U = std::make_unsigned_t<T>;
+          return static_cast<T>(static_cast<U>(a) + static_cast<U>(b));
+        } else {
+          return static_cast<T>(a + b);
+        }
     }
   }
 }
@@ -238,7 +264,7 @@ T reduce_at(const std::vector<Part>& parts, std::size_t i, ncclRedOp_t op) {
       return acc;
     } else if constexpr (std::is_integral_v<T>) {
       T acc = value(0);
-      for (int r = 1; r < n; ++r) acc = static_cast<T>(acc + value(r));
+      for (int r = 1; r < n; ++r) acc = combine(acc, value(r), ncclSum);
       return static_cast<T>(acc / static_cast<T>(n));
     } else {
       const float inv = 1.0f / static_cast<float>(n);
@@ -336,7 +362,11 @@ inline ncclResult_t interrupted(Comm& c) {
 // One member's arrival at a collective, on its stream's worker thread.
 inline void collective(const std::shared_ptr<Comm>& cp, Part part) {
   Comm& c = *cp;
-  if (c.aborted || c.async != ncclSuccess) return;
+  if (c.aborted) {
+    stats().cancelled++;
+    return;
+  }
+  if (c.async != ncclSuccess) return;
   Team& t = *c.team;
   const std::uint64_t seq = c.next_collective++;
   std::unique_lock lk(t.m);
@@ -352,6 +382,9 @@ inline void collective(const std::shared_ptr<Comm>& cp, Part part) {
     t.cv.wait(lk, [&] { return s.done || c.aborted || t.member_failed; });
   }
   if (!s.done) {
+    // Withdraw: the buffers may be freed once this member gives up, so no peer may read them.
+    s.parts[static_cast<std::size_t>(c.rank)] = Part{};
+    --s.arrived;
     lk.unlock();
     interrupted(c);
     return;
@@ -371,11 +404,25 @@ struct P2p {
   int peer = 0;
 };
 
+// Takes back the sends a member posted and no peer has taken, before its buffers can go.
+inline void withdraw(Team& t, int rank, const std::vector<std::shared_ptr<Message>>& posted) {
+  for (auto& [key, box] : t.mail) {
+    if (key.first != rank) continue;
+    std::erase_if(box, [&](const std::shared_ptr<Message>& m) {
+      return !m->taken && std::find(posted.begin(), posted.end(), m) != posted.end();
+    });
+  }
+}
+
 // One member's sends and receives of one group: post every send, take every receive, then wait
 // until the peers have taken the sends (the send buffers must live until then).
 inline void point_to_point(const std::shared_ptr<Comm>& cp, const std::vector<P2p>& ops) {
   Comm& c = *cp;
-  if (c.aborted || c.async != ncclSuccess) return;
+  if (c.aborted) {
+    stats().cancelled++;
+    return;
+  }
+  if (c.async != ncclSuccess) return;
   Team& t = *c.team;
   std::vector<std::shared_ptr<Message>> posted;
   std::unique_lock lk(t.m);
@@ -394,6 +441,7 @@ inline void point_to_point(const std::shared_ptr<Comm>& cp, const std::vector<P2
     auto& box = t.mail[{op.peer, c.rank}];
     t.cv.wait(lk, [&] { return !box.empty() || c.aborted || t.member_failed; });
     if (box.empty()) {
+      withdraw(t, c.rank, posted);
       lk.unlock();
       interrupted(c);
       return;
@@ -415,6 +463,7 @@ inline void point_to_point(const std::shared_ptr<Comm>& cp, const std::vector<P2
   for (const auto& msg : posted) {
     t.cv.wait(lk, [&] { return msg->taken || c.aborted || t.member_failed; });
     if (!msg->taken) {
+      withdraw(t, c.rank, posted);
       lk.unlock();
       interrupted(c);
       return;
@@ -436,6 +485,7 @@ struct Pending {
 };
 struct GroupState {
   int depth = 0;
+  bool failed = false;  // a call inside the group failed: NCCL cancels the whole group
   std::vector<Pending> pending;
 };
 inline GroupState& group() {
@@ -547,6 +597,7 @@ struct Runtime {
     return ncclInProgress;
   }
   static ncclResult_t async_error(comm_handle c, ncclResult_t* state) {
+    if (c == nullptr || state == nullptr) return ncclInvalidArgument;
     const ncclResult_t a = c->async;
     if (a != ncclSuccess) {
       *state = a;
@@ -594,7 +645,10 @@ struct Runtime {
   }
 
   static ncclResult_t submit(comm_handle c, Stream* s, const Part& part) {
-    if (c->aborted) return ncclInvalidUsage;
+    if (c->aborted) {
+      if (detail::group().depth > 0) detail::group().failed = true;
+      return ncclInvalidUsage;
+    }
     if (detail::group().depth > 0) {
       detail::pending_for(c, s).collectives.push_back(part);
     } else {
@@ -623,7 +677,10 @@ struct Runtime {
   static ncclResult_t p2p(bool send, const void* data, std::size_t count, ncclDataType_t type,
                           int peer, comm_handle c, stream_handle s) {
     if (detail::group().depth == 0) return ncclInvalidUsage;  // strata always groups them
-    if (peer < 0 || peer >= c->team->size) return ncclInvalidArgument;
+    if (c->aborted || peer < 0 || peer >= c->team->size) {
+      detail::group().failed = true;
+      return c->aborted ? ncclInvalidUsage : ncclInvalidArgument;
+    }
     detail::pending_for(c, s).p2p.push_back(
         detail::P2p{send, const_cast<void*>(data), count, type, peer});
     return ncclSuccess;
@@ -644,9 +701,13 @@ struct Runtime {
     detail::GroupState& g = detail::group();
     if (g.depth == 0) return ncclInvalidUsage;
     if (--g.depth > 0) return ncclSuccess;
-    stats().groups++;
     std::vector<detail::Pending> pending = std::move(g.pending);
     g.pending.clear();
+    if (std::exchange(g.failed, false)) return ncclInvalidUsage;  // nothing of it is launched
+    for (const detail::Pending& p : pending) {
+      if (p.comm->aborted) return ncclInvalidUsage;  // aborted inside the group: misuse
+    }
+    stats().groups++;
     for (detail::Pending& p : pending) detail::launch(std::move(p));
     return ncclSuccess;
   }
@@ -654,9 +715,15 @@ struct Runtime {
   static cudaError_t set_device(int) { return cudaSuccess; }
   static cudaError_t stream_create(stream_handle* s) {
     *s = new Stream();
+    std::lock_guard lk(streams_mutex());
+    streams().push_back(*s);
     return cudaSuccess;
   }
   static cudaError_t stream_destroy(stream_handle s) {
+    {
+      std::lock_guard lk(streams_mutex());
+      std::erase(streams(), s);
+    }
     delete s;
     return cudaSuccess;
   }
@@ -670,7 +737,21 @@ struct Runtime {
     *p = std::malloc(bytes);
     return *p != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
   }
+  // Like cudaFree, waits until the calling rank's device is idle: the streams its thread made
+  // (bounded, so a test that leaves a stream stuck fails on its own assertions, not here).
   static cudaError_t free(void* p) {
+    if (p == nullptr) return cudaSuccess;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    const std::thread::id me = std::this_thread::get_id();
+    for (;;) {
+      bool idle = true;
+      {
+        std::lock_guard lk(streams_mutex());
+        for (Stream* s : streams()) idle = idle && (s->device != me || s->idle());
+      }
+      if (idle || std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::yield();
+    }
     std::free(p);
     return cudaSuccess;
   }

@@ -478,3 +478,100 @@ TEST_CASE("device averager (host double): a failed call leaves tensors and step 
     CHECK(q == cudaSuccess);
   });
 }
+
+TEST_CASE("device averager (host double): a replayed graph is not launched on an aborted communicator") {
+  strata::LocalWorld(2).run([&](strata::LocalComm& host) {
+    FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    FakeAverager avg(world,
+                     strata::RuntimeSchedule<strata::AbsolutePhase>(
+                         strata::RuntimeHierarchy::parse("1:2"), 0),
+                     strata::DeviceAveragerOptions{true});
+    std::vector<float> w(16, static_cast<float>(world.rank()));
+    std::vector<std::span<float>> params{w};
+    avg.average(params, world.stream());  // captured and launched
+    avg.synchronize();
+    CHECK(avg.graphs() == 1);
+    host.barrier();
+    const long cancelled = fake::stats().cancelled.load();
+    if (world.rank() == 0) world.abort();
+    host.barrier();
+    if (world.rank() == 0) {
+      CHECK_THROWS_WITH_AS(avg.average(params, world.stream()),
+                           doctest::Contains("unusable since abort() was called"),
+                           strata::nccl_error);
+      CHECK(avg.step() == 1);
+    } else {
+      // The peer learns of the abort from NCCL's asynchronous error, at the latest when it waits.
+      bool failed = false;
+      try {
+        avg.average(params, world.stream());
+        avg.synchronize();
+      } catch (const strata::nccl_error& e) {
+        failed = std::string(e.what()).find("asynchronous NCCL error") != std::string::npos ||
+                 std::string(e.what()).find("unusable") != std::string::npos;
+      }
+      CHECK(failed);
+      // Work enqueued before the fault may still run: wait for it before `w` goes away.
+      while (fake::Runtime::stream_query(world.stream()) == cudaErrorNotReady) {
+        std::this_thread::yield();
+      }
+    }
+    host.barrier();
+    CHECK(fake::stats().cancelled.load() == cancelled);  // no work ever reached the aborted member
+    // Rank 0 threw before enqueuing anything. Rank 1's step was enqueued before the fault was
+    // known, so its tensors are not to be trusted (as on a GPU): only rank 0's are checked.
+    if (world.rank() == 0) {
+      for (float x : w) CHECK(x == 0.5f);  // the first step's mean, untouched since
+    }
+  });
+}
+
+TEST_CASE("device averager (host double): a fault on a subgroup's communicator surfaces and aborts all levels") {
+  strata::LocalWorld(4).run([&](strata::LocalComm& host) {
+    FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick(20s));
+    FakeAverager avg(world,
+                     strata::RuntimeSchedule<strata::AbsolutePhase>(
+                         strata::RuntimeHierarchy::parse("1:2,2:4"), 1),  // step 1: pairs
+                     strata::DeviceAveragerOptions{false});
+    std::vector<double> w(8, static_cast<double>(world.rank()));
+    std::vector<std::span<double>> params{w};
+    CHECK(!avg.average(params, world.stream()));  // warm-up
+    if (world.rank() == 1) {
+      avg.level_comm(0).abort();  // rank 1 gives up on its pair
+      return;
+    }
+    if (world.rank() == 0) {
+      bool threw = false;
+      try {
+        avg.average(params, world.stream());  // the pair's collective: rank 1 never comes
+        avg.synchronize();
+      } catch (const strata::nccl_error& e) {
+        threw = true;
+        CHECK(e.code() == ncclRemoteError);
+      }
+      CHECK(threw);
+      CHECK(!avg.level_comm(0).broken().empty());
+      CHECK(!avg.level_comm(1).broken().empty());  // every level was aborted
+      // The unpack enqueued before the fault may still run: wait for it before `w` goes away.
+      while (fake::Runtime::stream_query(world.stream()) == cudaErrorNotReady) {
+        std::this_thread::yield();
+      }
+    }
+  });
+}
+
+TEST_CASE("nccl backend (host double): counts that would overflow and moved-from communicators are errors") {
+  strata::LocalWorld(2).run([](strata::LocalComm& host) {
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick());
+    std::vector<float> a(2), b(2);
+    const std::vector<std::size_t> huge{static_cast<std::size_t>(-1), 3};
+    const std::vector<std::size_t> ok{1, 1};
+    CHECK_THROWS_WITH_AS(comm.all_to_all(std::span<const float>(a), std::span(huge),
+                                         std::span<float>(b), std::span(ok)),
+                         doctest::Contains("exceeds the buffers"), strata::nccl_error);
+    FakeNccl moved = std::move(comm);
+    CHECK_THROWS_WITH_AS(comm.all_reduce(std::span<float>(a), strata::ReduceOp::sum),
+                         doctest::Contains("moved from"), strata::nccl_error);
+    moved.barrier();
+  });
+}

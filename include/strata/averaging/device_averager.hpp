@@ -5,12 +5,14 @@
 //! from one CUDA graph per level. Host code: builds with g++; the kernels it launches come from
 //! a `.cuh` (`strata/averaging/cuda_averager.cuh` names the CUDA ones).
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -35,10 +37,13 @@ namespace strata {
 template <class C>
 concept device_communicator =
     communicator<C> && requires { requires C::device_memory; } &&
-    requires(C& c, const C& cc, typename C::stream_handle s) {
+    requires(C& c, const C& cc, typename C::stream_handle s, std::string_view op) {
       typename C::runtime_type;
       { cc.stream() } -> std::same_as<typename C::stream_handle>;
       c.synchronize(s);
+      c.check_usable(op);
+      c.abort();
+      c.defer_aborts();
     };
 
 //! The element types averaged on the device: float, double, half and bfloat16.
@@ -158,6 +163,8 @@ struct DeviceCache {
   const T* flat = nullptr;
   std::size_t flat_size = 0;
   LevelGraphs<Runtime> flat_graphs;
+  // The stream of the last step that used the staging buffer and the table.
+  std::optional<typename Runtime::stream_handle> last_stream;
 
   [[nodiscard]] bool same(std::span<const std::span<T>> tensors) const {
     if (!plan || data.size() != tensors.size()) return false;
@@ -226,12 +233,15 @@ class DeviceAverager : public detail::AveragerClock<S> {
     if (level) {
       Comm& comm = comms_.level(*level);
       auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime>>(caches_);
-      prepare(comm, cache, tensors, stream);
+      check_levels("average");
+      prepare(cache, tensors, stream);
       const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
       const std::span<T> flat = cache.staging.span();
-      run(cache.graphs, *level, stream, [&] {
+      cache.last_stream = stream;
+      run(comm, cache.graphs, *level, stream, [&](bool& issued) {
         cache.kernels.pack(flat, stream);
         comm.all_reduce(flat, ReduceOp::sum, stream);
+        issued = true;
         cache.kernels.unpack(std::span<const T>(flat), factor, stream);
       });
     }
@@ -265,9 +275,12 @@ class DeviceAverager : public detail::AveragerClock<S> {
         cache.flat = flat.data();
         cache.flat_size = flat.size();
       }
+      check_levels("average");
       const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
-      run(cache.flat_graphs, *level, stream, [&] {
+      remember(stream);
+      run(comm, cache.flat_graphs, *level, stream, [&](bool& issued) {
         comm.all_reduce(flat, ReduceOp::sum, stream);
+        issued = true;
         cache.kernels.scale(flat, factor, stream);
       });
     }
@@ -275,9 +288,32 @@ class DeviceAverager : public detail::AveragerClock<S> {
     return level;
   }
 
-  //! Waits for the averaging work enqueued on `stream`, under the communicator's deadline.
-  void synchronize(stream_handle stream) { comms_.level(comms_.num_levels() - 1).synchronize(stream); }
+  //! Waits for the averaging work enqueued on `stream`, under the communicators' deadline, and
+  //! checks every level's communicator for asynchronous errors. A failure aborts every level's
+  //! communicator (a kernel stuck on one level would hold the shared stream) and throws.
+  void synchronize(stream_handle stream) {
+    try {
+      for (std::size_t l = 0; l < comms_.num_levels(); ++l) comms_.level(l).synchronize(stream);
+    } catch (...) {
+      abort_all();
+      throw;
+    }
+  }
   void synchronize() { synchronize(stream_); }
+
+  //! Waits for every stream the averager has enqueued work on, so that the staging buffers and
+  //! device tables can be freed; a communicator that misses its deadline is aborted instead, so
+  //! destruction never hangs.
+  ~DeviceAverager() {
+    remember(stream_);
+    for (stream_handle s : streams_) {
+      try {
+        synchronize(s);
+      } catch (...) {
+        // aborted: the device work is cancelled, and freeing no longer waits for it
+      }
+    }
+  }
 
   //! How many level graphs are captured now (tensor-list and in-place forms together).
   [[nodiscard]] std::size_t graphs() const noexcept {
@@ -293,10 +329,11 @@ class DeviceAverager : public detail::AveragerClock<S> {
   // Re-plans when the tensors moved or resized. That is rare (a model's parameters stay put),
   // so waiting for the stream first, which makes freeing the old staging buffer safe, is cheap.
   template <class T, class Cache>
-  void prepare(Comm& comm, Cache& cache, std::span<const std::span<T>> tensors,
-               stream_handle stream) {
+  void prepare(Cache& cache, std::span<const std::span<T>> tensors, stream_handle stream) {
+    remember(stream);
     if (cache.same(tensors)) return;
-    if (cache.plan) comm.synchronize(stream);
+    // The previous step may have run on another stream: wait for that one.
+    if (cache.plan && cache.last_stream) synchronize(*cache.last_stream);
     cache.graphs.clear();
     cache.plan.reset();
     cache.data.clear();
@@ -312,37 +349,70 @@ class DeviceAverager : public detail::AveragerClock<S> {
   }
 
   // Enqueues the step directly, or through the level's graph: captured on first use, replayed
-  // after. A capture that fails part-way is ended and discarded so the stream stays usable.
+  // after. A capture that fails part-way is ended and discarded so the stream stays usable. A
+  // step that fails after its collective was issued leaves this rank out of step with its peers
+  // (they will wait for work it never launches): its communicator is aborted, so that they fail
+  // instead of waiting, and so that nothing is paired wrongly later.
   template <class Enqueue>
-  void run(detail::LevelGraphs<Runtime>& graphs, std::size_t level, stream_handle stream,
-           Enqueue enqueue) {
+  void run(Comm& comm, detail::LevelGraphs<Runtime>& graphs, std::size_t level,
+           stream_handle stream, Enqueue enqueue) {
+    bool issued = false;
     if (!options_.use_graphs) {
-      enqueue();
+      try {
+        enqueue(issued);
+      } catch (...) {
+        if (issued) comm.abort();
+        throw;
+      }
       return;
     }
     auto& graph = graphs.at(level);
     if (!graph) {
+      // ncclCommAbort makes synchronous CUDA calls, which are illegal while capturing: aborts
+      // wait until the capture has ended.
+      auto deferred = comm.defer_aborts();
       cuda_check("cudaStreamBeginCapture", rank_, Runtime::begin_capture(stream));
+      typename Runtime::graph_handle exec{};
+      cudaError_t ended = cudaSuccess;
       try {
-        enqueue();
+        enqueue(issued);
       } catch (...) {
-        typename Runtime::graph_handle discard{};
-        if (Runtime::end_capture(stream, &discard) == cudaSuccess) {
-          (void)Runtime::graph_destroy(discard);
-        }
+        if (Runtime::end_capture(stream, &exec) == cudaSuccess) (void)Runtime::graph_destroy(exec);
+        if (issued) comm.abort();
         throw;
       }
-      typename Runtime::graph_handle exec{};
-      cuda_check("cudaStreamEndCapture", rank_, Runtime::end_capture(stream, &exec));
+      ended = Runtime::end_capture(stream, &exec);
+      if (ended != cudaSuccess) {
+        comm.abort();
+        throw cuda_error("cudaStreamEndCapture", rank_, ended,
+                         "the averaging step was not launched; the communicator was aborted");
+      }
       graph = exec;
     }
+    // A graph launch bypasses NCCL's own checks: make sure its communicator is still alive.
+    comm.check_usable("cudaGraphLaunch (averaging step)");
     cuda_check("cudaGraphLaunch", rank_, Runtime::graph_launch(*graph, stream));
+  }
+
+  // Every level's communicator must be usable: after a fault on any of them, the job's
+  // collectives can no longer be trusted to pair up.
+  void check_levels(std::string_view op) {
+    for (std::size_t l = 0; l < comms_.num_levels(); ++l) comms_.level(l).check_usable(op);
+  }
+
+  void abort_all() noexcept {
+    for (std::size_t l = 0; l < comms_.num_levels(); ++l) comms_.level(l).abort();
+  }
+
+  void remember(stream_handle s) {
+    if (std::find(streams_.begin(), streams_.end(), s) == streams_.end()) streams_.push_back(s);
   }
 
   LevelComms<Comm> comms_;
   DeviceAveragerOptions options_;
   stream_handle stream_;
   int rank_;
+  std::vector<stream_handle> streams_;  // every stream used, for the destructor
   detail::DeviceCaches<Kernels, Runtime> caches_;
 };
 

@@ -307,7 +307,8 @@ class BasicNcclComm {
         stream_(std::move(other.stream_)),
         scratch_(std::exchange(other.scratch_, nullptr)),
         scratch_bytes_(std::exchange(other.scratch_bytes_, 0)),
-        broken_(std::move(other.broken_)) {}
+        broken_(std::move(other.broken_)),
+        deferring_(std::exchange(other.deferring_, 0)) {}
   BasicNcclComm& operator=(BasicNcclComm&& other) noexcept {
     if (this != &other) {
       release();
@@ -319,6 +320,7 @@ class BasicNcclComm {
       scratch_ = std::exchange(other.scratch_, nullptr);
       scratch_bytes_ = std::exchange(other.scratch_bytes_, 0);
       broken_ = std::move(other.broken_);
+      deferring_ = std::exchange(other.deferring_, 0);
     }
     return *this;
   }
@@ -329,7 +331,9 @@ class BasicNcclComm {
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] int size() const noexcept { return size_; }
   //! The stream collectives run on when the call names none.
-  [[nodiscard]] stream_handle stream() const noexcept { return stream_->handle; }
+  [[nodiscard]] stream_handle stream() const noexcept {
+    return stream_ ? stream_->handle : stream_handle{};  // a moved-from communicator has none
+  }
   [[nodiscard]] comm_handle native() const noexcept { return comm_; }
   [[nodiscard]] const NcclOptions& options() const noexcept { return options_; }
   //! Why the communicator can no longer be used; empty while it can.
@@ -401,7 +405,8 @@ class BasicNcclComm {
   template <nccl_value T>
   void all_gather(std::span<const T> in, std::span<T> out, stream_handle s) {
     ensure_usable("ncclAllGather");
-    if (out.size() != in.size() * static_cast<std::size_t>(size_)) {
+    const auto n = static_cast<std::size_t>(size_);
+    if (out.size() % n != 0 || out.size() / n != in.size()) {  // no product that could wrap
       fail("ncclAllGather", "output has " + std::to_string(out.size()) + " elements; it needs " +
                                 std::to_string(in.size()) + " x " + std::to_string(size_));
     }
@@ -416,7 +421,8 @@ class BasicNcclComm {
   template <nccl_value T>
   void reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op, stream_handle s) {
     ensure_usable("ncclReduceScatter");
-    if (in.size() != out.size() * static_cast<std::size_t>(size_)) {
+    const auto n = static_cast<std::size_t>(size_);
+    if (in.size() % n != 0 || in.size() / n != out.size()) {  // no product that could wrap
       fail("ncclReduceScatter", "input has " + std::to_string(in.size()) +
                                     " elements; it needs " + std::to_string(out.size()) + " x " +
                                     std::to_string(size_));
@@ -473,8 +479,18 @@ class BasicNcclComm {
     for (std::size_t j = 0; j < n; ++j) {
       send_offsets[j] = sent;
       recv_offsets[j] = received;
+      // Counts larger than the buffers are wrong whatever the sum: checking each first keeps
+      // the sums from wrapping around.
+      if (send_counts[j] > in.size() || recv_counts[j] > out.size()) {
+        fail(op, "count " + std::to_string(std::max(send_counts[j], recv_counts[j])) +
+                     " for rank " + std::to_string(j) + " exceeds the buffers (" +
+                     std::to_string(in.size()) + " and " + std::to_string(out.size()) +
+                     " elements)",
+             ncclInvalidArgument);
+      }
       sent += send_counts[j];
       received += recv_counts[j];
+      if (sent > in.size() || received > out.size()) break;  // reported below
     }
     if (sent != in.size() || received != out.size()) {
       fail(op, "counts add up to " + std::to_string(sent) + " sent and " +
@@ -519,8 +535,9 @@ class BasicNcclComm {
   }
   void synchronize() { synchronize(stream()); }
 
-  //! Every member's collectives so far have completed: an all-reduce of one element on the
-  //! communicator's stream, then `synchronize()`.
+  //! Every member has reached this point and the work on the communicator's stream is done: an
+  //! all-reduce of one element on that stream, then `synchronize()`. Work enqueued on other
+  //! streams is not waited for.
   void barrier() {
     ensure_usable("barrier");
     std::int32_t* one = static_cast<std::int32_t*>(scratch(sizeof(std::int32_t)));
@@ -545,6 +562,26 @@ class BasicNcclComm {
   //! For a rank that must give up without leaving its peers waiting for it.
   void abort() { break_and_abort("abort() was called"); }
 
+  //! Throws `nccl_error` if the communicator cannot be used: aborted, moved from, or with an
+  //! asynchronous error pending (which aborts it). Cheap (a host-side query): callers that launch
+  //! work NCCL does not see, such as a captured graph, check before each launch.
+  void check_usable(std::string_view op) { ensure_usable(op); }
+
+  //! Aborts that become due while the returned guard lives wait until it is destroyed: for a
+  //! caller that is capturing a CUDA graph, where the synchronous CUDA calls of `ncclCommAbort`
+  //! are illegal. End the capture before the guard goes.
+  [[nodiscard]] auto defer_aborts() {
+    struct Guard {
+      explicit Guard(BasicNcclComm* c) : comm(c) {}
+      BasicNcclComm* comm;
+      Guard(const Guard&) = delete;
+      Guard& operator=(const Guard&) = delete;
+      ~Guard() { comm->resume_aborts(); }
+    };
+    ++deferring_;
+    return Guard{this};
+  }
+
  private:
   struct OwnedStream {
     stream_handle handle{};
@@ -562,19 +599,27 @@ class BasicNcclComm {
 
   // Ends an ncclGroupStart scope on every path: NCCL requires the pairing even when a call inside
   // the group failed.
+  // Aborting a communicator with operations queued in an open group would leave ncclGroupEnd
+  // walking a freed communicator: inside the group, aborts are deferred until it has ended.
   class Group {
    public:
     Group(BasicNcclComm& comm, std::string_view op) : comm_(comm), op_(op) {
       comm_.call(op_, Runtime::group_start());
+      ++comm_.deferring_;
     }
     void end() {
       open_ = false;
-      comm_.call(op_, Runtime::group_end());
+      const ncclResult_t rc = Runtime::group_end();
+      comm_.resume_aborts();
+      comm_.call(op_, rc);
     }
     Group(const Group&) = delete;
     Group& operator=(const Group&) = delete;
     ~Group() {
-      if (open_) (void)Runtime::group_end();
+      if (open_) {
+        (void)Runtime::group_end();
+        comm_.resume_aborts();
+      }
     }
 
    private:
@@ -719,14 +764,26 @@ class BasicNcclComm {
 
   void ensure_usable(std::string_view op) {
     if (!broken_.empty()) fail(op, "the communicator is unusable since " + broken_);
+    if (comm_ == comm_handle{}) fail(op, "the communicator was moved from");
     poll_async_error(op);
   }
 
+  // Marks the communicator broken at once; the ncclCommAbort itself waits while aborts are
+  // deferred (an open group, a capture).
   void break_and_abort(const std::string& why) {
     if (!broken_.empty()) return;
     broken_ = why;
+    if (deferring_ > 0) return;
     if (comm_ != comm_handle{}) (void)Runtime::abort(comm_);
     comm_ = comm_handle{};
+  }
+
+  void resume_aborts() noexcept {
+    if (deferring_ > 0) --deferring_;
+    if (deferring_ == 0 && !broken_.empty() && comm_ != comm_handle{}) {
+      (void)Runtime::abort(comm_);
+      comm_ = comm_handle{};
+    }
   }
 
   static void pause(std::size_t polls) {
@@ -785,6 +842,7 @@ class BasicNcclComm {
   void* scratch_ = nullptr;
   std::size_t scratch_bytes_ = 0;
   std::string broken_;
+  int deferring_ = 0;  // open groups and deferral guards: aborts wait until they are gone
 };
 
 //! The NCCL communicator over the real libraries.
