@@ -237,7 +237,7 @@ endfunction()
 function(strata_add_compile_fail_tests dir)
   file(GLOB sources CONFIGURE_DEPENDS "${dir}/*.cpp")
   # '|'-separated: a ;-list would be split on its way through add_test.
-  set(flags "-std=c++20|-I${PROJECT_SOURCE_DIR}/include|-I${STRATA_MP11_INCLUDE_DIR}")
+  set(flags "-std=c++20|-I${PROJECT_SOURCE_DIR}/include|-I${STRATA_MP11_INCLUDE_DIR}|-I${STRATA_THRUST_INCLUDE_DIR}|-DTHRUST_DEVICE_SYSTEM=THRUST_DEVICE_SYSTEM_CPP")
   foreach(src IN LISTS sources)
     get_filename_component(name "${src}" NAME_WE)
     add_test(NAME compile_fail.${name}

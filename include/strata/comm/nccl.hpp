@@ -702,6 +702,10 @@ class BasicNcclComm {
         scratch_bytes_ = 0;
       }
       const std::size_t size = std::max<std::size_t>(bytes, 256);
+      // On the communicator's GPU, whichever device the calling thread last made current.
+      if (options_.device >= 0) {
+        cuda_check("cudaSetDevice", rank_, Runtime::set_device(options_.device));
+      }
       cuda_check("cudaMalloc", rank_, Runtime::malloc(&scratch_, size));
       scratch_bytes_ = size;
     }
