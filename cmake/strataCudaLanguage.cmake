@@ -14,8 +14,9 @@ macro(strata_enable_cuda_language)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      # Explicit: "native" needs a GPU at configure time. A100 and H100/H200.
-      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+      # Explicit: "native" needs a GPU at configure time. Machine code for A100 and H100/H200,
+      # and compute_90 PTX that newer GPUs compile at load time.
+      set(CMAKE_CUDA_ARCHITECTURES 80-real 90-real 90-virtual)
     endif()
     enable_language(CUDA)
     # CMake 3.25 does not know nvcc's C++20 flag; tell it.

@@ -382,6 +382,10 @@ cudaError_t segmented_sum(const Index* d_order, const Index* d_offsets, const In
   namespace agent = strata::detail::cuda::dedup;
   if (width == 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
+  // Without the count the kernel would sum nothing and report success.
+  if (d_order == nullptr || d_offsets == nullptr || d_num_unique == nullptr) {
+    return cudaErrorInvalidValue;
+  }
   const unsigned lanes = agent::lanes_for(width);
   // m is only on the device: launch for the most it can be (n) and let the loop stop at m.
   agent::sum_groups_kernel<<<agent::grid_for(n * lanes), agent::block_threads, 0, stream>>>(
@@ -591,8 +595,11 @@ class DedupWorkspace {
 
   //! Grows the buffers for batches of up to `max_ids` ids; `stream` is where the workspace has
   //! been used, which is drained before a buffer is replaced.
+  //! The last grouping is forgotten: a replaced buffer no longer holds it.
   void reserve(std::size_t max_ids, cudaStream_t stream) {
     check_batch("DedupWorkspace::reserve", max_ids);
+    batch_size_ = 0;
+    unique_count_.reset();
     std::size_t bytes = 0;
     cuda_check("strata::cuda::unique_ids", -1,
                strata::cuda::unique_ids<Id, Index>(nullptr, bytes, nullptr, max_ids, nullptr,
@@ -742,11 +749,13 @@ void unique_ids_async(std::type_identity_t<std::span<const Id>> ids,
         static_cast<Index*>(Access::offsets(workspace).get()), stream, end_bit);
   };
   cuda_check("strata::cuda::unique_ids", -1, run(nullptr));
+  // No valid grouping unless this call succeeds: a buffer replaced below (or a grow that throws
+  // half-way) no longer holds the last one.
+  Access::set(workspace, 0, std::nullopt);
   Access::temp(workspace).grow(bytes, stream);
   Access::order(workspace).grow(n * sizeof(Index), stream);
   Access::offsets(workspace).grow((n + 1) * sizeof(Index), stream);
   Access::count(workspace).grow(sizeof(Index), stream);
-  Access::set(workspace, 0, std::nullopt);  // no valid grouping unless this call succeeds
   cuda_check("strata::cuda::unique_ids", -1, run(Access::temp(workspace).get()));
   Access::set(workspace, n, std::nullopt);
 }
