@@ -44,35 +44,49 @@ struct AveragerState {
 
 namespace detail {
 
+// Where each tensor of a list starts and how long it is: what a cached plan depends on. A
+// training loop averages the same tensors at every step, so the plan is rebuilt only when one of
+// them moved or resized.
+template <class T>
+class TensorLayout {
+ public:
+  template <class Tensors>
+  [[nodiscard]] bool matches(const Tensors& tensors) const {
+    if (data_.size() != std::size(tensors)) return false;
+    std::size_t i = 0;
+    for (const std::span<T> t : tensors) {
+      if (data_[i] != t.data() || sizes_[i] != t.size()) return false;
+      ++i;
+    }
+    return true;
+  }
+  template <class Tensors>
+  void record(const Tensors& tensors) {
+    data_.clear();
+    sizes_.clear();
+    for (const std::span<T> t : tensors) {
+      data_.push_back(t.data());
+      sizes_.push_back(t.size());
+    }
+  }
+
+ private:
+  std::vector<const T*> data_;
+  std::vector<std::size_t> sizes_;
+};
+
 // The plan and staging buffer of the tensors last averaged, rebuilt only when they move or
 // resize, so that a training loop allocates nothing after its first step.
 template <class T>
 struct PackCache {
-  std::vector<const T*> data;
-  std::vector<std::size_t> sizes;
+  TensorLayout<T> layout;
   std::optional<FusedPlan<T>> plan;
   std::vector<T> staging;
 
   template <class Tensors>
   const FusedPlan<T>& plan_for(const Tensors& tensors) {
-    bool same = plan.has_value() && data.size() == std::size(tensors);
-    if (same) {
-      std::size_t i = 0;
-      for (const std::span<T> t : tensors) {
-        if (data[i] != t.data() || sizes[i] != t.size()) {
-          same = false;
-          break;
-        }
-        ++i;
-      }
-    }
-    if (!same) {
-      data.clear();
-      sizes.clear();
-      for (const std::span<T> t : tensors) {
-        data.push_back(t.data());
-        sizes.push_back(t.size());
-      }
+    if (!plan || !layout.matches(tensors)) {
+      layout.record(tensors);
       plan.emplace(tensors);
     }
     // The in-place path of a non-all-or-nothing backend may have resized the staging buffer.

@@ -153,8 +153,7 @@ class LevelGraphs {
 // The plan, device table, staging buffer and graphs of the tensors last averaged.
 template <class T, template <class> class Kernels, class Runtime>
 struct DeviceCache {
-  std::vector<const T*> data;
-  std::vector<std::size_t> sizes;
+  TensorLayout<T> layout;
   std::optional<FusedPlan<T>> plan;
   Kernels<T> kernels;
   DeviceBuffer<Runtime, T> staging;
@@ -165,14 +164,6 @@ struct DeviceCache {
   LevelGraphs<Runtime> flat_graphs;
   // The stream of the last step that used the staging buffer and the table.
   std::optional<typename Runtime::stream_handle> last_stream;
-
-  [[nodiscard]] bool same(std::span<const std::span<T>> tensors) const {
-    if (!plan || data.size() != tensors.size()) return false;
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-      if (data[i] != tensors[i].data() || sizes[i] != tensors[i].size()) return false;
-    }
-    return true;
-  }
 };
 
 template <template <class> class Kernels, class Runtime>
@@ -331,20 +322,15 @@ class DeviceAverager : public detail::AveragerClock<S> {
   template <class T, class Cache>
   void prepare(Cache& cache, std::span<const std::span<T>> tensors, stream_handle stream) {
     remember(stream);
-    if (cache.same(tensors)) return;
+    if (cache.plan && cache.layout.matches(tensors)) return;
     // The previous step may have run on another stream: wait for that one.
     if (cache.plan && cache.last_stream) synchronize(*cache.last_stream);
     cache.graphs.clear();
     cache.plan.reset();
-    cache.data.clear();
-    cache.sizes.clear();
     FusedPlan<T> plan(tensors);
     cache.staging.resize(plan.total_elements(), rank_);
     cache.kernels.upload(plan, stream);
-    for (const std::span<T> t : tensors) {
-      cache.data.push_back(t.data());
-      cache.sizes.push_back(t.size());
-    }
+    cache.layout.record(tensors);
     cache.plan.emplace(std::move(plan));
   }
 

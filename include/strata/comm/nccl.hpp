@@ -732,14 +732,19 @@ class BasicNcclComm {
     fail(op, why, rc);
   }
 
+  // NCCL's asynchronous state of the communicator; a failure of the query itself counts as one.
+  ncclResult_t async_state() const {
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t rc = Runtime::async_error(comm_, &state);
+    return rc != ncclSuccess ? rc : state;
+  }
+
   // Polls the communicator until NCCL reports it ready (creation, split, a call that returned
   // ncclInProgress), or its deadline passes, which aborts it.
   void wait_ready(std::string_view op) {
     const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
     for (std::size_t polls = 0;; ++polls) {
-      ncclResult_t state = ncclSuccess;
-      const ncclResult_t rc = Runtime::async_error(comm_, &state);
-      if (rc != ncclSuccess) state = rc;
+      const ncclResult_t state = async_state();
       if (state == ncclSuccess) return;
       if (state != ncclInProgress) {
         const std::string why = Runtime::error_string(state, comm_);
@@ -757,9 +762,7 @@ class BasicNcclComm {
 
   // An asynchronous error (a peer that failed, a network fault) makes the communicator unusable.
   void poll_async_error(std::string_view op) {
-    ncclResult_t state = ncclSuccess;
-    const ncclResult_t rc = Runtime::async_error(comm_, &state);
-    if (rc != ncclSuccess) state = rc;
+    const ncclResult_t state = async_state();
     if (state == ncclSuccess || state == ncclInProgress) return;
     const std::string why = Runtime::error_string(state, comm_);
     break_and_abort("an asynchronous error: " + why);
@@ -798,36 +801,23 @@ class BasicNcclComm {
     }
   }
 
-  // Destruction never throws and never waits past the deadline: a communicator that cannot be
-  // flushed in time is aborted instead of destroyed.
+  // Destruction never throws and never waits past the deadline: the flush and the finalize go
+  // through the same deadline-bound waits as every call, and a communicator that misses them or
+  // fails is aborted instead of destroyed.
   void release() noexcept {
     if (comm_ != comm_handle{}) {
       bool clean = broken_.empty();
       if (clean) {
         try {
           synchronize();
+          call("ncclCommFinalize", Runtime::finalize(comm_));
+          wait_ready("ncclCommFinalize");
         } catch (...) {
-          clean = false;  // synchronize aborted it
+          clean = false;
         }
       }
-      if (clean && comm_ != comm_handle{}) {
-        ncclResult_t rc = Runtime::finalize(comm_);
-        const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
-        for (std::size_t polls = 0; rc == ncclSuccess || rc == ncclInProgress; ++polls) {
-          ncclResult_t state = ncclSuccess;
-          rc = Runtime::async_error(comm_, &state);
-          if (rc == ncclSuccess) rc = state;
-          if (rc == ncclSuccess) break;
-          if (rc != ncclInProgress || std::chrono::steady_clock::now() >= deadline) break;
-          pause(polls);
-        }
-        if (rc == ncclSuccess) {
-          (void)Runtime::destroy(comm_);
-        } else {
-          (void)Runtime::abort(comm_);
-        }
-      } else if (comm_ != comm_handle{}) {
-        (void)Runtime::abort(comm_);
+      if (comm_ != comm_handle{}) {
+        (void)(clean ? Runtime::destroy(comm_) : Runtime::abort(comm_));
       }
       comm_ = comm_handle{};
     }
