@@ -8,9 +8,13 @@
 
 namespace strata {
 
-//! Base of every run-time failure strata reports (backend faults, timeouts, peers that fail).
-//! Misuse that types can catch never gets here: it does not compile. Bad configuration text is a
-//! `std::invalid_argument`, because it is the caller's input that is wrong, not the system.
+//! Base of everything strata reports about a group of ranks: a backend that failed, a deadline
+//! that passed, a peer that failed or left, the members' arguments to a collective that are
+//! invalid or disagree. The error policy (docs/errors.md): misuse that types can catch does not
+//! compile; a caller's bad input to a function that involves no other rank (configuration text,
+//! a plan, a kernel's sizes) is a `std::invalid_argument` naming the entity and the rule;
+//! everything that concerns the group is a `strata::error` that names the operation, the rank
+//! that reports it and the cause.
 //!
 //! \code
 //! try { throw strata::error("all_reduce", 3, "peer 5 timed out after 30 s"); }
@@ -46,6 +50,33 @@ class error : public std::runtime_error {
   std::string operation_;
   int rank_;
   std::string cause_;
+};
+
+//! The arguments of a collective are wrong: one member's are invalid (sizes that do not fit,
+//! a root outside the group), or the members' calls disagree (operation, element type,
+//! reduction, root, counts). Every member of the collective throws it with the same cause, which
+//! names the member and the rule, and nothing is written; the communicator stays usable.
+//!
+//! \code
+//! try { throw strata::usage_error("all_reduce", 1, "rank 2: input has 3 elements, output 4"); }
+//! catch (const strata::error& e) { assert(e.cause().starts_with("rank 2")); }
+//! \endcode
+class usage_error : public error {
+ public:
+  using error::error;
+};
+
+//! A deadline passed: a collective, a set-up or a wait did not complete within the
+//! communicator's timeout (a peer that stalls or never joins). The cause says how long was
+//! waited and, where the backend can tell, for whom.
+//!
+//! \code
+//! strata::timeout_error e("all_reduce", 0, "timed out after 500 ms waiting for rank(s) 3");
+//! assert(e.rank() == 0 && e.operation() == "all_reduce");
+//! \endcode
+class timeout_error : public error {
+ public:
+  using error::error;
 };
 
 }  // namespace strata

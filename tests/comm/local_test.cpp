@@ -157,11 +157,11 @@ TEST_CASE("local backend: bad arguments are errors, not crashes") {
     std::vector<double> a(3), b(4);
     CHECK_THROWS_AS(comm.all_reduce(std::span<const double>(a), std::span<double>(b),
                                     strata::ReduceOp::sum),
-                    strata::error);
-    CHECK_THROWS_AS(comm.broadcast(std::span<double>(a), 1), strata::error);
+                    strata::usage_error);
+    CHECK_THROWS_AS(comm.broadcast(std::span<double>(a), 1), strata::usage_error);
     CHECK_THROWS_AS(comm.all_gather(std::span<const double>(a), std::span<double>(a.data(), 2)),
-                    strata::error);
-    CHECK_THROWS_AS(comm.split(-1, 0), strata::error);
+                    strata::usage_error);
+    CHECK_THROWS_AS(comm.split(-1, 0), strata::usage_error);
   });
 }
 

@@ -6,16 +6,23 @@
 
 #include <utility>
 
-// The local backend, declared to hold device buffers (as NcclComm does), or not (the control).
+// The local backend, declared through its traits to hold device buffers (as NcclComm does), or
+// not (the control).
 class Backend : public strata::LocalComm {
  public:
   explicit Backend(strata::LocalComm comm) : strata::LocalComm(std::move(comm)) {}
   Backend split(int color, int key) { return Backend(strata::LocalComm::split(color, key)); }
-#ifdef STRATA_COMPILE_FAIL
-  static constexpr bool device_memory = true;
-#endif
 };
 static_assert(strata::communicator<Backend>);
+
+#ifdef STRATA_COMPILE_FAIL
+template <>
+struct strata::communicator_traits<Backend> {
+  static constexpr bool all_or_nothing = true;
+  static constexpr strata::MemorySpace memory_space = strata::MemorySpace::device;
+  using stream_type = void;
+};
+#endif
 
 using H = strata::Hierarchy<strata::Level<1, 2>>;
 void use(Backend& world) {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <nccl.h>
+#include <strata/cuda/error.hpp>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
@@ -32,6 +33,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -524,7 +526,6 @@ inline std::map<std::string, std::shared_ptr<Team>>& registry() {
 struct Runtime {
   using comm_handle = Comm*;
   using stream_handle = Stream*;
-  using graph_handle = Graph*;
 
   // Set by a test to make the next get_unique_id fail (rank 0 of a bootstrap).
   static inline std::atomic<bool> fail_unique_id{false};
@@ -712,7 +713,16 @@ struct Runtime {
     return ncclSuccess;
   }
 
+  // The CUDA part of the runtime policy (strata::cuda_runtime_policy).
+  using error_type = cudaError_t;
+  static constexpr error_type success = cudaSuccess;
+  static constexpr error_type not_ready = cudaErrorNotReady;
+  static void check(std::string_view call, int rank, error_type e) { strata::cuda_check(call, rank, e); }
   static cudaError_t set_device(int) { return cudaSuccess; }
+  static cudaError_t get_device(int* device) {
+    *device = 0;
+    return cudaSuccess;
+  }
   static cudaError_t stream_create(stream_handle* s) {
     *s = new Stream();
     std::lock_guard lk(streams_mutex());
@@ -759,6 +769,19 @@ struct Runtime {
     s->enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); });
     return cudaSuccess;
   }
+  // For test "kernels": host work that runs in stream order, as a kernel launch would.
+  static void launch_host(stream_handle s, Task t) { s->enqueue(std::move(t)); }
+};
+
+// The graph policy of the device averager (strata::graph_policy) over the double's streams: a
+// captured stream records its work, and a launch replays it in stream order.
+struct Graphs {
+  using error_type = cudaError_t;
+  using stream_handle = Stream*;
+  using graph_handle = Graph*;
+  static constexpr error_type success = cudaSuccess;
+  static void check(std::string_view call, int rank, error_type e) { strata::cuda_check(call, rank, e); }
+
   static cudaError_t begin_capture(stream_handle s) {
     std::lock_guard lk(s->m);
     if (s->capture != nullptr) return cudaErrorIllegalState;
@@ -773,18 +796,16 @@ struct Runtime {
     s->capture = nullptr;
     return cudaSuccess;
   }
-  static cudaError_t graph_launch(graph_handle g, stream_handle s) {
+  static cudaError_t launch(graph_handle g, stream_handle s) {
     stats().graph_launches++;
     for (const Task& t : g->tasks) s->enqueue(t);
     return cudaSuccess;
   }
-  static cudaError_t graph_destroy(graph_handle g) {
+  static cudaError_t destroy(graph_handle g) {
     delete g;
     return cudaSuccess;
   }
 
-  // For test "kernels": host work that runs in stream order, as a kernel launch would.
-  static void launch_host(stream_handle s, Task t) { s->enqueue(std::move(t)); }
 };
 
 }  // namespace fake

@@ -133,7 +133,8 @@ class HostStreamKernels {
 };
 
 using FakeAverager =
-    strata::DeviceAverager<strata::RuntimeSchedule<strata::AbsolutePhase>, FakeNccl, HostStreamKernels>;
+    strata::DeviceAverager<strata::RuntimeSchedule<strata::AbsolutePhase>, FakeNccl, HostStreamKernels,
+                          fake::Graphs>;
 
 }  // namespace
 
@@ -212,7 +213,7 @@ TEST_CASE("nccl backend (host double): split shares the stream and orders member
     sub.synchronize();
     CHECK(v[0] == (comm.rank() % 2 == 0 ? 0 + 2 + 4 : 1 + 3 + 5));
     CHECK_THROWS_WITH_AS(comm.split(-1, 0), doctest::Contains("color -1 is negative"),
-                         strata::nccl_error);
+                         strata::usage_error);
   });
 }
 
@@ -227,12 +228,12 @@ TEST_CASE("nccl backend (host double): a peer that never joins makes the wait fa
       try {
         comm.synchronize();
         messages.add("no error");
-      } catch (const strata::nccl_error& e) {
+      } catch (const strata::error& e) {
         messages.add(e.what());
         CHECK(std::chrono::steady_clock::now() - start < 5s);
         CHECK(!comm.broken().empty());
         CHECK_THROWS_WITH_AS(comm.all_reduce(std::span<float>(v), strata::ReduceOp::sum),
-                             doctest::Contains("unusable since"), strata::nccl_error);
+                             doctest::Contains("unusable since"), strata::error);
       }
       CHECK(v[0] == 1.0f);  // nothing was written
     }
@@ -241,7 +242,7 @@ TEST_CASE("nccl backend (host double): a peer that never joins makes the wait fa
   REQUIRE(messages.text.size() == 2);
   for (const std::string& m : messages.text) {
     // Rank 0 and 1 may time out themselves, or see the other's abort as a remote error first.
-    const bool timed_out = m.find("did not finish within 300 ms") != std::string::npos;
+    const bool timed_out = m.find("timed out after 300 ms") != std::string::npos;
     const bool remote = m.find("asynchronous NCCL error") != std::string::npos;
     CHECK_MESSAGE((timed_out || remote), m);
   }
@@ -256,7 +257,7 @@ TEST_CASE("nccl backend (host double): a rank that aborts makes its peers fail w
       host.barrier();
       comm.abort();
       CHECK_THROWS_WITH_AS(comm.barrier(), doctest::Contains("abort() was called"),
-                           strata::nccl_error);
+                           strata::error);
       return;
     }
     comm.all_reduce(std::span<double>(v), strata::ReduceOp::sum);
@@ -282,10 +283,10 @@ TEST_CASE("nccl backend (host double): creation waits for every rank under a dea
   const ncclUniqueId id = FakeNccl::unique_id();
   // Two ranks are expected, only one joins.
   CHECK_THROWS_WITH_AS((void)FakeNccl::from_unique_id(id, 0, 2, quick(200ms)),
-                       doctest::Contains("not complete after 200 ms"), strata::nccl_error);
+                       doctest::Contains("timed out after 200 ms"), strata::timeout_error);
   CHECK_THROWS_WITH_AS((void)FakeNccl::from_unique_id(id, 2, 2, quick()),
                        doctest::Contains("rank 2 is not a rank of a world of 2"),
-                       strata::nccl_error);
+                       std::invalid_argument);
 }
 
 TEST_CASE("nccl backend (host double): a bootstrap whose id cannot be made fails on every rank") {
@@ -312,16 +313,16 @@ TEST_CASE("nccl backend (host double): bad arguments throw before anything is en
     CHECK_THROWS_WITH_AS(comm.all_reduce(std::span<const float>(a), std::span<float>(b),
                                          strata::ReduceOp::sum),
                          doctest::Contains("input has 4 elements but output has 5"),
-                         strata::nccl_error);
+                         strata::usage_error);
     CHECK_THROWS_WITH_AS(comm.broadcast(std::span<float>(a), 2),
-                         doctest::Contains("root 2 is not a rank"), strata::nccl_error);
+                         doctest::Contains("root 2 is not a rank"), strata::usage_error);
     CHECK_THROWS_WITH_AS(comm.all_gather(std::span<const float>(a), std::span<float>(b)),
-                         doctest::Contains("it needs 4 x 2"), strata::nccl_error);
+                         doctest::Contains("it needs 4 x 2"), strata::usage_error);
     const std::vector<std::size_t> counts{1, 1};
     CHECK_THROWS_WITH_AS(comm.all_to_all(std::span<const float>(a), std::span(counts),
                                          std::span<float>(b), std::span(counts)),
                          doctest::Contains("counts add up to 2 sent and 2 received"),
-                         strata::nccl_error);
+                         strata::usage_error);
     // Still usable: argument errors do not break the communicator.
     comm.barrier();
     CHECK(comm.broken().empty());
@@ -467,7 +468,7 @@ TEST_CASE("device averager (host double): a failed call leaves tensors and step 
     std::vector<std::span<float>> params{w};
     host.barrier();
     world.abort();
-    CHECK_THROWS_AS(avg.average(params, world.stream()), strata::nccl_error);
+    CHECK_THROWS_AS(avg.average(params, world.stream()), strata::error);
     CHECK(avg.step() == 0);
     for (float x : w) CHECK(x == static_cast<float>(world.rank()));
     // The failed capture was ended: the stream is not left capturing.
@@ -498,7 +499,7 @@ TEST_CASE("device averager (host double): a replayed graph is not launched on an
     if (world.rank() == 0) {
       CHECK_THROWS_WITH_AS(avg.average(params, world.stream()),
                            doctest::Contains("unusable since abort() was called"),
-                           strata::nccl_error);
+                           strata::error);
       CHECK(avg.step() == 1);
     } else {
       // The peer learns of the abort from NCCL's asynchronous error, at the latest when it waits.
@@ -506,7 +507,7 @@ TEST_CASE("device averager (host double): a replayed graph is not launched on an
       try {
         avg.average(params, world.stream());
         avg.synchronize();
-      } catch (const strata::nccl_error& e) {
+      } catch (const strata::error& e) {
         failed = std::string(e.what()).find("asynchronous NCCL error") != std::string::npos ||
                  std::string(e.what()).find("unusable") != std::string::npos;
       }
@@ -568,10 +569,10 @@ TEST_CASE("nccl backend (host double): counts that would overflow and moved-from
     const std::vector<std::size_t> ok{1, 1};
     CHECK_THROWS_WITH_AS(comm.all_to_all(std::span<const float>(a), std::span(huge),
                                          std::span<float>(b), std::span(ok)),
-                         doctest::Contains("exceeds the buffers"), strata::nccl_error);
+                         doctest::Contains("exceeds the buffers"), strata::usage_error);
     FakeNccl moved = std::move(comm);
     CHECK_THROWS_WITH_AS(comm.all_reduce(std::span<float>(a), strata::ReduceOp::sum),
-                         doctest::Contains("moved from"), strata::nccl_error);
+                         doctest::Contains("moved from"), strata::error);
     moved.barrier();
   });
 }

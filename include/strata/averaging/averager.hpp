@@ -16,6 +16,7 @@
 #include <thrust/execution_policy.h>
 
 #include "strata/comm/communicator.hpp"
+#include "strata/averaging/clock.hpp"
 #include "strata/comm/level_comms.hpp"
 #include "strata/hierarchy/hierarchy.hpp"
 #include "strata/hierarchy/runtime_hierarchy.hpp"
@@ -25,22 +26,6 @@
 #include "strata/schedule/schedule.hpp"
 
 namespace strata {
-
-//! What an averager must remember across a restart: the step counter, and what it was counting
-//! for, so that a state is never restored into a different schedule.
-//!
-//! \code
-//! strata::AveragerState s{120, 100, "2:8,4:32,8:64", "absolute"};
-//! assert(s.step == 120);
-//! \endcode
-struct AveragerState {
-  std::size_t step = 0;
-  std::size_t warmup = 0;
-  std::string hierarchy;  //!< `RuntimeHierarchy::to_string()` form
-  std::string phase;      //!< the phase policy's name
-
-  friend bool operator==(const AveragerState&, const AveragerState&) = default;
-};
 
 namespace detail {
 
@@ -112,69 +97,8 @@ void fused_average(Comm& comm, PackCache<T>& cache, std::span<const std::span<T>
   }
 }
 
-// Backends whose collectives either complete or leave every buffer untouched can average a
-// caller's buffer in place; the others work on a copy.
-template <class Comm>
-concept all_or_nothing_collectives = requires {
-  requires Comm::all_or_nothing;
-};
-
 using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std::int32_t>,
                               PackCache<std::int64_t>>;
-
-// Backends whose buffers live in device memory (NCCL): host-side packing cannot touch them.
-template <class Comm>
-concept device_memory_comm = requires {
-  requires Comm::device_memory;
-};
-
-// The schedule and step counter of an averager, and saving and restoring them: shared by the
-// host and the device averagers.
-template <schedule_type S>
-class AveragerClock {
- public:
-  //! The level the next `average` call will run, if any.
-  [[nodiscard]] std::optional<std::size_t> next_level() const noexcept {
-    return schedule_.level_at(step_);
-  }
-  //! How many `average` calls have completed.
-  [[nodiscard]] std::size_t step() const noexcept { return step_; }
-  [[nodiscard]] const S& schedule() const noexcept { return schedule_; }
-
-  [[nodiscard]] AveragerState state() const {
-    return {step_, schedule_.warmup(), hierarchy_text(), std::string(S::phase::name)};
-  }
-
-  //! Continues from a saved state; throws `std::invalid_argument` when it was saved by an
-  //! averager with another hierarchy, warm-up or phase, which would silently change the schedule.
-  void restore(const AveragerState& state) {
-    const AveragerState mine = this->state();
-    if (state.hierarchy != mine.hierarchy || state.warmup != mine.warmup ||
-        state.phase != mine.phase) {
-      throw std::invalid_argument("averager: cannot restore a state of hierarchy " +
-                                  state.hierarchy + ", warm-up " + std::to_string(state.warmup) +
-                                  ", phase " + state.phase + " into hierarchy " + mine.hierarchy +
-                                  ", warm-up " + std::to_string(mine.warmup) + ", phase " +
-                                  mine.phase);
-    }
-    step_ = state.step;
-  }
-
- protected:
-  explicit AveragerClock(S schedule) : schedule_(std::move(schedule)) {}
-
-  [[nodiscard]] std::string hierarchy_text() const {
-    std::string s;
-    for (const LevelSpec& l : schedule_.levels()) {
-      if (!s.empty()) s += ',';
-      s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
-    }
-    return s;
-  }
-
-  S schedule_;
-  std::size_t step_ = 0;
-};
 
 }  // namespace detail
 
@@ -188,19 +112,19 @@ class AveragerClock {
 //!
 //! Use `HierarchicalAverager`, `RuntimeHierarchicalAverager` or `PeriodicAverager`.
 template <schedule_type S, communicator Comm>
-class BasicAverager : public detail::AveragerClock<S> {
-  static_assert(!detail::device_memory_comm<Comm>,
+class BasicAverager : public AveragerClock<S> {
+  static_assert(!device_memory_v<Comm>,
                 "BasicAverager: this communicator's buffers are device memory; average device "
                 "tensors with DeviceAverager (strata/averaging/device_averager.hpp)");
-  using detail::AveragerClock<S>::schedule_;
-  using detail::AveragerClock<S>::step_;
+  using AveragerClock<S>::schedule_;
+  using AveragerClock<S>::step_;
 
  public:
   using schedule_type = S;
   using comm_type = Comm;
 
   BasicAverager(Comm& world, S schedule)
-      : detail::AveragerClock<S>(std::move(schedule)), comms_(world, schedule_.levels()) {}
+      : AveragerClock<S>(std::move(schedule)), comms_(world, schedule_.levels()) {}
 
   //! Averages many tensors with one collective: packs them into a flat buffer, all-reduces it,
   //! and unpacks with the 1/g scaling fused into the unpack. Returns the level that ran.
@@ -227,7 +151,7 @@ class BasicAverager : public detail::AveragerClock<S> {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
     if (level) {
       Comm& comm = comms_.level(*level);
-      if constexpr (detail::all_or_nothing_collectives<Comm>) {
+      if constexpr (all_or_nothing_v<Comm>) {
         comm.all_reduce(flat, ReduceOp::average);
       } else {
         std::vector<T>& staging = std::get<detail::PackCache<T>>(caches_).staging;

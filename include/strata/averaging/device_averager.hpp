@@ -19,8 +19,11 @@
 #include <vector>
 
 #include "strata/averaging/averager.hpp"
+#include "strata/averaging/clock.hpp"
+#include "strata/averaging/cuda_graphs.hpp"
 #include "strata/comm/communicator.hpp"
 #include "strata/comm/level_comms.hpp"
+#include "strata/cuda/device_buffer.hpp"
 #include "strata/cuda/error.hpp"
 #include "strata/cuda/half.hpp"
 #include "strata/kernels/fused.hpp"
@@ -36,7 +39,7 @@ namespace strata {
 //! \endcode
 template <class C>
 concept device_communicator =
-    communicator<C> && requires { requires C::device_memory; } &&
+    communicator<C> && device_memory_v<C> &&
     requires(C& c, const C& cc, typename C::stream_handle s, std::string_view op) {
       typename C::runtime_type;
       { cc.stream() } -> std::same_as<typename C::stream_handle>;
@@ -89,42 +92,11 @@ struct DeviceAveragerOptions {
 
 namespace detail {
 
-// A device allocation through the communicator's runtime.
-template <class Runtime, class T>
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { reset(); }
-
-  void reset() noexcept {
-    if (data_ != nullptr) (void)Runtime::free(data_);
-    data_ = nullptr;
-    size_ = 0;
-  }
-  // Callers make sure no enqueued work still uses the old allocation.
-  void resize(std::size_t n, int rank) {
-    if (n == size_) return;
-    reset();
-    if (n == 0) return;
-    void* p = nullptr;
-    cuda_check("cudaMalloc", rank, Runtime::malloc(&p, n * sizeof(T)));
-    data_ = static_cast<T*>(p);
-    size_ = n;
-  }
-  [[nodiscard]] std::span<T> span() const noexcept { return {data_, size_}; }
-
- private:
-  T* data_ = nullptr;
-  std::size_t size_ = 0;
-};
-
 // One graph per level for one set of buffers; dropped when the buffers change.
-template <class Runtime>
+template <class Graphs>
 class LevelGraphs {
  public:
-  using graph_handle = typename Runtime::graph_handle;
+  using graph_handle = typename Graphs::graph_handle;
   LevelGraphs() = default;
   LevelGraphs(const LevelGraphs&) = delete;
   LevelGraphs& operator=(const LevelGraphs&) = delete;
@@ -132,7 +104,7 @@ class LevelGraphs {
 
   void clear() noexcept {
     for (auto& g : graphs_) {
-      if (g) (void)Runtime::graph_destroy(*g);
+      if (g) (void)Graphs::destroy(*g);
     }
     graphs_.clear();
   }
@@ -151,25 +123,26 @@ class LevelGraphs {
 };
 
 // The plan, device table, staging buffer and graphs of the tensors last averaged.
-template <class T, template <class> class Kernels, class Runtime>
+template <class T, template <class> class Kernels, class Runtime, class Graphs>
 struct DeviceCache {
   TensorLayout<T> layout;
   std::optional<FusedPlan<T>> plan;
   Kernels<T> kernels;
-  DeviceBuffer<Runtime, T> staging;
-  LevelGraphs<Runtime> graphs;
+  DeviceBuffer<T, Runtime> staging;
+  LevelGraphs<Graphs> graphs;
   // The in-place form's buffer and graphs.
   const T* flat = nullptr;
   std::size_t flat_size = 0;
-  LevelGraphs<Runtime> flat_graphs;
+  LevelGraphs<Graphs> flat_graphs;
   // The stream of the last step that used the staging buffer and the table.
   std::optional<typename Runtime::stream_handle> last_stream;
 };
 
-template <template <class> class Kernels, class Runtime>
-using DeviceCaches =
-    std::tuple<DeviceCache<float, Kernels, Runtime>, DeviceCache<double, Kernels, Runtime>,
-               DeviceCache<__half, Kernels, Runtime>, DeviceCache<__nv_bfloat16, Kernels, Runtime>>;
+template <template <class> class Kernels, class Runtime, class Graphs>
+using DeviceCaches = std::tuple<DeviceCache<float, Kernels, Runtime, Graphs>,
+                                DeviceCache<double, Kernels, Runtime, Graphs>,
+                                DeviceCache<__half, Kernels, Runtime, Graphs>,
+                                DeviceCache<__nv_bfloat16, Kernels, Runtime, Graphs>>;
 
 }  // namespace detail
 
@@ -188,17 +161,19 @@ using DeviceCaches =
 //! next call or of `synchronize`, and the communicator is then aborted; tensors written by that
 //! step are not to be trusted (restore them from a checkpoint, as with any NCCL trainer).
 //!
+//! `strata/averaging/cuda_averager.cuh` gives it CUDA's kernels (`CudaHierarchicalAverager`);
+//! the device example of docs/device.md runs one on a GPU.
+//!
 //! \code
-//! // using H = strata::Hierarchy<strata::Level<4, 8>, strata::Level<16, 64>>;
-//! // strata::NcclComm world = strata::nccl_bootstrap(mpi_world, opts);
-//! // strata::CudaHierarchicalAverager<H> avg(world, /*warmup=*/100, {.use_graphs = true});
-//! // for (each step) { train(stream); avg.average(params, stream); }
+//! #include <strata/comm/nccl.hpp>
+//! static_assert(strata::device_communicator<strata::NcclComm>);
 //! static_assert(strata::device_average_value<__half>);
 //! \endcode
-template <schedule_type S, device_communicator Comm, template <class> class Kernels>
-class DeviceAverager : public detail::AveragerClock<S> {
-  using detail::AveragerClock<S>::schedule_;
-  using detail::AveragerClock<S>::step_;
+template <schedule_type S, device_communicator Comm, template <class> class Kernels,
+          graph_policy Graphs = CudaGraphs>
+class DeviceAverager : public AveragerClock<S> {
+  using AveragerClock<S>::schedule_;
+  using AveragerClock<S>::step_;
   using Runtime = typename Comm::runtime_type;
 
  public:
@@ -207,7 +182,7 @@ class DeviceAverager : public detail::AveragerClock<S> {
   using stream_handle = typename Comm::stream_handle;
 
   DeviceAverager(Comm& world, S schedule, DeviceAveragerOptions options = {})
-      : detail::AveragerClock<S>(std::move(schedule)),
+      : AveragerClock<S>(std::move(schedule)),
         comms_(world, schedule_.levels()),
         options_(options),
         stream_(world.stream()),
@@ -223,7 +198,7 @@ class DeviceAverager : public detail::AveragerClock<S> {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
     if (level) {
       Comm& comm = comms_.level(*level);
-      auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime>>(caches_);
+      auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime, Graphs>>(caches_);
       check_levels("average");
       prepare(cache, tensors, stream);
       const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
@@ -260,7 +235,7 @@ class DeviceAverager : public detail::AveragerClock<S> {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
     if (level) {
       Comm& comm = comms_.level(*level);
-      auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime>>(caches_);
+      auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime, Graphs>>(caches_);
       if (cache.flat != flat.data() || cache.flat_size != flat.size()) {
         cache.flat_graphs.clear();
         cache.flat = flat.data();
@@ -340,7 +315,7 @@ class DeviceAverager : public detail::AveragerClock<S> {
   // (they will wait for work it never launches): its communicator is aborted, so that they fail
   // instead of waiting, and so that nothing is paired wrongly later.
   template <class Enqueue>
-  void run(Comm& comm, detail::LevelGraphs<Runtime>& graphs, std::size_t level,
+  void run(Comm& comm, detail::LevelGraphs<Graphs>& graphs, std::size_t level,
            stream_handle stream, Enqueue enqueue) {
     bool issued = false;
     if (!options_.use_graphs) {
@@ -357,27 +332,26 @@ class DeviceAverager : public detail::AveragerClock<S> {
       // ncclCommAbort makes synchronous CUDA calls, which are illegal while capturing: aborts
       // wait until the capture has ended.
       auto deferred = comm.defer_aborts();
-      cuda_check("cudaStreamBeginCapture", rank_, Runtime::begin_capture(stream));
-      typename Runtime::graph_handle exec{};
-      cudaError_t ended = cudaSuccess;
+      Graphs::check("cudaStreamBeginCapture", rank_, Graphs::begin_capture(stream));
+      typename Graphs::graph_handle exec{};
       try {
         enqueue(issued);
       } catch (...) {
-        if (Runtime::end_capture(stream, &exec) == cudaSuccess) (void)Runtime::graph_destroy(exec);
+        if (Graphs::end_capture(stream, &exec) == Graphs::success) (void)Graphs::destroy(exec);
         if (issued) comm.abort();
         throw;
       }
-      ended = Runtime::end_capture(stream, &exec);
-      if (ended != cudaSuccess) {
+      const auto ended = Graphs::end_capture(stream, &exec);
+      if (ended != Graphs::success) {
+        // The step was not launched: its collective would never pair with the peers'.
         comm.abort();
-        throw cuda_error("cudaStreamEndCapture", rank_, ended,
-                         "the averaging step was not launched; the communicator was aborted");
+        Graphs::check("cudaStreamEndCapture (the communicator was aborted)", rank_, ended);
       }
       graph = exec;
     }
     // A graph launch bypasses NCCL's own checks: make sure its communicator is still alive.
     comm.check_usable("cudaGraphLaunch (averaging step)");
-    cuda_check("cudaGraphLaunch", rank_, Runtime::graph_launch(*graph, stream));
+    Graphs::check("cudaGraphLaunch", rank_, Graphs::launch(*graph, stream));
   }
 
   // Every level's communicator must be usable: after a fault on any of them, the job's
@@ -399,7 +373,7 @@ class DeviceAverager : public detail::AveragerClock<S> {
   stream_handle stream_;
   int rank_;
   std::vector<stream_handle> streams_;  // every stream used, for the destructor
-  detail::DeviceCaches<Kernels, Runtime> caches_;
+  detail::DeviceCaches<Kernels, Runtime, Graphs> caches_;
 };
 
 }  // namespace strata

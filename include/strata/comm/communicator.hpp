@@ -9,11 +9,14 @@
 #include <string_view>
 #include <type_traits>
 
+#include "strata/comm/communicator_traits.hpp"
+
 namespace strata {
 
-//! How `all_reduce` and `reduce_scatter` combine the ranks' values. `average` is the sum times
-//! 1/n for floating point (the same rounding on every rank) and the truncated quotient for
-//! integers.
+//! How `all_reduce` and `reduce_scatter` combine the ranks' values. `average` is the truncated
+//! quotient of the sum for integers on every backend. For floating point the local and MPI
+//! backends compute the sum times 1/n (the same rounding on every rank); NCCL uses `ncclAvg`,
+//! which scales each input by 1/n before summing, so its last bit may differ from theirs.
 enum class ReduceOp { sum, average, min, max };
 
 //! The name of a `ReduceOp`, for messages.
@@ -67,7 +70,18 @@ concept communicator_for =
 //! A group of ranks that run collectives together: the local backend (threads in one process),
 //! MPI and NCCL all model it. Every member calls the same collectives in the same order.
 //! `split(color, key)` is itself collective and returns the sub-communicator of the ranks that
-//! passed the same color, ordered by key, then by rank.
+//! passed the same color (>= 0), ordered by key, then by rank.
+//!
+//! The contract beyond the signatures (docs/design.md, "The communicator contract"):
+//! - arguments: `all_reduce` needs equal sizes, `all_gather` an output of size() inputs,
+//!   `reduce_scatter` an input of size() outputs, the equal `all_to_all` equal sizes that divide
+//!   by size(), the uneven one size() counts each way that add up to the buffers and agree
+//!   pairwise, `broadcast` a root in [0, size()). Members whose calls are invalid or disagree all
+//!   throw `strata::usage_error` (backends that cannot check across ranks without a cost say when
+//!   they do);
+//! - no call waits forever: a deadline turns a missing peer into `strata::timeout_error`;
+//! - what a failed collective leaves in the buffers, where they live and on which stream the work
+//!   runs is told by `communicator_traits<C>`.
 //!
 //! \code
 //! static_assert(!strata::communicator<int>);

@@ -10,7 +10,8 @@
 
 namespace strata {
 
-//! Groups of `group_size` consecutive ranks: `{0..g-1}, {g..2g-1}, ...` (DESIGN.md "Groups").
+//! Groups of `group_size` consecutive ranks: `{0..g-1}, {g..2g-1}, ...` (docs/design.md,
+//! "Groups").
 //!
 //! \code
 //! auto g = strata::contiguous_groups(6, 3);

@@ -30,6 +30,7 @@
 #include <exception>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -41,6 +42,9 @@
 #include <vector>
 
 #include "strata/comm/communicator.hpp"
+#include "strata/comm/detail/call.hpp"
+#include "strata/comm/detail/deadline.hpp"
+#include "strata/comm/detail/facade.hpp"
 #include "strata/error.hpp"
 
 namespace strata {
@@ -55,51 +59,18 @@ namespace strata {
 struct LocalOptions {
   //! How long a member waits in one collective for the others before it fails. Generous by
   //! default: a rank may legitimately compute for minutes between collectives.
-  std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  std::chrono::milliseconds timeout = detail::default_timeout;
 };
 
 namespace detail::local {
 
-enum class Kind : std::uint8_t {
-  barrier,
-  all_reduce,
-  broadcast,
-  all_gather,
-  reduce_scatter,
-  all_to_all,
-  all_to_all_v,
-  split,
-};
-
-constexpr std::string_view kind_name(Kind k) noexcept {
-  switch (k) {
-    case Kind::barrier: return "barrier";
-    case Kind::all_reduce: return "all_reduce";
-    case Kind::broadcast: return "broadcast";
-    case Kind::all_gather: return "all_gather";
-    case Kind::reduce_scatter: return "reduce_scatter";
-    case Kind::all_to_all: return "all_to_all";
-    case Kind::all_to_all_v: return "all_to_all (uneven)";
-    case Kind::split: return "split";
-  }
-  return "collective";
-}
-
 // What one member passed to the current collective.
 struct Post {
-  Kind kind = Kind::barrier;
-  std::string_view type;
-  ReduceOp op = ReduceOp::sum;
+  const Call* call = nullptr;  // the caller's, alive until the collective's last barrier
   const void* in = nullptr;
   void* out = nullptr;
-  std::size_t in_count = 0;
-  std::size_t out_count = 0;
-  const std::size_t* send_counts = nullptr;
-  const std::size_t* recv_counts = nullptr;
-  int root = 0;
   int color = 0;
   int key = 0;
-  std::string invalid;  // why this member's arguments are unusable; empty when they are fine
 };
 
 struct Group;
@@ -113,14 +84,16 @@ struct World {
   std::mutex mutex;
   std::condition_variable cv;
   bool failed = false;
+  bool timed_out = false;  // the first failure was a deadline
   int failed_rank = -1;
   std::string failure;
   std::vector<bool> left;  // per world rank: its function has returned or thrown
 
   // Records the first failure; later ones are consequences of it. Caller holds the mutex.
-  void fail_locked(int rank, std::string why) {
+  void fail_locked(int rank, std::string why, bool timeout = false) {
     if (!failed) {
       failed = true;
+      timed_out = timeout;
       failed_rank = rank;
       failure = std::move(why);
     }
@@ -173,20 +146,22 @@ inline bool arrive(Group& g, int me) {
 // failed, when a member it waits for has left, or at the deadline (which fails the world, so that
 // every other waiter learns why). A member that throws withdraws its arrival first: the barrier
 // can then never complete with a member that has gone, whose buffers may already be freed.
-inline void rendezvous(Group& g, int me, Kind kind) {
+inline void rendezvous(Group& g, int me, Collective kind) {
   World& w = *g.world;
   const int my_world_rank = g.members[static_cast<std::size_t>(me)];
-  const std::string_view op = kind_name(kind);
+  const std::string_view op = collective_name(kind);
   std::unique_lock lock(w.mutex);
   auto throw_failed = [&] {
-    if (w.failed_rank == my_world_rank) throw error(op, my_world_rank, w.failure);
-    throw error(op, my_world_rank,
-                "rank " + std::to_string(w.failed_rank) + " failed: " + w.failure);
+    std::string why = w.failed_rank == my_world_rank
+                          ? w.failure
+                          : "rank " + std::to_string(w.failed_rank) + " failed: " + w.failure;
+    if (w.timed_out) throw timeout_error(op, my_world_rank, why);
+    throw error(op, my_world_rank, why);
   };
   if (w.failed) throw_failed();
   if (arrive(g, me)) return;
   const std::uint64_t generation = g.generation;
-  const auto deadline = std::chrono::steady_clock::now() + w.options.timeout;
+  const Deadline deadline(w.options.timeout);
   auto withdraw_and_throw = [&] {
     g.here[static_cast<std::size_t>(me)] = false;
     --g.arrived;
@@ -213,11 +188,12 @@ inline void rendezvous(Group& g, int me, Kind kind) {
                                        ", which already returned from their function");
       withdraw_and_throw();
     }
-    if (w.cv.wait_until(lock, deadline) == std::cv_status::timeout &&
+    if (w.cv.wait_until(lock, deadline.at()) == std::cv_status::timeout &&
         g.generation == generation && !w.failed) {
-      w.fail_locked(my_world_rank, "timed out after " + std::to_string(w.options.timeout.count()) +
-                                       " ms in " + std::string(op) + " waiting for rank(s) " +
-                                       rank_list(not_here([](int) { return true; })));
+      w.fail_locked(my_world_rank,
+                    deadline.expired() + " in " + std::string(op) + " waiting for rank(s) " +
+                        rank_list(not_here([](int) { return true; })),
+                    /*timeout=*/true);
       withdraw_and_throw();
     }
   }
@@ -280,12 +256,8 @@ void reduce_range(const std::vector<Post>& posts, std::size_t in_offset, std::si
       blocked(len, [&](std::size_t i) { acc[i] = combine(acc[i], src[i]); });
     }
     if (op == ReduceOp::average) {
-      if constexpr (std::is_floating_point_v<T>) {
-        const T inv = T(1) / static_cast<T>(n);
-        blocked(len, [&](std::size_t i) { acc[i] *= inv; });
-      } else {
-        blocked(len, [&](std::size_t i) { acc[i] /= static_cast<T>(n); });
-      }
+      const AverageOf<T> average(static_cast<int>(n));
+      blocked(len, [&](std::size_t i) { acc[i] = average(acc[i]); });
     }
     dests(lo, acc, len);
   }
@@ -313,9 +285,13 @@ void reduce_dispatch(const std::vector<Post>& posts, std::size_t in_offset, std:
 class LocalWorld;
 
 //! One rank's handle on a group of the local backend. Models `strata::communicator`. Cheap to
-//! copy; copies refer to the same group. Every collective throws `strata::error` (naming the
-//! operation, this rank and the cause) when the members disagree, when a member fails or leaves,
-//! or when the world's timeout passes, and then leaves every buffer untouched.
+//! copy; copies refer to the same group. Every collective throws a `strata::error` naming the
+//! operation, this rank and the cause when it cannot complete: `strata::usage_error` when a
+//! member's arguments are invalid or the members' calls disagree (every member throws the same
+//! message), `strata::timeout_error` when the world's timeout passes, `strata::error` when a
+//! member fails or leaves; and it then leaves every buffer untouched. The collectives, their
+//! checks and messages are those of every backend (`detail::CollectiveFacade`); what is local is
+//! the transport below.
 //!
 //! \code
 //! strata::LocalWorld world(4);
@@ -325,181 +301,53 @@ class LocalWorld;
 //!   assert(x[0] == 0.0 + 1 + 2 + 3 && x[1] == 4.0);
 //! });
 //! \endcode
-class LocalComm {
+class LocalComm : public detail::CollectiveFacade<LocalComm> {
  public:
+  template <class T>
+  static constexpr bool accepts = comm_value<T>;
+  using stream_type = void;
+
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] int size() const noexcept { return group_->size(); }
-  //! Writes begin only after every member has arrived and every check has passed, and nothing
-  //! can fail after that: a collective either completes or leaves every buffer as it was.
-  static constexpr bool all_or_nothing = true;
 
   //! This member's rank in the whole world.
   [[nodiscard]] int world_rank() const noexcept {
     return group_->members[static_cast<std::size_t>(rank_)];
   }
 
-  //! In place: every member ends with the reduction of all members' buffers.
-  template <comm_value T>
-  void all_reduce(std::span<T> buf, ReduceOp op) {
-    all_reduce(std::span<const T>(buf.data(), buf.size()), buf, op);
-  }
+ private:
+  friend class LocalWorld;
+  friend class detail::CollectiveFacade<LocalComm>;
+  using Call = detail::Call;
+  using Collective = detail::Collective;
 
-  //! Out of place: `out` (same size as `in`) receives the reduction; `in` may alias `out`.
-  template <comm_value T>
-  void all_reduce(std::span<const T> in, std::span<T> out, ReduceOp op) {
-    using detail::local::Kind;
-    if (in.size() != out.size()) {
-      reject("input has " + std::to_string(in.size()) +
-                                        " elements but output has " + std::to_string(out.size()));
-    }
-    run<T>(Kind::all_reduce, in, out, op, [&](auto& g) {
-      const std::size_t n = g.posts.size();
-      const std::size_t c = in.size();
-      const std::size_t r = static_cast<std::size_t>(rank_);
-      detail::local::reduce_dispatch<T>(
-          g.posts, 0, c * r / n, c * (r + 1) / n, op,
-          [&](std::size_t lo, const T* acc, std::size_t len) {
-            for (std::size_t m = 0; m < n; ++m) {
-              detail::local::copy_bytes(static_cast<T*>(g.posts[m].out) + lo, acc, len * sizeof(T));
-            }
-          });
-    });
-  }
+  LocalComm(std::shared_ptr<detail::local::Group> group, int rank)
+      : group_(std::move(group)), rank_(rank) {}
 
-  //! Every member ends with the root's buffer.
-  template <comm_value T>
-  void broadcast(std::span<T> buf, int root) {
-    using detail::local::Kind;
-    if (root < 0 || root >= size()) {
-      reject("root " + std::to_string(root) + " is not a rank of a group of " +
-                                       std::to_string(size()));
-    }
-    run<T>(Kind::broadcast, std::span<const T>(buf.data(), buf.size()), buf, ReduceOp::sum,
-           [&](auto& g) {
-             if (rank_ != root) {
-               const auto& src = g.posts[static_cast<std::size_t>(root)];
-               detail::local::copy_bytes(buf.data(), src.in, buf.size() * sizeof(T));
-             }
-           },
-           root);
-  }
+  // --- for the facade ---------------------------------------------------------------------------
+  [[nodiscard]] int error_rank() const noexcept { return world_rank(); }
+  void ensure_usable(std::string_view) const noexcept {}
+  // The members' calls are compared inside the rendezvous, where every member sees every post.
+  void agree(const Call&) const noexcept {}
 
-  //! `out` receives every member's `in`, in rank order; `out.size() == in.size() * size()`.
-  template <comm_value T>
-  void all_gather(std::span<const T> in, std::span<T> out) {
-    using detail::local::Kind;
-    if (out.size() != in.size() * static_cast<std::size_t>(size())) {
-      reject("output has " + std::to_string(out.size()) +
-                                        " elements; it needs " + std::to_string(in.size()) +
-                                        " x " + std::to_string(size()));
-    }
-    run<T>(Kind::all_gather, in, out, ReduceOp::sum, [&](auto& g) {
-      const std::size_t c = in.size();
-      for (std::size_t m = 0; m < g.posts.size(); ++m) {
-        detail::local::copy_bytes(out.data() + m * c, g.posts[m].in, c * sizeof(T));
-      }
-    });
-  }
-
-  //! Member r receives block r (of `out.size()` elements) of the reduction of all inputs;
-  //! `in.size() == out.size() * size()`.
-  template <comm_value T>
-  void reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op) {
-    using detail::local::Kind;
-    if (in.size() != out.size() * static_cast<std::size_t>(size())) {
-      reject("input has " + std::to_string(in.size()) +
-                                            " elements; it needs " + std::to_string(out.size()) +
-                                            " x " + std::to_string(size()));
-    }
-    run<T>(Kind::reduce_scatter, in, out, op, [&](auto& g) {
-      const std::size_t c = out.size();
-      detail::local::reduce_dispatch<T>(
-          g.posts, c * static_cast<std::size_t>(rank_), 0, c, op,
-          [&](std::size_t lo, const T* acc, std::size_t len) {
-            detail::local::copy_bytes(out.data() + lo, acc, len * sizeof(T));
-          });
-    });
-  }
-
-  //! Equal blocks: member r sends block j of `in` to member j and receives member j's block r
-  //! into block j of `out`. Both sizes must be equal and a multiple of `size()`.
-  template <comm_value T>
-  void all_to_all(std::span<const T> in, std::span<T> out) {
-    using detail::local::Kind;
-    const auto n = static_cast<std::size_t>(size());
-    if (in.size() != out.size() || in.size() % n != 0) {
-      reject("input has " + std::to_string(in.size()) +
-                                        " and output " + std::to_string(out.size()) +
-                                        " elements; both must be the same multiple of " +
-                                        std::to_string(n));
-    }
-    run<T>(Kind::all_to_all, in, out, ReduceOp::sum, [&](auto& g) {
-      const std::size_t b = in.size() / n;
-      const auto r = static_cast<std::size_t>(rank_);
-      for (std::size_t j = 0; j < n; ++j) {
-        detail::local::copy_bytes(out.data() + j * b, static_cast<const T*>(g.posts[j].in) + r * b,
-                    b * sizeof(T));
-      }
-    });
-  }
-
-  //! Uneven blocks: `send_counts[j]` elements of `in` (consecutive, in peer order) go to member j;
-  //! `recv_counts[j]` elements arrive from member j, in peer order. Every member's
-  //! `recv_counts[j]` must equal member j's `send_counts[r]`; otherwise every member throws,
-  //! naming the first disagreeing pair, and nothing is written.
-  template <comm_value T>
-  void all_to_all(std::span<const T> in, std::span<const std::size_t> send_counts,
-                  std::span<T> out, std::span<const std::size_t> recv_counts) {
-    using detail::local::Kind;
-    const auto n = static_cast<std::size_t>(size());
-    if (send_counts.size() != n || recv_counts.size() != n) {
-      reject("needs one send and one receive count per member (" +
-                                          std::to_string(n) + "), got " +
-                                          std::to_string(send_counts.size()) + " and " +
-                                          std::to_string(recv_counts.size()));
-    }
-    std::size_t sent = 0;
-    std::size_t received = 0;
-    for (std::size_t j = 0; j < n && invalid_.empty(); ++j) {
-      sent += send_counts[j];
-      received += recv_counts[j];
-    }
-    if (invalid_.empty() && (sent != in.size() || received != out.size())) {
-      reject("counts add up to " + std::to_string(sent) + " sent and " +
-                      std::to_string(received) + " received, but the buffers hold " +
-                      std::to_string(in.size()) + " and " + std::to_string(out.size()));
-    }
-    run<T>(
-        Kind::all_to_all_v, in, out, ReduceOp::sum,
-        [&](auto& g) {
-          const auto r = static_cast<std::size_t>(rank_);
-          std::size_t at = 0;
-          for (std::size_t j = 0; j < n; ++j) {
-            const auto& peer = g.posts[j];
-            std::size_t from = 0;
-            for (std::size_t k = 0; k < r; ++k) from += peer.send_counts[k];
-            detail::local::copy_bytes(out.data() + at, static_cast<const T*>(peer.in) + from,
-                        recv_counts[j] * sizeof(T));
-            at += recv_counts[j];
-          }
-        },
-        0, send_counts.data(), recv_counts.data());
-  }
-
-  //! Returns when every member has called it.
-  void barrier() {
+  template <class T>
+  void transport(const Call& c, const T* in, T* out) {
     detail::local::Post p;
-    p.kind = detail::local::Kind::barrier;
-    collective(p, [](auto&) {});
+    p.call = &c;
+    p.in = in;
+    p.out = out;
+    collective(p, [&](detail::local::Group& g) { work(c, out, g); });
   }
 
-  //! Collective: members that pass the same `color` (>= 0) form a new communicator, ranked by
-  //! `key`, then by their rank here.
-  LocalComm split(int color, int key) {
-    using detail::local::Kind;
-    if (color < 0) reject("color " + std::to_string(color) + " is negative");
+  void transport_barrier(const Call& c) {
     detail::local::Post p;
-    p.kind = Kind::split;
+    p.call = &c;
+    collective(p, [](detail::local::Group&) {});
+  }
+
+  LocalComm transport_split(const Call& c, int color, int key) {
+    detail::local::Post p;
+    p.call = &c;
     p.color = color;
     p.key = key;
     detail::local::Group& g = *group_;
@@ -511,10 +359,12 @@ class LocalComm {
         const auto& post = g.posts[static_cast<std::size_t>(m)];
         by_color[post.color].emplace_back(post.key, m);
       }
-      for (auto& [c, list] : by_color) {
+      for (auto& [col, list] : by_color) {
         std::sort(list.begin(), list.end());
         std::vector<int> world_ranks;
-        for (const auto& [k, m] : list) world_ranks.push_back(g.members[static_cast<std::size_t>(m)]);
+        for (const auto& [k, m] : list) {
+          world_ranks.push_back(g.members[static_cast<std::size_t>(m)]);
+        }
         auto sub = std::make_shared<detail::local::Group>(g.world, std::move(world_ranks));
         for (std::size_t i = 0; i < list.size(); ++i) {
           g.split_result[static_cast<std::size_t>(list[i].second)] = {sub, static_cast<int>(i)};
@@ -528,69 +378,86 @@ class LocalComm {
     return LocalComm(std::move(sub), sub_rank);
   }
 
- private:
-  friend class LocalWorld;
-  LocalComm(std::shared_ptr<detail::local::Group> group, int rank)
-      : group_(std::move(group)), rank_(rank) {}
-
-  // Records that this member's arguments are unusable. The collective still takes place, so
-  // that every member learns it at once and fails alike, instead of waiting for a member that
-  // threw on its own.
-  void reject(std::string why) {
-    if (invalid_.empty()) invalid_ = std::move(why);
+  // --- the data movement, between the two barriers ---------------------------------------------
+  template <class T>
+  void work(const Call& c, T* out, detail::local::Group& g) {
+    using detail::local::copy_bytes;
+    const std::size_t n = g.posts.size();
+    const auto r = static_cast<std::size_t>(rank_);
+    const auto input = [&](std::size_t m) { return static_cast<const T*>(g.posts[m].in); };
+    switch (c.op) {
+      case Collective::all_reduce: {
+        // Reduce-scatter and all-gather in one pass: this member reduces slice r and writes it
+        // into every member's output.
+        const std::size_t count = c.in;
+        detail::local::reduce_dispatch<T>(
+            g.posts, 0, count * r / n, count * (r + 1) / n, c.reduce,
+            [&](std::size_t lo, const T* acc, std::size_t len) {
+              for (std::size_t m = 0; m < n; ++m) {
+                copy_bytes(static_cast<T*>(g.posts[m].out) + lo, acc, len * sizeof(T));
+              }
+            });
+        break;
+      }
+      case Collective::broadcast:
+        if (rank_ != c.root) {
+          copy_bytes(out, input(static_cast<std::size_t>(c.root)), c.out * sizeof(T));
+        }
+        break;
+      case Collective::all_gather:
+        for (std::size_t m = 0; m < n; ++m) copy_bytes(out + m * c.in, input(m), c.in * sizeof(T));
+        break;
+      case Collective::reduce_scatter:
+        detail::local::reduce_dispatch<T>(
+            g.posts, c.out * r, 0, c.out, c.reduce,
+            [&](std::size_t lo, const T* acc, std::size_t len) {
+              copy_bytes(out + lo, acc, len * sizeof(T));
+            });
+        break;
+      case Collective::all_to_all: {
+        const std::size_t b = c.in / n;
+        for (std::size_t j = 0; j < n; ++j) copy_bytes(out + j * b, input(j) + r * b, b * sizeof(T));
+        break;
+      }
+      case Collective::all_to_all_v:
+        for (std::size_t j = 0; j < n; ++j) {
+          const Call& peer = *g.posts[j].call;
+          copy_bytes(out + c.layout.recv_offsets[j], input(j) + peer.layout.send_offsets[r],
+                     c.recv_counts[j] * sizeof(T));
+        }
+        break;
+      case Collective::barrier:
+      case Collective::split:
+        break;
+    }
   }
 
-  // Posts this member's arguments. Only this member writes its slot, and only between the
-  // previous collective's last barrier and this one's first, when nobody reads it.
-  void exchange(const detail::local::Post& p) { group_->posts[static_cast<std::size_t>(rank_)] = p; }
+  // Posts this member's call. Only this member writes its slot, and only between the previous
+  // collective's last barrier and this one's first, when nobody reads it.
+  void post(const detail::local::Post& p) { group_->posts[static_cast<std::size_t>(rank_)] = p; }
 
-  // The members must agree on what they are doing. Every member checks the same posts against
-  // member 0's and builds the same message, so all of them fail alike (and write nothing) or
-  // none does. Returns the disagreement, empty when there is none.
-  [[nodiscard]] std::string disagreement() const {
+  // The members' calls, checked by the rule every backend applies, on the posts every member
+  // sees: all fail alike (and write nothing) or none does.
+  [[nodiscard]] std::optional<std::string> disagreement() const {
     const auto& posts = group_->posts;
-    const auto& first = posts[0];
-    const auto name = [&](std::size_t m) { return "rank " + std::to_string(group_->members[m]); };
-    for (std::size_t m = 0; m < posts.size(); ++m) {
-      if (!posts[m].invalid.empty()) return name(m) + ": " + posts[m].invalid;
+    const int n = static_cast<int>(posts.size());
+    const auto name = [&](int m) {
+      return detail::rank_name(group_->members[static_cast<std::size_t>(m)]);
+    };
+    const auto call = [&](int m) -> const Call& { return *posts[static_cast<std::size_t>(m)].call; };
+    if (auto why = detail::first_disagreement(n, call, name)) return why;
+    if (call(0).op != Collective::all_to_all_v) return std::nullopt;
+    std::vector<detail::CountMismatch> found(posts.size());
+    std::vector<std::size_t> announced(posts.size());
+    for (int receiver = 0; receiver < n; ++receiver) {
+      for (int j = 0; j < n; ++j) {
+        announced[static_cast<std::size_t>(j)] =
+            call(j).send_counts[static_cast<std::size_t>(receiver)];
+      }
+      found[static_cast<std::size_t>(receiver)] =
+          detail::find_count_mismatch(receiver, announced, call(receiver).recv_counts);
     }
-    for (std::size_t m = 1; m < posts.size(); ++m) {
-      const auto& p = posts[m];
-      const std::string pair = name(0) + " and " + name(m) + " disagree: ";
-      if (p.kind != first.kind) {
-        return pair + name(0) + " called " + std::string(detail::local::kind_name(first.kind)) +
-               ", " + name(m) + " called " + std::string(detail::local::kind_name(p.kind));
-      }
-      if (p.type != first.type) {
-        return pair + name(0) + " passed " + std::string(first.type) + " elements, " + name(m) +
-               " passed " + std::string(p.type);
-      }
-      if (p.op != first.op) {
-        return pair + name(0) + " reduces with " + std::string(to_string(first.op)) + ", " +
-               name(m) + " with " + std::string(to_string(p.op));
-      }
-      if (p.root != first.root) {
-        return pair + name(0) + " names root " + std::to_string(first.root) + ", " + name(m) +
-               " names root " + std::to_string(p.root);
-      }
-      if (p.kind != detail::local::Kind::all_to_all_v &&
-          (p.in_count != first.in_count || p.out_count != first.out_count)) {
-        return pair + name(0) + " passed " + std::to_string(first.in_count) + " elements, " +
-               name(m) + " passed " + std::to_string(p.in_count);
-      }
-    }
-    if (first.kind == detail::local::Kind::all_to_all_v) {
-      for (std::size_t i = 0; i < posts.size(); ++i) {
-        for (std::size_t j = 0; j < posts.size(); ++j) {
-          if (posts[i].recv_counts[j] != posts[j].send_counts[i]) {
-            return "counts disagree: " + name(j) + " sends " +
-                   std::to_string(posts[j].send_counts[i]) + " elements to " + name(i) +
-                   ", which expects " + std::to_string(posts[i].recv_counts[j]);
-          }
-        }
-      }
-    }
-    return {};
+    return detail::first_count_disagreement(std::span<const detail::CountMismatch>(found), name);
   }
 
   // Two barriers around the work. The second is a completion barrier that every member reaches,
@@ -598,46 +465,38 @@ class LocalComm {
   // buffers, while a peer still reads this one's posts. A failure of the world during the work
   // is reported by the next collective: this one has completed.
   template <class Work>
-  void collective(detail::local::Post p, Work&& work) {
-    p.invalid = std::exchange(invalid_, {});
-    exchange(p);
+  void collective(const detail::local::Post& p, Work&& work) {
+    post(p);
     detail::local::Group& g = *group_;
-    detail::local::rendezvous(g, rank_, p.kind);
-    std::string problem;
+    const Collective op = p.call->op;
+    detail::local::rendezvous(g, rank_, op);
+    std::optional<std::string> problem;
     std::exception_ptr failed;
     try {
       problem = disagreement();
-      if (problem.empty()) work(g);
+      if (!problem) work(g);
     } catch (...) {
       failed = std::current_exception();  // out of memory in split's bookkeeping, say
     }
     detail::local::complete(g, rank_);
     if (failed) std::rethrow_exception(failed);
-    if (!problem.empty()) throw error(detail::local::kind_name(p.kind), world_rank(), problem);
-  }
-
-  template <comm_value T, class Work>
-  void run(detail::local::Kind kind, std::span<const T> in, std::span<T> out, ReduceOp op,
-           Work&& work, int root = 0, const std::size_t* send_counts = nullptr,
-           const std::size_t* recv_counts = nullptr) {
-    detail::local::Post p;
-    p.kind = kind;
-    p.type = type_name<T>();
-    p.op = op;
-    p.in = in.data();
-    p.out = out.data();
-    p.in_count = in.size();
-    p.out_count = out.size();
-    p.root = root;
-    p.send_counts = send_counts;
-    p.recv_counts = recv_counts;
-    collective(p, std::forward<Work>(work));
+    if (problem) throw usage_error(detail::collective_name(op), world_rank(), *problem);
   }
 
   std::shared_ptr<detail::local::Group> group_;
   int rank_;
-  std::string invalid_;  // set by reject(), posted and cleared by the next collective
 };
+
+//! The local backend's collectives either complete or leave every buffer as it was: writes begin
+//! only after every member has arrived and every check has passed, and nothing can fail after
+//! that.
+template <>
+struct communicator_traits<LocalComm> {
+  static constexpr bool all_or_nothing = true;
+  static constexpr MemorySpace memory_space = MemorySpace::host;
+  using stream_type = void;
+};
+
 
 //! N ranks as N threads of this process: the embedded default backend, for demos, tests and
 //! users' own unit tests of distributed code.

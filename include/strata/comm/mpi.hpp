@@ -14,13 +14,20 @@
 //! | `all_gather` | recursive doubling or ring | log2 n / n-1 | (n-1)·c·s |
 //! | `reduce_scatter` | recursive halving or ring | log2 n / n-1 | (n-1)/n·c·s (c = the whole input) |
 //! | `all_to_all` | pairwise exchange | n-1 | what it sends to the others |
-//! | `all_to_all` (uneven) | pairwise exchange, after an all-to-all of the counts | n-1 (+n-1) | what it sends (+n counts) |
+//! | `all_to_all` (uneven) | pairwise exchange | n-1 | what it sends to the others |
 //! | `barrier` | dissemination | log2 n | 0 |
 //!
-//! Errors: the communicator's error handler returns codes, and every failure becomes a
-//! `strata::mpi_error` naming the operation, the rank and MPI's own error string. A timeout
-//! leaves MPI's request pending (MPI cannot cancel a collective), so the communicator is marked
-//! broken and every later call on it throws; `abort()` ends the job cleanly.
+//! With `verify_arguments` (the default) each collective is preceded by an all-gather of 11
+//! words per rank (88·(n-1) bytes received per rank, log2 n steps), and the uneven all-to-all by
+//! an all-to-all of one count per peer and an all-gather of 3 words per rank.
+//!
+//! Errors (docs/errors.md): the communicator's error handler returns codes, and every failure
+//! becomes a `strata::mpi_error` naming the operation, the rank, the MPI call and MPI's own error
+//! string. Invalid or mismatched arguments are found before anything is sent (see
+//! `MpiOptions::verify_arguments`) and raise `strata::usage_error` on every member. A deadline
+//! raises `strata::timeout_error`; it leaves MPI's request pending (MPI cannot cancel a
+//! collective), so the communicator is marked broken and every later call on it throws;
+//! `abort()` ends the job cleanly.
 
 // strata uses MPI's C interface only; the deprecated C++ bindings are not needed.
 #ifndef OMPI_SKIP_MPICXX
@@ -48,6 +55,9 @@
 #include <vector>
 
 #include "strata/comm/communicator.hpp"
+#include "strata/comm/detail/call.hpp"
+#include "strata/comm/detail/deadline.hpp"
+#include "strata/comm/detail/facade.hpp"
 #include "strata/error.hpp"
 
 namespace strata {
@@ -74,15 +84,23 @@ class mpi_error : public error {
 //! \code
 //! strata::MpiOptions opts;
 //! opts.timeout = std::chrono::seconds(30);
-//! assert(opts.timeout.count() == 30000);
+//! assert(opts.timeout.count() == 30000 && opts.verify_arguments);
 //! \endcode
 struct MpiOptions {
   //! How long one collective may take before it fails. Generous by default: a rank may
   //! legitimately compute for minutes between collectives.
-  std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  std::chrono::milliseconds timeout = detail::default_timeout;
   //! Call `MPI_Abort` on a timeout instead of throwing: for jobs where a stuck collective means
   //! the whole job should end now rather than unwind.
   bool abort_on_timeout = false;
+  //! Before each collective the members exchange what they are about to do (operation, element
+  //! type, reduction, root, sizes: 11 words each, one small all-gather) and, for the uneven
+  //! all-to-all, their counts; when a member's arguments are invalid or the calls disagree,
+  //! every member throws the same `strata::usage_error` and nothing is sent. MPI itself cannot
+  //! tell: mismatched sizes truncate, hang or corrupt. Costs one latency of a small all-gather
+  //! per collective (two more for the uneven all-to-all); trainers whose calls are derived from
+  //! one shared plan may turn it off.
+  bool verify_arguments = true;
 };
 
 namespace detail::mpi {
@@ -110,18 +128,6 @@ inline MPI_Op reduction(ReduceOp op) noexcept {
     case ReduceOp::max: return MPI_MAX;
   }
   return MPI_SUM;
-}
-
-// The sum divided by n with the rounding the local backend uses: times 1/n for floating point,
-// the truncated quotient for integers.
-template <comm_value T>
-void finish_average(std::span<T> data, int n) {
-  if constexpr (std::is_floating_point_v<T>) {
-    const T inv = T(1) / static_cast<T>(n);
-    for (T& x : data) x *= inv;
-  } else {
-    for (T& x : data) x /= static_cast<T>(n);
-  }
 }
 
 }  // namespace detail::mpi
@@ -164,14 +170,19 @@ class MpiEnvironment {
 
 //! One rank's handle on an MPI communicator; models `strata::communicator`. It works on its own
 //! duplicate of the communicator it is given (so its error handler and its traffic never touch
-//! the caller's), owns that duplicate, and frees it on destruction. Movable, not copyable.
+//! the caller's), owns that duplicate, and frees it on destruction. Movable, not copyable. The
+//! collectives, their checks and messages are those of every backend (`detail::CollectiveFacade`).
 //!
 //! \code
 //! static_assert(strata::communicator<strata::MpiComm>);
 //! static_assert(!std::is_copy_constructible_v<strata::MpiComm>);
 //! \endcode
-class MpiComm {
+class MpiComm : public detail::CollectiveFacade<MpiComm> {
  public:
+  template <class T>
+  static constexpr bool accepts = comm_value<T>;
+  using stream_type = void;
+
   //! Collective over `comm`: duplicates it.
   explicit MpiComm(MPI_Comm comm, MpiOptions options = {}) : options_(options) {
     int initialized = 0;
@@ -182,8 +193,8 @@ class MpiComm {
     }
     // Non-blocking, so that a rank that never joins makes the others time out, not hang.
     MPI_Request req = MPI_REQUEST_NULL;
-    start("MPI_Comm_idup", MPI_Comm_idup(comm, &comm_, &req));
-    wait("MPI_Comm_idup", req);
+    check("MpiComm", "MPI_Comm_idup", MPI_Comm_idup(comm, &comm_, &req));
+    wait("MpiComm", req);
     adopt();
   }
 
@@ -219,163 +230,6 @@ class MpiComm {
   [[nodiscard]] MPI_Comm native() const noexcept { return comm_; }
   [[nodiscard]] const MpiOptions& options() const noexcept { return options_; }
 
-  //! An MPI collective can fail half-way (a peer dies mid-transfer), so code that must leave its
-  //! data unchanged on failure works on a copy: see `BasicAverager`.
-  static constexpr bool all_or_nothing = false;
-
-  template <comm_value T>
-  void all_reduce(std::span<T> buf, ReduceOp op) {
-    ensure_usable("all_reduce");
-    MPI_Request req = MPI_REQUEST_NULL;
-    const int count = to_int("all_reduce", buf.size());
-    start("all_reduce", MPI_Iallreduce(MPI_IN_PLACE, buf.data(), count, detail::mpi::datatype<T>(),
-                                       detail::mpi::reduction(op), comm_, &req));
-    wait("all_reduce", req);
-    if (op == ReduceOp::average) detail::mpi::finish_average(buf, size_);
-  }
-
-  template <comm_value T>
-  void all_reduce(std::span<const T> in, std::span<T> out, ReduceOp op) {
-    ensure_usable("all_reduce");
-    if (in.size() != out.size()) {
-      fail("all_reduce", "input has " + std::to_string(in.size()) + " elements but output has " +
-                             std::to_string(out.size()));
-    }
-    if (static_cast<const void*>(in.data()) == static_cast<const void*>(out.data())) {
-      all_reduce(out, op);
-      return;
-    }
-    MPI_Request req = MPI_REQUEST_NULL;
-    const int count = to_int("all_reduce", in.size());
-    start("all_reduce", MPI_Iallreduce(in.data(), out.data(), count, detail::mpi::datatype<T>(),
-                                       detail::mpi::reduction(op), comm_, &req));
-    wait("all_reduce", req);
-    if (op == ReduceOp::average) detail::mpi::finish_average(out, size_);
-  }
-
-  template <comm_value T>
-  void broadcast(std::span<T> buf, int root) {
-    ensure_usable("broadcast");
-    if (root < 0 || root >= size_) {
-      fail("broadcast", "root " + std::to_string(root) + " is not a rank of a group of " +
-                            std::to_string(size_));
-    }
-    MPI_Request req = MPI_REQUEST_NULL;
-    start("broadcast", MPI_Ibcast(buf.data(), to_int("broadcast", buf.size()),
-                                  detail::mpi::datatype<T>(), root, comm_, &req));
-    wait("broadcast", req);
-  }
-
-  template <comm_value T>
-  void all_gather(std::span<const T> in, std::span<T> out) {
-    ensure_usable("all_gather");
-    if (out.size() != in.size() * static_cast<std::size_t>(size_)) {
-      fail("all_gather", "output has " + std::to_string(out.size()) + " elements; it needs " +
-                             std::to_string(in.size()) + " x " + std::to_string(size_));
-    }
-    MPI_Request req = MPI_REQUEST_NULL;
-    const int count = to_int("all_gather", in.size());
-    to_int("all_gather", out.size());
-    start("all_gather", MPI_Iallgather(in.data(), count, detail::mpi::datatype<T>(), out.data(),
-                                       count, detail::mpi::datatype<T>(), comm_, &req));
-    wait("all_gather", req);
-  }
-
-  template <comm_value T>
-  void reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op) {
-    ensure_usable("reduce_scatter");
-    if (in.size() != out.size() * static_cast<std::size_t>(size_)) {
-      fail("reduce_scatter", "input has " + std::to_string(in.size()) + " elements; it needs " +
-                                 std::to_string(out.size()) + " x " + std::to_string(size_));
-    }
-    MPI_Request req = MPI_REQUEST_NULL;
-    to_int("reduce_scatter", in.size());
-    start("reduce_scatter",
-          MPI_Ireduce_scatter_block(in.data(), out.data(), to_int("reduce_scatter", out.size()),
-                                    detail::mpi::datatype<T>(), detail::mpi::reduction(op), comm_,
-                                    &req));
-    wait("reduce_scatter", req);
-    if (op == ReduceOp::average) detail::mpi::finish_average(out, size_);
-  }
-
-  template <comm_value T>
-  void all_to_all(std::span<const T> in, std::span<T> out) {
-    ensure_usable("all_to_all");
-    const auto n = static_cast<std::size_t>(size_);
-    if (in.size() != out.size() || in.size() % n != 0) {
-      fail("all_to_all", "input has " + std::to_string(in.size()) + " and output " +
-                             std::to_string(out.size()) +
-                             " elements; both must be the same multiple of " + std::to_string(n));
-    }
-    MPI_Request req = MPI_REQUEST_NULL;
-    const int block = to_int("all_to_all", in.size() / n);
-    to_int("all_to_all", in.size());
-    start("all_to_all", MPI_Ialltoall(in.data(), block, detail::mpi::datatype<T>(), out.data(),
-                                      block, detail::mpi::datatype<T>(), comm_, &req));
-    wait("all_to_all", req);
-  }
-
-  //! Uneven blocks. The counts are first exchanged (one all-to-all of n counts) and checked on
-  //! every rank; when any pair disagrees, every rank throws the same error and nothing is
-  //! written, instead of MPI truncating or reading past a buffer.
-  template <comm_value T>
-  void all_to_all(std::span<const T> in, std::span<const std::size_t> send_counts,
-                  std::span<T> out, std::span<const std::size_t> recv_counts) {
-    constexpr std::string_view op = "all_to_all (uneven)";
-    ensure_usable(op);
-    const auto n = static_cast<std::size_t>(size_);
-    if (send_counts.size() != n || recv_counts.size() != n) {
-      fail(op, "needs one send and one receive count per member (" + std::to_string(n) +
-                   "), got " + std::to_string(send_counts.size()) + " and " +
-                   std::to_string(recv_counts.size()));
-    }
-    std::vector<int> sc(n), sd(n), rc(n), rd(n);
-    std::size_t sent = 0;
-    std::size_t received = 0;
-    for (std::size_t j = 0; j < n; ++j) {
-      sc[j] = to_int(op, send_counts[j]);
-      rc[j] = to_int(op, recv_counts[j]);
-      sd[j] = to_int(op, sent);
-      rd[j] = to_int(op, received);
-      sent += send_counts[j];
-      received += recv_counts[j];
-    }
-    if (sent != in.size() || received != out.size()) {
-      fail(op, "counts add up to " + std::to_string(sent) + " sent and " +
-                   std::to_string(received) + " received, but the buffers hold " +
-                   std::to_string(in.size()) + " and " + std::to_string(out.size()));
-    }
-    check_uneven_counts(op, sc, rc);
-    MPI_Request req = MPI_REQUEST_NULL;
-    start(op, MPI_Ialltoallv(in.data(), sc.data(), sd.data(), detail::mpi::datatype<T>(),
-                             out.data(), rc.data(), rd.data(), detail::mpi::datatype<T>(), comm_,
-                             &req));
-    wait(op, req);
-  }
-
-  void barrier() {
-    ensure_usable("barrier");
-    MPI_Request req = MPI_REQUEST_NULL;
-    start("barrier", MPI_Ibarrier(comm_, &req));
-    wait("barrier", req);
-  }
-
-  //! Collective: `MPI_Comm_split`. Colors must be non-negative.
-  MpiComm split(int color, int key) {
-    if (color < 0) fail("split", "color " + std::to_string(color) + " is negative");
-    ensure_usable("split");
-    // MPI_Comm_split blocks with no deadline; a timed exchange first makes sure that every member
-    // has arrived, so that the split itself cannot wait for a rank that never comes.
-    int mine[2] = {color, key};
-    std::vector<int> all(2 * static_cast<std::size_t>(size_));
-    MPI_Request req = MPI_REQUEST_NULL;
-    start("split", MPI_Iallgather(mine, 2, MPI_INT, all.data(), 2, MPI_INT, comm_, &req));
-    wait("split", req);
-    MPI_Comm sub = MPI_COMM_NULL;
-    check("split", MPI_Comm_split(comm_, color, key, &sub));
-    return MpiComm(sub, options_, adopt_tag{});
-  }
-
   //! Ends every process of the job: for a rank that cannot go on and must not leave its peers
   //! waiting.
   [[noreturn]] void abort(int code = 1) const {
@@ -384,15 +238,19 @@ class MpiComm {
   }
 
  private:
+  friend class detail::CollectiveFacade<MpiComm>;
+  using Call = detail::Call;
+  using Collective = detail::Collective;
+
   struct adopt_tag {};
   MpiComm(MPI_Comm owned, MpiOptions options, adopt_tag) : comm_(owned), options_(options) {
     adopt();
   }
 
   void adopt() {
-    check("MPI_Comm_set_errhandler", MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
-    check("MPI_Comm_rank", MPI_Comm_rank(comm_, &rank_));
-    check("MPI_Comm_size", MPI_Comm_size(comm_, &size_));
+    check("MpiComm", "MPI_Comm_set_errhandler", MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    check("MpiComm", "MPI_Comm_rank", MPI_Comm_rank(comm_, &rank_));
+    check("MpiComm", "MPI_Comm_size", MPI_Comm_size(comm_, &size_));
   }
 
   void release() noexcept {
@@ -404,92 +262,148 @@ class MpiComm {
     comm_ = MPI_COMM_NULL;
   }
 
-  [[noreturn]] void fail(std::string_view op, const std::string& why, int code = MPI_SUCCESS) const {
-    throw mpi_error(op, rank_, why, code);
-  }
-
-  void check(std::string_view op, int rc) const {
-    if (rc != MPI_SUCCESS) fail(op, detail::mpi::error_string(rc), rc);
-  }
+  // --- for the facade ---------------------------------------------------------------------------
+  [[nodiscard]] int error_rank() const noexcept { return rank_; }
 
   void ensure_usable(std::string_view op) const {
-    if (!broken_.empty()) {
-      fail(op, "the communicator is unusable since " + broken_);
+    if (!broken_.empty()) throw error(op, rank_, "the communicator is unusable since " + broken_);
+  }
+
+  // MPI counts elements in int.
+  void check_limits(Call& c) const {
+    c.problem = detail::check_limit(std::max(c.in, c.out), static_cast<std::size_t>(INT_MAX));
+  }
+
+  void agree(const Call& c) { agree_by_exchange(c, options_.verify_arguments); }
+
+  void gather_words(std::string_view op, std::span<const std::int64_t> mine,
+                    std::span<std::int64_t> all) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    check(op, "MPI_Iallgather",
+          MPI_Iallgather(mine.data(), static_cast<int>(mine.size()), MPI_INT64_T, all.data(),
+                         static_cast<int>(mine.size()), MPI_INT64_T, comm_, &req));
+    wait(op, req);
+  }
+
+  void exchange_words(std::string_view op, std::span<const std::int64_t> mine,
+                      std::span<std::int64_t> theirs) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    check(op, "MPI_Ialltoall",
+          MPI_Ialltoall(mine.data(), 1, MPI_INT64_T, theirs.data(), 1, MPI_INT64_T, comm_, &req));
+    wait(op, req);
+  }
+
+  template <comm_value T>
+  void transport(const Call& c, const T* in, T* out) {
+    const std::string_view op = detail::collective_name(c.op);
+    const MPI_Datatype type = detail::mpi::datatype<T>();
+    const int count = static_cast<int>(c.in);
+    MPI_Request req = MPI_REQUEST_NULL;
+    switch (c.op) {
+      case Collective::all_reduce:
+        check(op, "MPI_Iallreduce",
+              MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, count, type,
+                             detail::mpi::reduction(c.reduce), comm_, &req));
+        break;
+      case Collective::broadcast:
+        check(op, "MPI_Ibcast", MPI_Ibcast(out, count, type, c.root, comm_, &req));
+        break;
+      case Collective::all_gather:
+        check(op, "MPI_Iallgather",
+              MPI_Iallgather(in, count, type, out, count, type, comm_, &req));
+        break;
+      case Collective::reduce_scatter:
+        check(op, "MPI_Ireduce_scatter_block",
+              MPI_Ireduce_scatter_block(in, out, static_cast<int>(c.out), type,
+                                        detail::mpi::reduction(c.reduce), comm_, &req));
+        break;
+      case Collective::all_to_all: {
+        const int block = count / size_;
+        check(op, "MPI_Ialltoall", MPI_Ialltoall(in, block, type, out, block, type, comm_, &req));
+        break;
+      }
+      case Collective::all_to_all_v: {
+        // Every count and offset is at most a buffer's size, which check_limits bounded.
+        const auto n = static_cast<std::size_t>(size_);
+        std::vector<int> sc(n), sd(n), rc(n), rd(n);
+        for (std::size_t j = 0; j < n; ++j) {
+          sc[j] = static_cast<int>(c.send_counts[j]);
+          sd[j] = static_cast<int>(c.layout.send_offsets[j]);
+          rc[j] = static_cast<int>(c.recv_counts[j]);
+          rd[j] = static_cast<int>(c.layout.recv_offsets[j]);
+        }
+        check(op, "MPI_Ialltoallv",
+              MPI_Ialltoallv(in, sc.data(), sd.data(), type, out, rc.data(), rd.data(), type,
+                             comm_, &req));
+        wait(op, req);  // the count arrays must outlive the request
+        return;
+      }
+      case Collective::barrier:
+      case Collective::split:
+        return;
+    }
+    wait(op, req);
+    if (c.op != Collective::broadcast && c.reduce == ReduceOp::average) {
+      const detail::AverageOf<T> average(size_);
+      const std::size_t n = c.op == Collective::reduce_scatter ? c.out : c.in;
+      for (std::size_t i = 0; i < n; ++i) out[i] = average(out[i]);
     }
   }
 
-  int to_int(std::string_view op, std::size_t count) const {
-    if (count > static_cast<std::size_t>(INT_MAX)) {
-      fail(op, std::to_string(count) + " elements exceed MPI's int count limit of " +
-                   std::to_string(INT_MAX));
-    }
-    return static_cast<int>(count);
+  // With verify_arguments the agreement was itself a barrier: an all-gather completes on a
+  // member only once every member has contributed.
+  void transport_barrier(const Call&) {
+    if (options_.verify_arguments) return;
+    timed_barrier();
   }
 
-  // `rc` is the result of posting a non-blocking call; callers check `ensure_usable` before
-  // posting, since a broken communicator must not post anything.
-  void start(std::string_view op, int rc) { check(op, rc); }
+  void timed_barrier() {
+    MPI_Request req = MPI_REQUEST_NULL;
+    check("barrier", "MPI_Ibarrier", MPI_Ibarrier(comm_, &req));
+    wait("barrier", req);
+  }
+
+  // MPI_Comm_split blocks with no deadline. The agreement's exchange has already shown that
+  // every member entered split; without it, a timed barrier does, so that the split itself
+  // cannot wait for a rank that never comes.
+  MpiComm transport_split(const Call&, int color, int key) {
+    if (!options_.verify_arguments) timed_barrier();
+    MPI_Comm sub = MPI_COMM_NULL;
+    check("split", "MPI_Comm_split", MPI_Comm_split(comm_, color, key, &sub));
+    return MpiComm(sub, options_, adopt_tag{});
+  }
+
+  // --- MPI calls ----------------------------------------------------------------------------------
+  void check(std::string_view op, std::string_view call, int rc) const {
+    if (rc != MPI_SUCCESS) {
+      throw mpi_error(op, rank_, std::string(call) + ": " + detail::mpi::error_string(rc), rc);
+    }
+  }
 
   // Polls the request until it completes or the deadline passes. MPI progresses a non-blocking
-  // collective only inside MPI calls, so the loop keeps calling MPI_Test, as MPI_Wait would;
-  // between polls it yields the core, which an oversubscribed node (more ranks than cores) needs.
+  // collective only inside MPI calls, so the loop keeps calling MPI_Test, as MPI_Wait would.
   void wait(std::string_view op, MPI_Request& req) {
-    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
-    for (std::size_t polls = 0;; ++polls) {
+    const detail::Deadline deadline(options_.timeout);
+    detail::Poller poller;
+    for (;;) {
       int done = 0;
-      check(op, MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+      check(op, "MPI_Test", MPI_Test(&req, &done, MPI_STATUS_IGNORE));
       if (done != 0) return;
-      const auto now = std::chrono::steady_clock::now();
-      if (now >= deadline) {
+      if (deadline.passed()) {
         broken_ = "a " + std::string(op) + " timed out";
         const std::string why =
-            "timed out after " + std::to_string(options_.timeout.count()) + " ms; MPI cannot " +
-            "tell which peers had not arrived, and cannot cancel the request: it stays pending " +
-            "and may still write into this call's buffers, so the communicator is unusable and " +
-            "the safe way on is to end the job (abort())";
+            deadline.expired() + "; MPI cannot tell which peers had not arrived, and cannot " +
+            "cancel the request: it stays pending and may still write into this call's buffers, " +
+            "so the communicator is unusable and the safe way on is to end the job (abort())";
         if (options_.abort_on_timeout) {
           std::fprintf(stderr, "strata: %.*s on rank %d: %s; aborting the job\n",
                        static_cast<int>(op.size()), op.data(), rank_, why.c_str());
           abort(1);
         }
-        fail(op, why);
+        throw timeout_error(op, rank_, why);
       }
-      if (polls >= 64) std::this_thread::yield();
+      poller.pause();
     }
-  }
-
-  // Every rank learns what each peer will send it, compares with what it expects, and the job
-  // agrees on the first disagreement (lowest receiver, then sender), so all ranks throw the same
-  // message before anything moves.
-  void check_uneven_counts(std::string_view op, const std::vector<int>& send,
-                           const std::vector<int>& recv) {
-    const auto n = static_cast<std::size_t>(size_);
-    std::vector<int> incoming(n);
-    MPI_Request req = MPI_REQUEST_NULL;
-    start(op, MPI_Ialltoall(send.data(), 1, MPI_INT, incoming.data(), 1, MPI_INT, comm_, &req));
-    wait(op, req);
-    // key = receiver * n + sender of my first mismatch, or n*n when none.
-    long long mine[3] = {static_cast<long long>(n * n), 0, 0};
-    for (std::size_t j = 0; j < n; ++j) {
-      if (incoming[j] != recv[j]) {
-        mine[0] = static_cast<long long>(static_cast<std::size_t>(rank_) * n + j);
-        mine[1] = incoming[j];
-        mine[2] = recv[j];
-        break;
-      }
-    }
-    long long first = 0;
-    start(op, MPI_Iallreduce(&mine[0], &first, 1, MPI_LONG_LONG, MPI_MIN, comm_, &req));
-    wait(op, req);
-    if (first == static_cast<long long>(n * n)) return;
-    const auto receiver = static_cast<int>(static_cast<std::size_t>(first) / n);
-    const auto sender = static_cast<int>(static_cast<std::size_t>(first) % n);
-    long long detail[2] = {mine[1], mine[2]};
-    start(op, MPI_Ibcast(detail, 2, MPI_LONG_LONG, receiver, comm_, &req));
-    wait(op, req);
-    fail(op, "counts disagree: rank " + std::to_string(sender) + " sends " +
-                 std::to_string(detail[0]) + " elements to rank " + std::to_string(receiver) +
-                 ", which expects " + std::to_string(detail[1]));
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;
@@ -498,6 +412,16 @@ class MpiComm {
   int size_ = 0;
   std::string broken_;  // why the communicator can no longer be used; empty while it can
 };
+
+//! An MPI collective can fail half-way (a peer dies mid-transfer), so code that must leave its
+//! data unchanged on failure works on a copy (see `BasicAverager`).
+template <>
+struct communicator_traits<MpiComm> {
+  static constexpr bool all_or_nothing = false;
+  static constexpr MemorySpace memory_space = MemorySpace::host;
+  using stream_type = void;
+};
+
 
 static_assert(communicator<MpiComm>);
 

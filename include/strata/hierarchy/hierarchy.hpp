@@ -117,12 +117,7 @@ struct Hierarchy {
 
   //! The text form `"P:G,P:G,..."` that `RuntimeHierarchy::parse` reads back.
   [[nodiscard]] static std::string to_string() {
-    std::string s;
-    for (const LevelSpec& l : levels) {
-      if (!s.empty()) s += ',';
-      s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
-    }
-    return s;
+    return detail::format_levels(levels);
   }
 };
 

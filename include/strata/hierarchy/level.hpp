@@ -4,6 +4,8 @@
 
 #include <concepts>
 #include <cstddef>
+#include <span>
+#include <string>
 
 namespace strata {
 
@@ -35,6 +37,20 @@ struct LevelSpec {
 
   friend constexpr bool operator==(const LevelSpec&, const LevelSpec&) = default;
 };
+
+namespace detail {
+
+// The text form "P:G,P:G,..." of a list of levels, which RuntimeHierarchy::parse reads back.
+inline std::string format_levels(std::span<const LevelSpec> levels) {
+  std::string s;
+  for (const LevelSpec& l : levels) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
+  }
+  return s;
+}
+
+}  // namespace detail
 
 //! A level as a type: groups of `GroupSize` ranks average their parameters every `Period` steps.
 //! The rules that tie levels together are checked by `Hierarchy`, which knows each level's index.

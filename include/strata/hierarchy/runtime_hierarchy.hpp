@@ -104,12 +104,7 @@ class RuntimeHierarchy {
   }
 
   [[nodiscard]] std::string to_string() const {
-    std::string s;
-    for (const LevelSpec& l : levels_) {
-      if (!s.empty()) s += ',';
-      s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
-    }
-    return s;
+    return detail::format_levels(levels_);
   }
 
   friend bool operator==(const RuntimeHierarchy& a, const RuntimeHierarchy& b) {

@@ -1,0 +1,580 @@
+#pragma once
+//! \file
+//! The NCCL backend: a communicator over an `ncclComm_t` for device buffers, on CUDA streams
+//! (target `strata::nccl`). Host code: it builds with g++ against the CUDA and NCCL headers.
+//!
+//! Every collective is enqueued on a CUDA stream and returns without waiting for the device, as
+//! NCCL's own calls do; the result is visible to later work on that stream, and to the host after
+//! `synchronize()`. What NCCL does per operation (n ranks, c elements of s bytes in the
+//! operation's input), for the record:
+//!
+//! | operation | NCCL algorithm | steps | bytes sent per rank |
+//! | --- | --- | --- | --- |
+//! | `all_reduce` | ring (large), tree / NVLS (small, or where the fabric has them) | 2(n-1) | 2(n-1)/n·c·s |
+//! | `all_reduce_many` | one grouped launch of the per-tensor all-reduces | 2(n-1) | 2(n-1)/n·Σc·s |
+//! | `broadcast` | pipelined ring | n-1 | c·s |
+//! | `all_gather` | ring | n-1 | (n-1)·c·s |
+//! | `reduce_scatter` | ring | n-1 | (n-1)/n·c·s |
+//! | `all_to_all` | grouped `ncclSend`/`ncclRecv` to every peer | 1 (all pairs at once) | what it sends to the others |
+//! | `all_to_all` (uneven) | grouped send/recv (after the counts check, when on) | 1 | what it sends to the others |
+//! | `barrier` | an all-reduce of one element, then a wait | 2(n-1) | 4 |
+//!
+//! The argument checks and the cross-rank agreement are those of every backend
+//! (`detail::CollectiveFacade`). Exchanging the calls costs an all-gather of 11 words per rank
+//! and a wait for the stream, so on NCCL it is off unless `NcclOptions::verify_arguments` is set;
+//! the counts of the uneven all-to-all are checked by default (`check_counts`).
+//!
+//! Faults (docs/errors.md): NCCL and CUDA statuses become `strata::nccl_error` /
+//! `strata::cuda_error` naming the operation, the rank, the library call and the library's own
+//! message; a deadline is a `strata::timeout_error`. The communicator is created in NCCL's
+//! non-blocking mode, so that creation, `split` and every wait are polled against a deadline
+//! (`ncclCommGetAsyncError`); a communicator that misses it, or reports an asynchronous error,
+//! is aborted (`ncclCommAbort`): the caller gets an error, never a hang, and every later call on
+//! it throws.
+//!
+//! The communicator reaches NCCL and CUDA only through its runtime policy (`NcclRuntime`), so
+//! that its logic is one piece of code that a host test double can drive across 1 to 16 ranks on
+//! a machine without GPUs.
+
+#include <nccl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "strata/comm/communicator.hpp"
+#include "strata/comm/detail/call.hpp"
+#include "strata/comm/detail/deadline.hpp"
+#include "strata/comm/detail/facade.hpp"
+#include "strata/comm/nccl/error.hpp"
+#include "strata/comm/nccl/runtime.hpp"
+#include "strata/cuda/device_buffer.hpp"
+#include "strata/error.hpp"
+
+namespace strata {
+
+//! Settings of an `NcclComm`.
+//!
+//! \code
+//! strata::NcclOptions opts;
+//! opts.timeout = std::chrono::seconds(20);
+//! opts.device = 0;
+//! assert(opts.check_counts && !opts.verify_arguments);
+//! \endcode
+struct NcclOptions {
+  //! How long creation, `split` and each `synchronize` may take before the communicator is
+  //! aborted and the call throws.
+  std::chrono::milliseconds timeout = detail::default_timeout;
+  //! The CUDA device of this rank, made current before the communicator is created; -1 keeps
+  //! the device that is current.
+  int device = -1;
+  //! Before each collective the members exchange what they are about to do and throw the same
+  //! `strata::usage_error` when a member's arguments are invalid or the calls disagree, instead
+  //! of a collective that NCCL would pair wrongly, truncate or hang on. It costs a small
+  //! all-gather and a wait for the stream per collective, which takes the host out of the
+  //! asynchronous flow: for debugging and tests.
+  bool verify_arguments = false;
+  //! The same for the uneven all-to-all alone: the counts are gathered and checked first, so a
+  //! mismatch is an error on every rank instead of a truncated or hung transfer. Trainers that
+  //! derive the counts from one shared plan can turn it off to keep the host out of the hot path.
+  bool check_counts = true;
+};
+
+//! One rank's handle on an NCCL communicator over device buffers; models `strata::communicator`
+//! (spans point to device memory) and adds half, bfloat16, explicit streams, grouped multi-tensor
+//! all-reduce and `synchronize`. Each collective comes in two forms: without a stream it runs
+//! on the communicator's own stream (`stream()`), with one it runs on that stream. Communicators
+//! made by `split` share their parent's stream, so that every level of a hierarchy is ordered
+//! with the others. Movable, not copyable.
+//!
+//! Create it with `BasicNcclComm::from_unique_id` (the caller distributes the id) or with
+//! `nccl_bootstrap` over any host communicator (MPI across nodes, the local backend across the
+//! GPUs of one process).
+//!
+//! \code
+//! static_assert(strata::communicator<strata::NcclComm>);
+//! static_assert(!std::is_copy_constructible_v<strata::NcclComm>);
+//! static_assert(strata::device_memory_v<strata::NcclComm>);
+//! \endcode
+template <class Runtime>
+class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
+  using Facade = detail::CollectiveFacade<BasicNcclComm<Runtime>>;
+
+ public:
+  using runtime_type = Runtime;
+  using comm_handle = typename Runtime::comm_handle;
+  using stream_handle = typename Runtime::stream_handle;
+  using stream_type = stream_handle;
+  template <class T>
+  static constexpr bool accepts = nccl_value<T>;
+
+  //! A fresh id for one new communicator; rank 0 makes it and hands it to every rank.
+  [[nodiscard]] static ncclUniqueId unique_id() {
+    ncclUniqueId id{};
+    const ncclResult_t rc = Runtime::get_unique_id(&id);
+    if (rc != ncclSuccess) {
+      throw nccl_error("unique_id", -1,
+                       "ncclGetUniqueId: " + Runtime::error_string(rc, comm_handle{}), rc);
+    }
+    return id;
+  }
+
+  //! Collective over the `size` ranks that pass the same `id`: joins the communicator as `rank`,
+  //! on `options.device`, with a new stream of its own. Waits at most `options.timeout` for the
+  //! others, then aborts and throws.
+  [[nodiscard]] static BasicNcclComm from_unique_id(const ncclUniqueId& id, int rank, int size,
+                                                    NcclOptions options = {}) {
+    if (size <= 0 || rank < 0 || rank >= size) {
+      throw std::invalid_argument("NcclComm: rank " + std::to_string(rank) +
+                                  " is not a rank of a world of " + std::to_string(size));
+    }
+    if (options.device >= 0) {
+      Runtime::check("cudaSetDevice", rank, Runtime::set_device(options.device));
+    }
+    auto stream = std::make_shared<OwnedStream>();
+    Runtime::check("cudaStreamCreate", rank, Runtime::stream_create(&stream->handle));
+    stream->owned = true;
+    BasicNcclComm comm(options, rank, size, std::move(stream));
+    comm.call("init", "ncclCommInitRankConfig", Runtime::init_rank(&comm.comm_, size, id, rank));
+    comm.wait_ready("init");
+    return comm;
+  }
+
+  BasicNcclComm(BasicNcclComm&& other) noexcept
+      : comm_(std::exchange(other.comm_, comm_handle{})),
+        options_(other.options_),
+        rank_(other.rank_),
+        size_(other.size_),
+        stream_(std::move(other.stream_)),
+        scratch_(std::move(other.scratch_)),
+        broken_(std::move(other.broken_)),
+        deferring_(std::exchange(other.deferring_, 0)) {}
+  BasicNcclComm& operator=(BasicNcclComm&& other) noexcept {
+    if (this != &other) {
+      release();
+      comm_ = std::exchange(other.comm_, comm_handle{});
+      options_ = other.options_;
+      rank_ = other.rank_;
+      size_ = other.size_;
+      stream_ = std::move(other.stream_);
+      scratch_ = std::move(other.scratch_);
+      broken_ = std::move(other.broken_);
+      deferring_ = std::exchange(other.deferring_, 0);
+    }
+    return *this;
+  }
+  BasicNcclComm(const BasicNcclComm&) = delete;
+  BasicNcclComm& operator=(const BasicNcclComm&) = delete;
+  ~BasicNcclComm() { release(); }
+
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+  [[nodiscard]] int size() const noexcept { return size_; }
+  //! The stream collectives run on when the call names none.
+  [[nodiscard]] stream_handle stream() const noexcept {
+    return stream_ ? stream_->handle : stream_handle{};  // a moved-from communicator has none
+  }
+  [[nodiscard]] comm_handle native() const noexcept { return comm_; }
+  [[nodiscard]] const NcclOptions& options() const noexcept { return options_; }
+  //! Why the communicator can no longer be used; empty while it can.
+  [[nodiscard]] const std::string& broken() const noexcept { return broken_; }
+
+  //! Many tensors in place with one grouped launch (`ncclGroupStart/End`): the fused form for
+  //! tensors that are not packed into one buffer.
+  template <nccl_value T>
+  void all_reduce_many(std::span<const std::span<T>> tensors, ReduceOp op, stream_handle s) {
+    constexpr std::string_view name = "all_reduce_many";
+    ensure_usable(name);
+    Group group(*this, name);
+    for (const std::span<T> t : tensors) {
+      if (t.empty()) continue;
+      call(name, "ncclAllReduce",
+           Runtime::all_reduce(t.data(), t.data(), t.size(), detail::nccl::datatype<T>(),
+                               detail::nccl::reduction(op), comm_, s));
+    }
+    group.end();
+  }
+  template <nccl_value T>
+  void all_reduce_many(std::span<const std::span<T>> tensors, ReduceOp op) {
+    all_reduce_many(tensors, op, stream());
+  }
+
+  //! Waits until the work enqueued on `s` is done, polling NCCL's asynchronous error state; an
+  //! asynchronous error, a failed stream or the deadline aborts the communicator and throws.
+  void synchronize(stream_handle s) {
+    constexpr std::string_view op = "synchronize";
+    ensure_usable(op);
+    const detail::Deadline deadline(options_.timeout);
+    detail::Poller poller;
+    for (;;) {
+      const auto q = Runtime::stream_query(s);
+      poll_async_error(op);
+      if (q == Runtime::success) return;
+      if (q != Runtime::not_ready) {
+        break_and_abort("the stream failed");
+        Runtime::check("cudaStreamQuery", rank_, q);
+      }
+      if (deadline.passed()) {
+        break_and_abort("a " + std::string(op) + " timed out");
+        throw timeout_error(op, rank_,
+                            deadline.expired() + ": the stream did not finish (a peer that never " +
+                                "joined a collective, or a device that stopped); the " +
+                                "communicator was aborted and cannot be used again");
+      }
+      poller.pause();
+    }
+  }
+  void synchronize() { synchronize(stream()); }
+
+  //! Aborts the communicator now: pending work on it is cancelled and every later call throws.
+  //! For a rank that must give up without leaving its peers waiting for it.
+  void abort() { break_and_abort("abort() was called"); }
+
+  //! Throws if the communicator cannot be used: aborted, moved from, or with an asynchronous
+  //! error pending (which aborts it). Cheap (a host-side query): callers that launch work NCCL
+  //! does not see, such as a captured graph, check before each launch.
+  void check_usable(std::string_view op) { ensure_usable(op); }
+
+  //! Aborts that become due while the returned guard lives wait until it is destroyed: for a
+  //! caller that is capturing a CUDA graph, where the synchronous CUDA calls of `ncclCommAbort`
+  //! are illegal. End the capture before the guard goes.
+  [[nodiscard]] auto defer_aborts() {
+    struct Guard {
+      explicit Guard(BasicNcclComm* c) : comm(c) {}
+      BasicNcclComm* comm;
+      Guard(const Guard&) = delete;
+      Guard& operator=(const Guard&) = delete;
+      ~Guard() { comm->resume_aborts(); }
+    };
+    ++deferring_;
+    return Guard{this};
+  }
+
+ private:
+  friend Facade;
+  using Call = detail::Call;
+  using Collective = detail::Collective;
+
+  struct OwnedStream {
+    stream_handle handle{};
+    bool owned = false;
+    OwnedStream() = default;
+    OwnedStream(const OwnedStream&) = delete;
+    OwnedStream& operator=(const OwnedStream&) = delete;
+    ~OwnedStream() {
+      if (owned) (void)Runtime::stream_destroy(handle);
+    }
+  };
+
+  BasicNcclComm(NcclOptions options, int rank, int size, std::shared_ptr<OwnedStream> stream)
+      : options_(options), rank_(rank), size_(size), stream_(std::move(stream)) {}
+
+  // Ends an ncclGroupStart scope on every path: NCCL requires the pairing even when a call inside
+  // the group failed. Aborting a communicator with operations queued in an open group would
+  // leave ncclGroupEnd walking a freed communicator: inside the group, aborts are deferred until
+  // it has ended.
+  class Group {
+   public:
+    Group(BasicNcclComm& comm, std::string_view op) : comm_(comm), op_(op) {
+      comm_.call(op_, "ncclGroupStart", Runtime::group_start());
+      ++comm_.deferring_;
+    }
+    void end() {
+      open_ = false;
+      const ncclResult_t rc = Runtime::group_end();
+      comm_.resume_aborts();
+      comm_.call(op_, "ncclGroupEnd", rc);
+    }
+    Group(const Group&) = delete;
+    Group& operator=(const Group&) = delete;
+    ~Group() {
+      if (open_) {
+        (void)Runtime::group_end();
+        comm_.resume_aborts();
+      }
+    }
+
+   private:
+    BasicNcclComm& comm_;
+    std::string_view op_;
+    bool open_ = true;
+  };
+
+  // --- for the facade ---------------------------------------------------------------------------
+  [[nodiscard]] int error_rank() const noexcept { return rank_; }
+
+  void agree(const Call& c) {
+    this->agree_by_exchange(c, options_.verify_arguments ||
+                                   (c.op == Collective::all_to_all_v && options_.check_counts));
+  }
+
+  // The agreement's exchanges run on the communicator's stream and wait for it: the host needs
+  // the answer before it enqueues the collective.
+  void gather_words(std::string_view op, std::span<const std::int64_t> mine,
+                    std::span<std::int64_t> all) {
+    auto* device = scratch_words(mine.size() + all.size());
+    copy_to(device, mine);
+    call(op, "ncclAllGather",
+         Runtime::all_gather(device, device + mine.size(), mine.size(), ncclInt64, comm_, stream()));
+    copy_back(all, device + mine.size());
+  }
+
+  void exchange_words(std::string_view op, std::span<const std::int64_t> mine,
+                      std::span<std::int64_t> theirs) {
+    auto* device = scratch_words(mine.size() + theirs.size());
+    copy_to(device, mine);
+    exchange(op, device, device + mine.size(), [](std::size_t) { return std::size_t{1}; },
+             [](std::size_t j) { return j; }, [](std::size_t) { return std::size_t{1}; },
+             [](std::size_t j) { return j; }, stream());
+    copy_back(theirs, device + mine.size());
+  }
+
+  template <nccl_value T, class... S>
+  void transport(const Call& c, const T* in, T* out, S... given) {
+    const stream_handle s = pick(given...);
+    const std::string_view op = detail::collective_name(c.op);
+    constexpr ncclDataType_t type = detail::nccl::datatype<T>();
+    switch (c.op) {
+      case Collective::all_reduce:
+        call(op, "ncclAllReduce",
+             Runtime::all_reduce(in, out, c.in, type, detail::nccl::reduction(c.reduce), comm_, s));
+        break;
+      case Collective::broadcast:
+        call(op, "ncclBroadcast", Runtime::broadcast(in, out, c.in, type, c.root, comm_, s));
+        break;
+      case Collective::all_gather:
+        call(op, "ncclAllGather", Runtime::all_gather(in, out, c.in, type, comm_, s));
+        break;
+      case Collective::reduce_scatter:
+        call(op, "ncclReduceScatter",
+             Runtime::reduce_scatter(in, out, c.out, type, detail::nccl::reduction(c.reduce), comm_,
+                                     s));
+        break;
+      case Collective::all_to_all: {
+        const std::size_t block = c.in / static_cast<std::size_t>(size_);
+        const auto count = [block](std::size_t) { return block; };
+        const auto offset = [block](std::size_t j) { return j * block; };
+        exchange(op, in, out, count, offset, count, offset, s);
+        break;
+      }
+      case Collective::all_to_all_v:
+        exchange(op, in, out, [&](std::size_t j) { return c.send_counts[j]; },
+                 [&](std::size_t j) { return c.layout.send_offsets[j]; },
+                 [&](std::size_t j) { return c.recv_counts[j]; },
+                 [&](std::size_t j) { return c.layout.recv_offsets[j]; }, s);
+        break;
+      case Collective::barrier:
+      case Collective::split:
+        break;
+    }
+  }
+
+  // Every member has reached this point and the work on the communicator's stream is done: an
+  // all-reduce of one element on that stream, then `synchronize()`. Work enqueued on other
+  // streams is not waited for.
+  void transport_barrier(const Call&) {
+    auto* one = scratch_words(1);
+    call("barrier", "ncclAllReduce",
+         Runtime::all_reduce(one, one, 1, ncclInt64, ncclSum, comm_, stream()));
+    synchronize();
+  }
+
+  // The new communicator shares this one's stream and options.
+  BasicNcclComm transport_split(const Call&, int color, int key) {
+    BasicNcclComm child(options_, -1, 0, stream_);
+    call("split", "ncclCommSplit", Runtime::split(comm_, color, key, &child.comm_));
+    child.rank_ = rank_;  // errors while waiting name the parent rank
+    child.wait_ready("split");
+    child.read_rank_and_size();
+    return child;
+  }
+
+  stream_handle pick() const noexcept { return stream(); }
+  static stream_handle pick(stream_handle s) noexcept { return s; }
+
+  void read_rank_and_size() {
+    // The runtime may only know the new rank and size once the split is complete.
+    int r = -1;
+    int n = 0;
+    call("split", "ncclCommUserRank", Runtime::user_rank(comm_, &r));
+    call("split", "ncclCommCount", Runtime::count(comm_, &n));
+    rank_ = r;
+    size_ = n;
+  }
+
+  // One group of sends and receives to and from every rank (self included), skipping empty
+  // blocks; the counts and offsets are in elements.
+  template <class T, class SendCount, class SendOffset, class RecvCount, class RecvOffset>
+  void exchange(std::string_view op, const T* in, T* out, SendCount send_count,
+                SendOffset send_offset, RecvCount recv_count, RecvOffset recv_offset,
+                stream_handle s) {
+    constexpr ncclDataType_t type = detail::nccl::datatype<T>();
+    Group group(*this, op);
+    for (int j = 0; j < size_; ++j) {
+      const auto u = static_cast<std::size_t>(j);
+      if (send_count(u) != 0) {
+        call(op, "ncclSend", Runtime::send(in + send_offset(u), send_count(u), type, j, comm_, s));
+      }
+      if (recv_count(u) != 0) {
+        call(op, "ncclRecv", Runtime::recv(out + recv_offset(u), recv_count(u), type, j, comm_, s));
+      }
+    }
+    group.end();
+  }
+
+  // Device words kept for the communicator's lifetime, for the agreement and the barrier.
+  std::int64_t* scratch_words(std::size_t words) {
+    if (words > scratch_.size()) {
+      // The old buffer may still be read by enqueued work: wait for it before freeing.
+      if (!scratch_.empty()) synchronize();
+      // On the communicator's GPU, whichever device the calling thread last made current.
+      if (options_.device >= 0) {
+        Runtime::check("cudaSetDevice", rank_, Runtime::set_device(options_.device));
+      }
+      scratch_.reserve(std::max<std::size_t>(words, 32), rank_);
+    }
+    return scratch_.data();
+  }
+
+  void copy_to(std::int64_t* device, std::span<const std::int64_t> host) {
+    Runtime::check("cudaMemcpyAsync", rank_,
+                   Runtime::memcpy_async(device, host.data(), host.size_bytes(), stream()));
+  }
+  void copy_back(std::span<std::int64_t> host, const std::int64_t* device) {
+    Runtime::check("cudaMemcpyAsync", rank_,
+                   Runtime::memcpy_async(host.data(), device, host.size_bytes(), stream()));
+    synchronize();
+  }
+
+  // A status returned by an NCCL call. In non-blocking mode a call may return ncclInProgress:
+  // the work is accepted and completes in the background, and the next call must wait for it.
+  void call(std::string_view op, std::string_view fn, ncclResult_t rc) {
+    if (rc == ncclSuccess) return;
+    if (rc == ncclInProgress) {
+      wait_ready(op);
+      return;
+    }
+    const std::string why = std::string(fn) + ": " + Runtime::error_string(rc, comm_);
+    if (rc != ncclInvalidArgument && rc != ncclInvalidUsage) {
+      break_and_abort(why);
+      throw nccl_error(op, rank_, why + "; the communicator was aborted", rc);
+    }
+    throw nccl_error(op, rank_, why, rc);
+  }
+
+  // NCCL's asynchronous state of the communicator; a failure of the query itself counts as one.
+  ncclResult_t async_state() const {
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t rc = Runtime::async_error(comm_, &state);
+    return rc != ncclSuccess ? rc : state;
+  }
+
+  // Polls the communicator until NCCL reports it ready (creation, split, a call that returned
+  // ncclInProgress), or its deadline passes, which aborts it.
+  void wait_ready(std::string_view op) {
+    const detail::Deadline deadline(options_.timeout);
+    detail::Poller poller;
+    for (;;) {
+      const ncclResult_t state = async_state();
+      if (state == ncclSuccess) return;
+      if (state != ncclInProgress) {
+        const std::string why = Runtime::error_string(state, comm_);
+        break_and_abort(std::string(op) + " failed: " + why);
+        throw nccl_error(op, rank_, why + "; the communicator was aborted", state);
+      }
+      if (deadline.passed()) {
+        break_and_abort("a " + std::string(op) + " timed out");
+        throw timeout_error(op, rank_,
+                            deadline.expired() + " waiting for NCCL (a rank that never joined?); " +
+                                "the communicator was aborted");
+      }
+      poller.pause();
+    }
+  }
+
+  // An asynchronous error (a peer that failed, a network fault) makes the communicator unusable.
+  void poll_async_error(std::string_view op) {
+    const ncclResult_t state = async_state();
+    if (state == ncclSuccess || state == ncclInProgress) return;
+    const std::string why = Runtime::error_string(state, comm_);
+    break_and_abort("an asynchronous error: " + why);
+    throw nccl_error(op, rank_, "asynchronous NCCL error: " + why + "; the communicator was aborted",
+                     state);
+  }
+
+  void ensure_usable(std::string_view op) {
+    if (!broken_.empty()) throw error(op, rank_, "the communicator is unusable since " + broken_);
+    if (comm_ == comm_handle{}) throw error(op, rank_, "the communicator was moved from");
+    poll_async_error(op);
+  }
+
+  // Marks the communicator broken at once; the ncclCommAbort itself waits while aborts are
+  // deferred (an open group, a capture).
+  void break_and_abort(const std::string& why) {
+    if (!broken_.empty()) return;
+    broken_ = why;
+    if (deferring_ > 0) return;
+    if (comm_ != comm_handle{}) (void)Runtime::abort(comm_);
+    comm_ = comm_handle{};
+  }
+
+  void resume_aborts() noexcept {
+    if (deferring_ > 0) --deferring_;
+    if (deferring_ == 0 && !broken_.empty() && comm_ != comm_handle{}) {
+      (void)Runtime::abort(comm_);
+      comm_ = comm_handle{};
+    }
+  }
+
+  // Destruction never throws and never waits past the deadline: the flush and the finalize go
+  // through the same deadline-bound waits as every call, and a communicator that misses them or
+  // fails is aborted instead of destroyed.
+  void release() noexcept {
+    if (comm_ != comm_handle{}) {
+      bool clean = broken_.empty();
+      if (clean) {
+        try {
+          synchronize();
+          call("finalize", "ncclCommFinalize", Runtime::finalize(comm_));
+          wait_ready("finalize");
+        } catch (...) {
+          clean = false;
+        }
+      }
+      if (comm_ != comm_handle{}) {
+        (void)(clean ? Runtime::destroy(comm_) : Runtime::abort(comm_));
+      }
+      comm_ = comm_handle{};
+    }
+    scratch_.reset();
+  }
+
+  comm_handle comm_{};
+  NcclOptions options_;
+  int rank_ = -1;
+  int size_ = 0;
+  std::shared_ptr<OwnedStream> stream_;
+  DeviceBuffer<std::int64_t, Runtime> scratch_;
+  std::string broken_;
+  int deferring_ = 0;  // open groups and deferral guards: aborts wait until they are gone
+};
+
+//! A collective on NCCL can fail half-way (a peer dies mid-transfer); its buffers are device
+//! memory, and its collectives are enqueued on the runtime's streams.
+template <class Runtime>
+struct communicator_traits<BasicNcclComm<Runtime>> {
+  static constexpr bool all_or_nothing = false;
+  static constexpr MemorySpace memory_space = MemorySpace::device;
+  using stream_type = typename Runtime::stream_handle;
+};
+
+//! The NCCL communicator over the real libraries.
+using NcclComm = BasicNcclComm<NcclRuntime>;
+
+}  // namespace strata

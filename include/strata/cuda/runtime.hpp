@@ -1,0 +1,81 @@
+#pragma once
+//! \file
+//! `strata::CudaRuntime`: the CUDA runtime calls strata's device code makes, as a policy, and the
+//! `cuda_runtime_policy` concept it models (target `strata::cuda`). Host code: it builds with g++
+//! against the CUDA runtime's headers.
+//!
+//! Device code that owns memory or streams (`DeviceBuffer`, the NCCL communicator, the device
+//! averager) reaches CUDA only through such a policy, so that a host test double with the same
+//! members can drive the same code on a machine without a GPU.
+
+#include <cuda_runtime_api.h>
+
+#include <concepts>
+#include <cstddef>
+#include <string_view>
+
+#include "strata/cuda/error.hpp"
+
+namespace strata {
+
+//! A policy of CUDA runtime calls: memory, streams, devices, and `check(call, rank, status)`,
+//! which throws the policy's error (a `strata::error`) for a failed status.
+//!
+//! \code
+//! static_assert(strata::cuda_runtime_policy<strata::CudaRuntime>);
+//! static_assert(!strata::cuda_runtime_policy<int>);
+//! \endcode
+template <class R>
+concept cuda_runtime_policy =
+    requires(void** p, void* q, const void* c, std::size_t n, typename R::stream_handle s, int d,
+             int* dp, typename R::error_type e) {
+      typename R::error_type;
+      typename R::stream_handle;
+      { R::success } -> std::convertible_to<typename R::error_type>;
+      { R::malloc(p, n) } -> std::same_as<typename R::error_type>;
+      { R::free(q) } -> std::same_as<typename R::error_type>;
+      { R::memcpy_async(q, c, n, s) } -> std::same_as<typename R::error_type>;
+      { R::stream_create(&s) } -> std::same_as<typename R::error_type>;
+      { R::stream_destroy(s) } -> std::same_as<typename R::error_type>;
+      { R::stream_query(s) } -> std::same_as<typename R::error_type>;
+      { R::set_device(d) } -> std::same_as<typename R::error_type>;
+      { R::get_device(dp) } -> std::same_as<typename R::error_type>;
+      R::check(std::string_view{}, d, e);
+    };
+
+//! The CUDA runtime itself: each member forwards to the `cuda*` call of the same meaning.
+//!
+//! \code
+//! void* p = nullptr;
+//! if (strata::cuda_device_present()) {
+//!   strata::CudaRuntime::check("cudaMalloc", -1, strata::CudaRuntime::malloc(&p, 256));
+//!   strata::CudaRuntime::check("cudaFree", -1, strata::CudaRuntime::free(p));
+//! }
+//! \endcode
+struct CudaRuntime {
+  using error_type = cudaError_t;
+  using stream_handle = cudaStream_t;
+  static constexpr error_type success = cudaSuccess;
+  //! The status of a stream that still has work pending (`stream_query`).
+  static constexpr error_type not_ready = cudaErrorNotReady;
+
+  static error_type malloc(void** p, std::size_t bytes) { return cudaMalloc(p, bytes); }
+  static error_type free(void* p) { return cudaFree(p); }
+  static error_type memcpy_async(void* dst, const void* src, std::size_t bytes, stream_handle s) {
+    return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s);
+  }
+  static error_type stream_create(stream_handle* s) {
+    return cudaStreamCreateWithFlags(s, cudaStreamNonBlocking);
+  }
+  static error_type stream_destroy(stream_handle s) { return cudaStreamDestroy(s); }
+  //! `success` when all work on `s` is done, `not_ready` while some is pending.
+  static error_type stream_query(stream_handle s) { return cudaStreamQuery(s); }
+  static error_type set_device(int device) { return cudaSetDevice(device); }
+  static error_type get_device(int* device) { return cudaGetDevice(device); }
+  //! Throws `strata::cuda_error` naming `call` and `rank` unless `e` is `cudaSuccess`.
+  static void check(std::string_view call, int rank, error_type e) { cuda_check(call, rank, e); }
+};
+
+static_assert(cuda_runtime_policy<CudaRuntime>);
+
+}  // namespace strata
