@@ -51,8 +51,9 @@ macro(strata_find_dependencies)
     set_target_properties(strata_deps::cuda PROPERTIES
       INTERFACE_LINK_LIBRARIES CUDA::cudart
       # MP11's constexpr functions are host functions; device code calls them at compile time.
-      INTERFACE_COMPILE_OPTIONS
-        "$<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr;--extended-lambda>")
+      # No --extended-lambda: strata's headers have no device lambdas, and a consumer's own
+      # code asks for the flag itself if it has some.
+      INTERFACE_COMPILE_OPTIONS "$<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>")
   endif()
 
   if(CUDAToolkit_FOUND AND NOT TARGET strata_deps::nccl

@@ -52,6 +52,28 @@ class error : public std::runtime_error {
   std::string cause_;
 };
 
+//! A failure that a library (MPI, NCCL, CUDA) reported with a status code: `code()` is the
+//! library's own code, and the cause carries the library's own message. Each backend's error is
+//! its own type derived from it (`mpi_error`, `nccl_error`, `cuda_error`).
+//!
+//! \code
+//! struct my_library_error : strata::coded_error<int> {
+//!   using coded_error::coded_error;
+//! };
+//! my_library_error e("all_reduce", 0, "my_allreduce: connection reset", 104);
+//! assert(e.code() == 104);
+//! \endcode
+template <class Code>
+class coded_error : public error {
+ public:
+  coded_error(std::string_view operation, int rank, std::string_view cause, Code code)
+      : error(operation, rank, cause), code_(code) {}
+  [[nodiscard]] Code code() const noexcept { return code_; }
+
+ private:
+  Code code_;
+};
+
 //! The arguments of a collective are wrong: one member's are invalid (sizes that do not fit,
 //! a root outside the group), or the members' calls disagree (operation, element type,
 //! reduction, root, counts). Every member of the collective throws it with the same cause, which

@@ -1,10 +1,17 @@
 #pragma once
 //! \file
-//! Every host-only module of strata. CUDA modules (`.cuh`) are included on their own.
+//! Every public header of strata that needs nothing beyond the `strata::strata` target: no CUDA
+//! toolkit, no MPI, no NCCL. Headers that do are included on their own, with the target that
+//! provides what they need: `strata/comm/mpi.hpp` (`strata::mpi`); `strata/comm/nccl.hpp` and
+//! the headers of `strata/comm/nccl/` (`strata::nccl`); the headers of `strata/cuda/`,
+//! `strata/averaging/cuda_graphs.hpp` and `strata/averaging/device_averager.hpp` (`strata::cuda`:
+//! g++ compiles them against the CUDA runtime's headers); and every `.cuh` (nvcc).
 
 #include "strata/averaging/averager.hpp"
+#include "strata/averaging/clock.hpp"
 #include "strata/averaging/post_local_sgd.hpp"
 #include "strata/comm/communicator.hpp"
+#include "strata/comm/communicator_traits.hpp"
 #include "strata/comm/groups.hpp"
 #include "strata/comm/level_comms.hpp"
 #include "strata/comm/local.hpp"
@@ -14,6 +21,7 @@
 #include "strata/hierarchy/runtime_hierarchy.hpp"
 #include "strata/hierarchy/topology.hpp"
 #include "strata/kernels/arena.hpp"
+#include "strata/kernels/dedup.hpp"
 #include "strata/kernels/fused.hpp"
 #include "strata/schedule/phase.hpp"
 #include "strata/schedule/schedule.hpp"

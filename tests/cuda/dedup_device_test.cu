@@ -3,6 +3,8 @@
 // each id's rows in input order. Also the Thrust path itself under thrust::cuda::par.on(stream).
 // Compiled in every build where nvcc is present; run (label gpu) where a GPU is, skipped (exit
 // 77) elsewhere.
+#include <doctest/doctest.h>
+
 #include <strata/cuda/error.hpp>
 #include <strata/kernels/dedup.cuh>
 #include <strata/kernels/dedup.hpp>
@@ -15,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -27,14 +28,21 @@
 
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::fprintf(stderr, "FAILED: %s\n", what.c_str());
+// A non-blocking stream for one test case.
+class Stream {
+ public:
+  Stream() {
+    strata::cuda_check("cudaStreamCreateWithFlags", -1,
+                       cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
-}
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream() { (void)cudaStreamDestroy(stream_); }
+  operator cudaStream_t() const noexcept { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
 
 template <class T>
 std::span<T> span_of(thrust::device_vector<T>& v) {
@@ -83,9 +91,7 @@ std::vector<Id> make_ids(Pattern pattern, std::size_t n, std::uint64_t seed) {
       for (std::size_t i = 0; i < n; ++i) ids[i] = static_cast<Id>(3 * i);
       std::shuffle(ids.begin(), ids.end(), gen);
       break;
-    case Pattern::equal:
-      std::fill(ids.begin(), ids.end(), Id(12345));
-      break;
+    case Pattern::equal: std::fill(ids.begin(), ids.end(), Id(12345)); break;
     case Pattern::heavy: {
       std::uniform_int_distribution<Id> d(0, 1000000);
       std::bernoulli_distribution often(0.5);
@@ -93,7 +99,11 @@ std::vector<Id> make_ids(Pattern pattern, std::size_t n, std::uint64_t seed) {
       break;
     }
     case Pattern::extremes: {
-      const Id pool[] = {L::min(), L::max(), Id(0), Id(1), static_cast<Id>(L::max() - 1),
+      const Id pool[] = {L::min(),
+                         L::max(),
+                         Id(0),
+                         Id(1),
+                         static_cast<Id>(L::max() - 1),
                          static_cast<Id>(L::min() + 1)};
       std::uniform_int_distribution<std::size_t> d(0, std::size(pool) - 1);
       for (Id& id : ids) id = pool[d(gen)];
@@ -115,7 +125,7 @@ std::vector<T> make_rows(std::size_t count, std::uint64_t seed) {
 
 template <class Id, class Index>
 void check_batch(const std::string& label, const std::vector<Id>& ids, std::size_t width,
-                 cudaStream_t stream, strata::cuda::DedupWorkspace<Id, Index>& workspace) {
+                 cudaStream_t stream, strata::DeviceDedupWorkspace<Id, Index>& workspace) {
   const std::size_t n = ids.size();
 
   // The host reference: Thrust on the host.
@@ -143,30 +153,31 @@ void check_batch(const std::string& label, const std::vector<Id>& ids, std::size
     const auto unique = to_host(d_unique);
     const auto inverse = to_host(d_inverse);
     const auto counts = to_host(d_counts);
-    expect(same_prefix(unique, h_unique, m), label + " " + form + ": unique ids");
-    expect(inverse == h_inverse, label + " " + form + ": inverse map");
-    expect(same_prefix(counts, h_counts, m), label + " " + form + ": counts");
-    expect(std::all_of(counts.begin() + static_cast<std::ptrdiff_t>(m), counts.end(),
-                       [](Index c) { return c == 0; }),
-           label + " " + form + ": counts past m are zero");
+    CHECK_MESSAGE(same_prefix(unique, h_unique, m), (label + " " + form + ": unique ids"));
+    CHECK_MESSAGE(inverse == h_inverse, (label + " " + form + ": inverse map"));
+    CHECK_MESSAGE(same_prefix(counts, h_counts, m), (label + " " + form + ": counts"));
+    CHECK_MESSAGE(std::all_of(counts.begin() + static_cast<std::ptrdiff_t>(m), counts.end(),
+                              [](Index c) { return c == 0; }),
+                  (label + " " + form + ": counts past m are zero"));
   };
   const auto compare_sums = [&](const std::string& form) {
     const auto sums = to_host(d_sums);
-    expect(same_prefix(sums, h_sums, m * width), label + " " + form + ": sums bitwise");
-    expect(std::all_of(sums.begin() + static_cast<std::ptrdiff_t>(m * width), sums.end(),
-                       [](float x) { return x == -1.0f; }),
-           label + " " + form + ": rows past m untouched");
+    CHECK_MESSAGE(same_prefix(sums, h_sums, m * width), (label + " " + form + ": sums bitwise"));
+    CHECK_MESSAGE(std::all_of(sums.begin() + static_cast<std::ptrdiff_t>(m * width), sums.end(),
+                              [](float x) { return x == -1.0f; }),
+                  (label + " " + form + ": rows past m untouched"));
   };
 
   // The synchronous form: m comes back to the host.
-  const std::size_t dm = strata::cuda::unique_ids(span_of(d_ids), span_of(d_unique),
-                                                  span_of(d_inverse), span_of(d_counts),
-                                                  workspace, stream);
-  expect(dm == m, label + ": unique count " + std::to_string(dm) + " vs " + std::to_string(m));
-  expect(workspace.unique_count() == m && workspace.batch_size() == n, label + ": workspace");
+  const std::size_t dm = strata::device_unique_ids(
+      span_of(d_ids), span_of(d_unique), span_of(d_inverse), span_of(d_counts), workspace, stream);
+  CHECK_MESSAGE(dm == m,
+                (label + ": unique count " + std::to_string(dm) + " vs " + std::to_string(m)));
+  CHECK_MESSAGE((workspace.unique_count() == m && workspace.batch_size() == n),
+                (label + ": workspace"));
   compare_dedup("unique_ids");
-  strata::cuda::segmented_sum(workspace, span_of(d_rows), width,
-                              std::span(span_of(d_sums).data(), m * width), stream);
+  strata::device_segmented_sum(workspace, span_of(d_rows), width,
+                               std::span(span_of(d_sums).data(), m * width), stream);
   strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(stream));
   compare_sums("grouped segmented_sum");
 
@@ -184,25 +195,26 @@ void check_batch(const std::string& label, const std::vector<Id>& ids, std::size
     end_bit = strata::cuda::id_bits(
         static_cast<std::uint64_t>(*std::max_element(ids.begin(), ids.end())));
   }
-  strata::cuda::unique_ids_async(span_of(d_ids), span_of(d_unique), span_of(d_inverse),
-                                 span_of(d_counts), workspace, stream, end_bit);
-  expect(!workspace.unique_count(), label + ": the async form leaves the count on the device");
-  strata::cuda::segmented_sum(workspace, span_of(d_rows), width, span_of(d_sums), stream);
+  strata::device_unique_ids_async(span_of(d_ids), span_of(d_unique), span_of(d_inverse),
+                                  span_of(d_counts), workspace, stream, end_bit);
+  CHECK_MESSAGE(!workspace.unique_count(),
+                (label + ": the async form leaves the count on the device"));
+  strata::device_segmented_sum(workspace, span_of(d_rows), width, span_of(d_sums), stream);
   Index device_m = 0;
   strata::cuda_check("cudaMemcpyAsync", -1,
                      cudaMemcpyAsync(&device_m, workspace.device_unique_count(), sizeof(Index),
                                      cudaMemcpyDeviceToHost, stream));
   strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(stream));
-  expect(static_cast<std::size_t>(device_m) == m, label + ": device unique count");
+  CHECK_MESSAGE(static_cast<std::size_t>(device_m) == m, (label + ": device unique count"));
   compare_dedup("unique_ids_async end_bit " + std::to_string(end_bit));
   compare_sums("grouped segmented_sum after unique_ids_async");
 
   // By the inverse map, with two groups that receive no row.
-  strata::cuda::segmented_sum(std::span<const Index>(span_of(d_inverse)), span_of(d_drows), width,
-                              span_of(d_isums), workspace, stream);
+  strata::device_segmented_sum(std::span<const Index>(span_of(d_inverse)), span_of(d_drows), width,
+                               span_of(d_isums), workspace, stream);
   strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(stream));
-  expect(same_prefix(to_host(d_isums), h_isums, h_isums.size()),
-         label + ": segmented_sum by inverse map bitwise");
+  CHECK_MESSAGE(same_prefix(to_host(d_isums), h_isums, h_isums.size()),
+                (label + ": segmented_sum by inverse map bitwise"));
 
   // The Thrust path on the device, its temporaries from the workspace's allocator. Its sum runs
   // one thread per unique id, correct but slow for a heavy id: large batches skip it.
@@ -213,20 +225,21 @@ void check_batch(const std::string& label, const std::vector<Id>& ids, std::size
   thrust::fill(d_sums.begin(), d_sums.end(), -1.0f);
   const std::size_t tm = strata::unique_ids(policy, span_of(d_ids), span_of(d_unique),
                                             span_of(d_inverse), span_of(d_counts), thrust_ws);
-  expect(tm == m, label + ": Thrust device unique count");
+  CHECK_MESSAGE(tm == m, (label + ": Thrust device unique count"));
   strata::segmented_sum(policy, thrust_ws, span_of(d_rows), width,
                         std::span(span_of(d_sums).data(), m * width));
   strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(stream));
   const auto inverse = to_host(d_inverse);
-  expect(inverse == h_inverse, label + ": Thrust device inverse map");
-  expect(same_prefix(to_host(d_unique), h_unique, m), label + ": Thrust device unique ids");
+  CHECK_MESSAGE(inverse == h_inverse, (label + ": Thrust device inverse map"));
+  CHECK_MESSAGE(same_prefix(to_host(d_unique), h_unique, m),
+                (label + ": Thrust device unique ids"));
   compare_sums("Thrust device segmented_sum");
 }
 
 template <class Id, class Index>
 void check_type(cudaStream_t stream, const char* type) {
   // One workspace for all batches: reserved for some, grown for the larger ones.
-  strata::cuda::DedupWorkspace<Id, Index> workspace;
+  strata::DeviceDedupWorkspace<Id, Index> workspace;
   workspace.reserve(1000, stream);
   const std::size_t sizes[] = {0, 1, 2, 31, 1000, 4097, 65536};
   const std::size_t widths[] = {1, 5, 32, 130};
@@ -237,8 +250,8 @@ void check_type(cudaStream_t stream, const char* type) {
     for (const std::size_t n : sizes) {
       for (const std::size_t width : widths) {
         if (n * width > 4'000'000) continue;
-        const std::string label = std::string(type) + " " + name(pattern) + " n=" +
-                                  std::to_string(n) + " width=" + std::to_string(width);
+        const std::string label = std::string(type) + " " + name(pattern) +
+                                  " n=" + std::to_string(n) + " width=" + std::to_string(width);
         check_batch<Id, Index>(label, make_ids<Id>(pattern, n, seed++), width, stream, workspace);
       }
     }
@@ -251,109 +264,100 @@ void check_type(cudaStream_t stream, const char* type) {
   }
 }
 
-void check_errors(cudaStream_t stream) {
-  // The status API: a query never answers 0 bytes, bad arguments are cudaErrorInvalidValue.
+}  // namespace
+
+TEST_CASE("the status API refuses bad arguments with cudaErrorInvalidValue") {
+  const Stream stream;
+  // A query never answers 0 bytes.
   std::size_t bytes = 0;
-  expect(strata::cuda::unique_ids<int, int>(nullptr, bytes, nullptr, 0, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, nullptr, stream) == cudaSuccess &&
-             bytes > 0,
-         "status API: the query of an empty batch");
-  expect(strata::cuda::unique_ids<int, int>(nullptr, bytes, nullptr, 10, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, nullptr, stream, 0) ==
-             cudaErrorInvalidValue,
-         "status API: end_bit 0");
-  expect(strata::cuda::unique_ids<int, int>(nullptr, bytes, nullptr, 10, nullptr, nullptr, nullptr,
-                                            nullptr, nullptr, nullptr, stream, 33) ==
-             cudaErrorInvalidValue,
-         "status API: end_bit 33");
+  CHECK(strata::cuda::unique_ids<int, int>(nullptr, bytes, nullptr, 0, nullptr, nullptr, nullptr,
+                                           nullptr, nullptr, nullptr, stream) == cudaSuccess);
+  CHECK(bytes > 0);
+  CHECK(strata::cuda::unique_ids<int, int>(nullptr, bytes, nullptr, 10, nullptr, nullptr, nullptr,
+                                           nullptr, nullptr, nullptr, stream,
+                                           0) == cudaErrorInvalidValue);
+  CHECK(strata::cuda::unique_ids<int, int>(nullptr, bytes, nullptr, 10, nullptr, nullptr, nullptr,
+                                           nullptr, nullptr, nullptr, stream,
+                                           33) == cudaErrorInvalidValue);
   thrust::device_vector<int> ids(10, 1), out(10), order(10), offsets(11), count(1);
   const int* in = thrust::raw_pointer_cast(ids.data());
   int* p = thrust::raw_pointer_cast(out.data());
   int* c = thrust::raw_pointer_cast(count.data());
   int* o = thrust::raw_pointer_cast(order.data());
   int* f = thrust::raw_pointer_cast(offsets.data());
-  expect(strata::cuda::unique_ids(nullptr, bytes, in, 10, p, p, p, c, o, f, stream) ==
-             cudaSuccess,
-         "status API: query");
+  REQUIRE(strata::cuda::unique_ids(nullptr, bytes, in, 10, p, p, p, c, o, f, stream) ==
+          cudaSuccess);
   thrust::device_vector<char> temp(bytes);
   std::size_t short_bytes = bytes - 1;
-  expect(strata::cuda::unique_ids(thrust::raw_pointer_cast(temp.data()), short_bytes, in, 10, p, p,
-                                  p, c, o, f, stream) == cudaErrorInvalidValue,
-         "status API: too little temporary storage");
-  expect(strata::cuda::segmented_sum<float, int>(nullptr, nullptr, nullptr, 5, nullptr, 0, nullptr,
-                                                 stream) == cudaErrorInvalidValue,
-         "status API: width 0");
-
-  // The wrappers: std::invalid_argument for bad sizes, before anything is enqueued.
-  strata::cuda::DedupWorkspace<int> workspace;
-  thrust::device_vector<int> unique(10), inverse(10), counts(10), small(9);
-  const auto threw = [](auto&& f) {
-    try {
-      f();
-    } catch (const std::invalid_argument&) {
-      return true;
-    }
-    return false;
-  };
-  expect(threw([&] {
-           strata::cuda::unique_ids(span_of(ids), span_of(unique), span_of(small), span_of(counts),
-                                    workspace, stream);
-         }),
-         "wrapper: short inverse");
-  expect(threw([&] {
-           strata::cuda::unique_ids_async(span_of(ids), span_of(small), span_of(inverse),
-                                          span_of(counts), workspace, stream);
-         }),
-         "wrapper: short unique");
-  expect(threw([&] {
-           strata::cuda::unique_ids(span_of(ids), span_of(unique), span_of(inverse),
-                                    span_of(counts), workspace, stream, 40);
-         }),
-         "wrapper: end_bit 40");
-  expect(strata::cuda::unique_ids(span_of(ids), span_of(unique), span_of(inverse),
-                                  span_of(counts), workspace, stream) == 1,
-         "wrapper: ten equal ids");
-  thrust::device_vector<float> rows(20), sums(2);
-  expect(threw([&] {
-           strata::cuda::segmented_sum(workspace, span_of(rows), 3, span_of(sums), stream);
-         }),
-         "wrapper: rows of the wrong width");
-  expect(threw([&] {
-           strata::cuda::segmented_sum(workspace, span_of(rows), 2, std::span<float>(), stream);
-         }),
-         "wrapper: no room for the sums");
-  expect(threw([&] {
-           strata::cuda::segmented_sum(std::span<const int>(span_of(inverse)), span_of(rows), 2,
-                                       std::span(span_of(sums).data(), 1), workspace, stream);
-         }),
-         "wrapper: sums not a whole number of rows");
+  CHECK(strata::cuda::unique_ids(thrust::raw_pointer_cast(temp.data()), short_bytes, in, 10, p, p,
+                                 p, c, o, f, stream) == cudaErrorInvalidValue);
+  CHECK(strata::cuda::segmented_sum<float, int>(nullptr, nullptr, nullptr, 5, nullptr, 0, nullptr,
+                                                stream) == cudaErrorInvalidValue);
 }
 
-}  // namespace
+TEST_CASE("the throwing functions refuse bad sizes before enqueuing anything") {
+  const Stream stream;
+  strata::DeviceDedupWorkspace<int> workspace;
+  CHECK(workspace.batch_size() == 0);
+  CHECK(workspace.unique_count() == 0);
+  thrust::device_vector<int> ids(10, 1), unique(10), inverse(10), counts(10), small(9);
+  CHECK_THROWS_WITH_AS(strata::device_unique_ids(span_of(ids), span_of(unique), span_of(small),
+                                                 span_of(counts), workspace, stream),
+                       "device_unique_ids: inverse holds 9 entries but there are 10 ids",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      strata::device_unique_ids_async(span_of(ids), span_of(small), span_of(inverse),
+                                      span_of(counts), workspace, stream),
+      "device_unique_ids_async: unique has room for 9 ids but needs room for "
+      "all 10",
+      std::invalid_argument);
+  CHECK_THROWS_WITH_AS(strata::device_unique_ids(span_of(ids), span_of(unique), span_of(inverse),
+                                                 span_of(counts), workspace, stream, 40),
+                       "device_unique_ids: end_bit 40 is outside [1, 32]", std::invalid_argument);
+  REQUIRE(strata::device_unique_ids(span_of(ids), span_of(unique), span_of(inverse),
+                                    span_of(counts), workspace, stream) == 1);
 
-int main() {
-  if (!strata::cuda_device_present()) {
-    std::printf("skipped: no CUDA device\n");
-    return 77;
-  }
-  try {
-    cudaStream_t stream = nullptr;
-    strata::cuda_check("cudaStreamCreateWithFlags", -1,
-                       cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    check_errors(stream);
-    check_type<std::int32_t, std::int32_t>(stream, "int32/int32");
-    check_type<std::int64_t, std::int32_t>(stream, "int64/int32");
-    check_type<std::int64_t, std::int64_t>(stream, "int64/int64");
-    check_type<std::uint64_t, std::uint32_t>(stream, "uint64/uint32");
-    strata::cuda_check("cudaStreamDestroy", -1, cudaStreamDestroy(stream));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "exception: %s\n", e.what());
-    return 1;
-  }
-  if (failures != 0) {
-    std::fprintf(stderr, "%d checks failed\n", failures);
-    return 1;
-  }
-  std::printf("CUB and Thrust device dedup agree with the host reference\n");
-  return 0;
+  thrust::device_vector<float> rows(20), sums(2);
+  CHECK_THROWS_AS(strata::device_segmented_sum(workspace, span_of(rows), 3, span_of(sums), stream),
+                  std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      strata::device_segmented_sum(workspace, span_of(rows), 0, span_of(sums), stream),
+      "device_segmented_sum: the row width must be positive", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      strata::device_segmented_sum(workspace, span_of(rows), 2, std::span<float>(), stream),
+      "device_segmented_sum: sums has room for 0 rows of width 2 but needs 1 (the unique count)",
+      std::invalid_argument);
+  CHECK_THROWS_AS(
+      strata::device_segmented_sum(std::span<const int>(span_of(inverse)), span_of(rows), 2,
+                                   std::span(span_of(sums).data(), 1), workspace, stream),
+      std::invalid_argument);
+
+  // Growing forgets the grouping: the buffers that held it may have been replaced.
+  workspace.reserve(1 << 16, stream);
+  CHECK(workspace.batch_size() == 0);
+  CHECK(workspace.unique_count() == 0);
+  CHECK_THROWS_WITH_AS(workspace.reserve(std::size_t{1} << 40, stream),
+                       "DeviceDedupWorkspace::reserve: 1099511627776 ids exceed the limit of "
+                       "2147483647 (INT_MAX for CUB, or the index type)",
+                       std::invalid_argument);
+}
+
+TEST_CASE("int32 ids, int32 indices") {
+  const Stream stream;
+  check_type<std::int32_t, std::int32_t>(stream, "int32/int32");
+}
+
+TEST_CASE("int64 ids, int32 indices") {
+  const Stream stream;
+  check_type<std::int64_t, std::int32_t>(stream, "int64/int32");
+}
+
+TEST_CASE("int64 ids, int64 indices") {
+  const Stream stream;
+  check_type<std::int64_t, std::int64_t>(stream, "int64/int64");
+}
+
+TEST_CASE("uint64 ids, uint32 indices") {
+  const Stream stream;
+  check_type<std::uint64_t, std::uint32_t>(stream, "uint64/uint32");
 }

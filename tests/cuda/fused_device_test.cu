@@ -1,20 +1,20 @@
-// The fused pack / unpack kernels run on the device through the same Thrust code as on the host.
-// Compiled in every build where nvcc is present; run (label gpu) where a GPU is, skipped (exit
-// 77) elsewhere.
+// The fused pack / unpack of strata/kernels/fused.hpp run on the device through the same Thrust
+// code as on the host, against a serial host reference. Compiled in every build where nvcc is
+// present; run (label gpu) where a GPU is, skipped (exit 77) elsewhere.
+#include <doctest/doctest.h>
+
 #include <strata/kernels/fused.hpp>
 
-#include <cstdio>
 #include <cuda_runtime.h>
 #include <thrust/device_vector.h>
 #include <thrust/execution_policy.h>
+
+#include <cstddef>
+#include <iterator>
+#include <span>
 #include <vector>
 
-int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("skipped: no CUDA device\n");
-    return 77;
-  }
+TEST_CASE("Thrust's device policy packs and unpacks as the serial reference does") {
   const std::size_t sizes[] = {1, 1000, 0, 70001, 33};
   std::vector<thrust::device_vector<float>> tensors;
   std::vector<std::span<float>> spans;
@@ -32,25 +32,17 @@ int main() {
   const strata::ChunkTable<float> table{thrust::raw_pointer_cast(chunks.data()), chunks.size(),
                                         plan.total_elements()};
   thrust::device_vector<float> flat(plan.total_elements());
-  strata::pack(thrust::device, table, std::span<float>(thrust::raw_pointer_cast(flat.data()), flat.size()));
-  strata::unpack(thrust::device,
-                 std::span<const float>(thrust::raw_pointer_cast(flat.data()), flat.size()), table,
-                 0.5f);
-  if (const auto e = cudaDeviceSynchronize(); e != cudaSuccess) {
-    std::fprintf(stderr, "kernels failed: %s\n", cudaGetErrorString(e));
-    return 1;
-  }
+  const std::span<float> flat_span(thrust::raw_pointer_cast(flat.data()), flat.size());
+  strata::pack(thrust::device, table, flat_span);
+  strata::unpack(thrust::device, std::span<const float>(flat_span), table, 0.5f);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+
   std::size_t bad = 0;
   for (std::size_t k = 0; k < std::size(sizes); ++k) {
     const std::vector<float> back(tensors[k].begin(), tensors[k].end());
     for (std::size_t i = 0; i < sizes[k]; ++i) {
-      bad += back[i] != static_cast<float>(k * 100000 + i) * 0.5f;
+      bad += back[i] != static_cast<float>(k * 100000 + i) * 0.5f ? 1 : 0;
     }
   }
-  if (bad != 0) {
-    std::fprintf(stderr, "%zu elements differ from the host reference\n", bad);
-    return 1;
-  }
-  std::printf("device pack/unpack agree with the host reference\n");
-  return 0;
+  CHECK(bad == 0);
 }

@@ -7,7 +7,10 @@
 // returns the canonical NaN where the host keeps a payload.
 //
 // Without a GPU it still checks, on the host, that the block agent moves every element exactly
-// once for every alignment and thread count, then prints "skipped: no CUDA device" and exits 77.
+// once for every alignment and thread count (test suite "host"), then exits 77 (skipped).
+#include <doctest/doctest.h>
+
+#include <strata/cuda/device_buffer.hpp>
 #include <strata/kernels/multi_tensor.cuh>
 
 #include <cuda_bf16.h>
@@ -19,9 +22,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <random>
 #include <span>
@@ -39,13 +40,8 @@ static_assert(std::is_same_v<strata::fused_factor_t<__nv_bfloat16>, float>);
 static_assert(!std::is_copy_constructible_v<strata::DeviceChunkTable<float>>);
 static_assert(std::is_nothrow_move_constructible_v<strata::DeviceChunkTable<float>>);
 
-// Mismatches are counted, not fatal, so that one run reports every failing case.
-int failures = 0;
-
-void fail(const std::string& what) {
-  if (failures < 40) std::fprintf(stderr, "FAIL: %s\n", what.c_str());
-  ++failures;
-}
+// Mismatches are not fatal, so that one run reports every failing case.
+void fail(const std::string& what) { FAIL_CHECK(what); }
 
 template <class T>
 const char* type_name() {
@@ -122,10 +118,11 @@ T random_value(std::mt19937& gen) {
   if constexpr (is_float_like<T>) {
     const unsigned pick = std::uniform_int_distribution<unsigned>(0, 63)(gen);
     switch (pick) {
-      case 0: return from_bits<T>(sizeof(T) == 8   ? 0x7FF0000000000001ull
-                                  : sizeof(T) == 4 ? 0x7F800001ull
-                                  : std::is_same_v<T, __half> ? 0x7C01ull
-                                                               : 0x7F81ull);  // signalling NaN
+      case 0:
+        return from_bits<T>(sizeof(T) == 8              ? 0x7FF0000000000001ull
+                            : sizeof(T) == 4            ? 0x7F800001ull
+                            : std::is_same_v<T, __half> ? 0x7C01ull
+                                                        : 0x7F81ull);  // signalling NaN
       case 1: return from_double<T>(std::numeric_limits<double>::quiet_NaN());
       case 2: return from_double<T>(std::numeric_limits<double>::infinity());
       case 3: return from_double<T>(-0.0);
@@ -146,8 +143,8 @@ T random_value(std::mt19937& gen) {
 template <class T>
 void simulate_agent() {
   constexpr std::size_t size = 112;
-  for (const std::size_t threads : {std::size_t{1}, std::size_t{3}, std::size_t{32},
-                                    std::size_t{256}}) {
+  for (const std::size_t threads :
+       {std::size_t{1}, std::size_t{3}, std::size_t{32}, std::size_t{256}}) {
     for (std::size_t n = 0; n < 80; n += (n < 40 ? 1 : 13)) {
       for (std::size_t so = 0; so < 16 / sizeof(T) + 1; ++so) {
         for (std::size_t dof = 0; dof < 16 / sizeof(T) + 1; ++dof) {
@@ -158,10 +155,10 @@ void simulate_agent() {
             src[i] = from_bits<T>(i + 1 + (i + 1 >= 0x5A ? 1 : 0));
             dst[i] = sentinel<T>();
           }
-          const std::string where = std::string("agent on the host, ") + type_name<T>() +
-                                    ": n " + std::to_string(n) + ", src +" +
-                                    std::to_string(so) + ", dst +" + std::to_string(dof) + ", " +
-                                    std::to_string(threads) + " threads";
+          const std::string where = std::string("agent on the host, ") + type_name<T>() + ": n " +
+                                    std::to_string(n) + ", src +" + std::to_string(so) + ", dst +" +
+                                    std::to_string(dof) + ", " + std::to_string(threads) +
+                                    " threads";
           for (std::size_t tid = 0; tid < threads; ++tid) {
             strata::detail::cuda::block_move<false>(src + so, dst + dof, n,
                                                     strata::fused_factor_t<T>(1), tid, threads);
@@ -196,34 +193,40 @@ void simulate_agent() {
 
 // --- Device memory ------------------------------------------------------------------------------
 
-template <class T>
-class DeviceBuffer {
+// A non-blocking stream for one test case.
+class Stream {
  public:
-  explicit DeviceBuffer(std::size_t n) : n_(n) {
-    strata::cuda_check("cudaMalloc", -1, cudaMalloc(&p_, (n == 0 ? 1 : n) * sizeof(T)));
+  Stream() {
+    strata::cuda_check("cudaStreamCreateWithFlags", -1,
+                       cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { (void)cudaFree(p_); }
-
-  T* data() const { return p_; }
-  void upload(const std::vector<T>& h, cudaStream_t s) const {
-    strata::cuda_check("cudaMemcpyAsync", -1,
-                       cudaMemcpyAsync(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice, s));
-    strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(s));
-  }
-  std::vector<T> download(cudaStream_t s) const {
-    std::vector<T> h(n_);
-    strata::cuda_check("cudaMemcpyAsync", -1,
-                       cudaMemcpyAsync(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost, s));
-    strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(s));
-    return h;
-  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream() { (void)cudaStreamDestroy(stream_); }
+  operator cudaStream_t() const noexcept { return stream_; }
 
  private:
-  T* p_ = nullptr;
-  std::size_t n_;
+  cudaStream_t stream_ = nullptr;
 };
+
+// The whole buffer from `h` (of the same size), waiting for the copy.
+template <class T>
+void upload(const strata::DeviceBuffer<T>& d, const std::vector<T>& h, cudaStream_t s) {
+  strata::cuda_check(
+      "cudaMemcpyAsync", -1,
+      cudaMemcpyAsync(d.data(), h.data(), d.size_bytes(), cudaMemcpyHostToDevice, s));
+  strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(s));
+}
+
+template <class T>
+std::vector<T> download(const strata::DeviceBuffer<T>& d, cudaStream_t s) {
+  std::vector<T> h(d.size());
+  strata::cuda_check(
+      "cudaMemcpyAsync", -1,
+      cudaMemcpyAsync(h.data(), d.data(), d.size_bytes(), cudaMemcpyDeviceToHost, s));
+  strata::cuda_check("cudaStreamSynchronize", -1, cudaStreamSynchronize(s));
+  return h;
+}
 
 // Tensor k starts 0, 1 or 2 elements past a 16-byte boundary, after at least one guard element.
 template <class T>
@@ -265,12 +268,12 @@ void check_case(const std::vector<std::size_t>& sizes, std::size_t chunk, std::s
                 std::uint32_t seed, cudaStream_t stream) {
   constexpr std::size_t per_vector = 16 / sizeof(T);
   const auto factor = test_factor<T>();
-  const std::string label = std::string(type_name<T>()) + ", " + std::to_string(sizes.size()) +
-                            " tensors (seed " + std::to_string(seed) + "), chunk " +
-                            (chunk == std::numeric_limits<std::size_t>::max()
-                                 ? std::string("unbounded")
-                                 : std::to_string(chunk)) +
-                            ", flat +" + std::to_string(shift);
+  const std::string label =
+      std::string(type_name<T>()) + ", " + std::to_string(sizes.size()) + " tensors (seed " +
+      std::to_string(seed) + "), chunk " +
+      (chunk == std::numeric_limits<std::size_t>::max() ? std::string("unbounded")
+                                                        : std::to_string(chunk)) +
+      ", flat +" + std::to_string(shift);
 
   std::size_t extent = 0;
   const std::vector<std::size_t> starts = layout<T>(sizes, extent);
@@ -286,8 +289,8 @@ void check_case(const std::vector<std::size_t>& sizes, std::size_t chunk, std::s
   std::vector<T> scaled(concat.size());
   for (std::size_t i = 0; i < concat.size(); ++i) scaled[i] = reference_scale(concat[i], factor);
 
-  const DeviceBuffer<T> d_model(extent);
-  d_model.upload(model, stream);
+  const strata::DeviceBuffer<T> d_model(extent);
+  upload(d_model, model, stream);
   std::vector<std::span<T>> tensors;
   for (std::size_t k = 0; k < sizes.size(); ++k) {
     tensors.emplace_back(d_model.data() + starts[k], sizes[k]);
@@ -302,7 +305,7 @@ void check_case(const std::vector<std::size_t>& sizes, std::size_t chunk, std::s
   }
 
   // The flat buffer sits `shift` elements into an allocation with guards on both sides.
-  const DeviceBuffer<T> d_flat(shift + total + per_vector);
+  const strata::DeviceBuffer<T> d_flat(shift + total + per_vector);
   const std::span<T> flat(d_flat.data() + shift, total);
   const auto with_guards = [&](const std::vector<T>& inside) {
     std::vector<T> v(shift + total + per_vector, sentinel<T>());
@@ -319,26 +322,26 @@ void check_case(const std::vector<std::size_t>& sizes, std::size_t chunk, std::s
   };
 
   // pack: a copy, then scaled.
-  d_flat.upload(with_guards({}), stream);
+  upload(d_flat, with_guards({}), stream);
   strata::device_pack(table, flat, stream);
-  compare(d_flat.download(stream), with_guards(concat), false, label + ": pack");
+  compare(download(d_flat, stream), with_guards(concat), false, label + ": pack");
   strata::device_pack(table, flat, stream, factor);
-  compare(d_flat.download(stream), with_guards(scaled), true, label + ": pack scaled");
+  compare(download(d_flat, stream), with_guards(scaled), true, label + ": pack scaled");
 
   // unpack: scaled, then a copy that restores the model bit for bit.
-  d_flat.upload(with_guards(concat), stream);
-  d_model.upload(std::vector<T>(extent, sentinel<T>()), stream);
+  upload(d_flat, with_guards(concat), stream);
+  upload(d_model, std::vector<T>(extent, sentinel<T>()), stream);
   strata::device_unpack(flat, table, stream, factor);
-  compare(d_model.download(stream), model_with(scaled), true, label + ": unpack scaled");
+  compare(download(d_model, stream), model_with(scaled), true, label + ": unpack scaled");
   strata::device_unpack(flat, table, stream);
-  compare(d_model.download(stream), model, false, label + ": unpack");
+  compare(download(d_model, stream), model, false, label + ": unpack");
 
   // scale in place, and a scale by 1 that must leave every bit alone.
   strata::device_scale(flat, factor, stream);
-  compare(d_flat.download(stream), with_guards(scaled), true, label + ": scale");
-  d_flat.upload(with_guards(concat), stream);
+  compare(download(d_flat, stream), with_guards(scaled), true, label + ": scale");
+  upload(d_flat, with_guards(concat), stream);
   strata::device_scale(flat, strata::fused_factor_t<T>(1), stream);
-  compare(d_flat.download(stream), with_guards(concat), false, label + ": scale by 1");
+  compare(download(d_flat, stream), with_guards(concat), false, label + ": scale by 1");
 }
 
 std::vector<std::vector<std::size_t>> size_sets() {
@@ -394,15 +397,15 @@ void check_graph(cudaStream_t stream) {
       model[starts[k] + i] = std::uniform_real_distribution<float>(-100, 100)(gen);
     }
   }
-  const DeviceBuffer<float> d_model(extent);
-  d_model.upload(model, stream);
+  const strata::DeviceBuffer<float> d_model(extent);
+  upload(d_model, model, stream);
   std::vector<std::span<float>> tensors;
   for (std::size_t k = 0; k < sizes.size(); ++k) {
     tensors.emplace_back(d_model.data() + starts[k], sizes[k]);
   }
   const strata::FusedPlan<float> plan(tensors, 1024);
   strata::DeviceChunkTable<float> table(plan, stream);
-  const DeviceBuffer<float> d_flat(plan.total_elements());
+  const strata::DeviceBuffer<float> d_flat(plan.total_elements());
 
   // One step of an averaging over g = 4 ranks whose sum is 3x: x -> (3x) / 4, rounded each time.
   // The pack is scaled by 3 to stand in for the collective, the unpack by 1/4.
@@ -437,8 +440,7 @@ void check_graph(cudaStream_t stream) {
   for (int replay = 1; replay <= 3; ++replay) {
     strata::cuda_check("cudaGraphLaunch", -1, cudaGraphLaunch(exec, stream));
     step(want);
-    compare(d_model.download(stream), want, false,
-            "graph replay " + std::to_string(replay));
+    compare(download(d_model, stream), want, false, "graph replay " + std::to_string(replay));
   }
 
   // Re-planning the same tensors reuses the allocation, so the graph still reads the table.
@@ -450,7 +452,7 @@ void check_graph(cudaStream_t stream) {
   }
   strata::cuda_check("cudaGraphLaunch", -1, cudaGraphLaunch(exec, stream));
   step(want);
-  compare(d_model.download(stream), want, false, "graph replay after assign");
+  compare(download(d_model, stream), want, false, "graph replay after assign");
 
   (void)cudaGraphExecDestroy(exec);
   (void)cudaGraphDestroy(graph);
@@ -459,7 +461,7 @@ void check_graph(cudaStream_t stream) {
 // --- The table and the wrappers -----------------------------------------------------------------
 
 void check_api(cudaStream_t stream) {
-  const DeviceBuffer<float> d(64);
+  const strata::DeviceBuffer<float> d(64);
   std::vector<std::span<float>> tensors{{d.data(), 10}, {d.data() + 16, 20}};
   const strata::FusedPlan<float> plan(tensors, 8);
   strata::DeviceChunkTable<float> table(plan, stream);
@@ -483,13 +485,13 @@ void check_api(cudaStream_t stream) {
   }
 
   // Size mismatches throw before anything is enqueued.
-  const DeviceBuffer<float> flat(31);
+  const strata::DeviceBuffer<float> flat(31);
   bool threw = false;
   try {
     strata::device_pack(moved, std::span<float>(flat.data(), 31), stream);
   } catch (const std::invalid_argument& e) {
     threw = std::string(e.what()) ==
-            "strata::device_pack: the flat buffer holds 31 elements but the tensors hold 30";
+            "device_pack: the flat buffer holds 31 elements but the tensors hold 30";
   }
   if (!threw) fail("device_pack accepted a flat buffer of the wrong size");
   threw = false;
@@ -508,8 +510,8 @@ void check_api(cudaStream_t stream) {
   if (strata::cuda::unpack<float>(nullptr, moved.view(), 1.0f, stream) != cudaErrorInvalidValue) {
     fail("unpack accepted a null flat buffer");
   }
-  if (strata::cuda::pack(strata::ChunkTable<float>{}, static_cast<float*>(nullptr), 2.0f,
-                         stream) != cudaSuccess ||
+  if (strata::cuda::pack(strata::ChunkTable<float>{}, static_cast<float*>(nullptr), 2.0f, stream) !=
+          cudaSuccess ||
       strata::cuda::scale(static_cast<float*>(nullptr), 0, 2.0f, stream) != cudaSuccess) {
     fail("empty work was not a no-op");
   }
@@ -521,43 +523,25 @@ void check_api(cudaStream_t stream) {
 
 }  // namespace
 
-int main() {
-  try {
-    simulate_agent<float>();
-    simulate_agent<double>();
-    simulate_agent<__half>();
-    simulate_agent<__nv_bfloat16>();
-    simulate_agent<std::int8_t>();
-    if (failures != 0) {
-      std::fprintf(stderr, "%d failures of the agent on the host\n", failures);
-      return 1;
-    }
-    std::printf("the block agent moves every element exactly once (host simulation)\n");
+TEST_SUITE("host") {
+  TEST_CASE_TEMPLATE("the block agent moves every element exactly once, run on the host", T, float,
+                     double, __half, __nv_bfloat16, std::int8_t) {
+    simulate_agent<T>();
+  }
+}
 
-    if (!strata::cuda_device_present()) {
-      std::printf("skipped: no CUDA device\n");
-      return 77;
-    }
-    cudaStream_t stream = nullptr;
-    strata::cuda_check("cudaStreamCreateWithFlags", -1,
-                       cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    check_api(stream);
-    check_type<float>(stream);
-    check_type<double>(stream);
-    check_type<__half>(stream);
-    check_type<__nv_bfloat16>(stream);
-    check_type<std::int32_t>(stream);
-    check_type<std::int8_t>(stream);
-    check_graph(stream);
-    strata::cuda_check("cudaStreamDestroy", -1, cudaStreamDestroy(stream));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  if (failures != 0) {
-    std::fprintf(stderr, "%d failures\n", failures);
-    return 1;
-  }
-  std::printf("device pack, unpack and scale agree with the host reference\n");
-  return 0;
+TEST_CASE("DeviceChunkTable and the throwing wrappers") {
+  const Stream stream;
+  check_api(stream);
+}
+
+TEST_CASE_TEMPLATE("pack, unpack and scale agree with the serial reference", T, float, double,
+                   __half, __nv_bfloat16, std::int32_t, std::int8_t) {
+  const Stream stream;
+  check_type<T>(stream);
+}
+
+TEST_CASE("a pack and unpack captured in a CUDA graph replay, also after an assign") {
+  const Stream stream;
+  check_graph(stream);
 }

@@ -1,9 +1,13 @@
 // The compile-time schedule evaluated inside a CUDA kernel agrees with the host. Compiled in every
 // build where nvcc is present; run (label gpu) where a GPU is, and skipped (exit 77) elsewhere.
+#include <doctest/doctest.h>
+
+#include <strata/cuda/device_buffer.hpp>
 #include <strata/schedule/schedule.hpp>
 
-#include <cstdio>
 #include <cuda_runtime.h>
+
+#include <cstddef>
 #include <vector>
 
 namespace {
@@ -21,40 +25,28 @@ __global__ void levels_kernel(int* out, std::size_t steps, std::size_t warmup) {
   out[s] = l ? static_cast<int>(*l) : -1;
 }
 
-int fail(const char* what, cudaError_t e) {
-  std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-  return 1;
-}
-
 }  // namespace
 
-int main() {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("skipped: no CUDA device\n");
-    return 77;
-  }
+TEST_CASE("the schedule evaluated in a kernel agrees with the host, step for step") {
   constexpr std::size_t steps = 4096;
   constexpr std::size_t warmup = 5;
-  int* d = nullptr;
-  if (const auto e = cudaMalloc(&d, steps * sizeof(int)); e != cudaSuccess) return fail("cudaMalloc", e);
-  levels_kernel<<<(steps + 255) / 256, 256>>>(d, steps, warmup);
-  if (const auto e = cudaGetLastError(); e != cudaSuccess) return fail("launch", e);
+  strata::DeviceBuffer<int> d(steps);
+  levels_kernel<<<(steps + 255) / 256, 256>>>(d.data(), steps, warmup);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
   std::vector<int> got(steps);
-  if (const auto e = cudaMemcpy(got.data(), d, steps * sizeof(int), cudaMemcpyDeviceToHost);
-      e != cudaSuccess) {
-    return fail("cudaMemcpy", e);
-  }
-  cudaFree(d);
+  REQUIRE(cudaMemcpy(got.data(), d.data(), d.size_bytes(), cudaMemcpyDeviceToHost) == cudaSuccess);
+
   const strata::Schedule<H> host(warmup);
+  std::size_t mismatches = 0;
   for (std::size_t s = 0; s < steps; ++s) {
     const auto l = host.level_at(s);
     const int expected = l ? static_cast<int>(*l) : -1;
     if (got[s] != expected) {
-      std::fprintf(stderr, "step %zu: device %d, host %d\n", s, got[s], expected);
-      return 1;
+      if (mismatches++ == 0) {
+        INFO("step " << s << ": device " << got[s] << ", host " << expected);
+        CHECK(got[s] == expected);
+      }
     }
   }
-  std::printf("device and host schedules agree over %zu steps\n", steps);
-  return 0;
+  CHECK(mismatches == 0);
 }

@@ -110,7 +110,7 @@ TEST_CASE("gaps stay zero when the flat buffers of several ranks are averaged in
   for (std::size_t i = 0; i < used; ++i) REQUIRE(arenas[1].flat()[i] == (mine[i] ? 2.0f : 0.0f));
 }
 
-TEST_CASE("a full arena refuses with a length_error and is left as it was") {
+TEST_CASE("a full arena refuses with an invalid_argument and is left as it was") {
   strata::ParameterArena<float> arena(40);  // 16 + gap + 16 = 32, then 8 left after the boundary
   (void)arena.allocate(10);
   (void)arena.allocate(16);
@@ -118,9 +118,9 @@ TEST_CASE("a full arena refuses with a length_error and is left as it was") {
   try {
     (void)arena.allocate(9);
     FAIL("no exception");
-  } catch (const std::length_error& e) {
+  } catch (const std::invalid_argument& e) {
     CHECK(std::string(e.what()) ==
-          "strata::ParameterArena::allocate: requested 9 elements but only 8 of 40 remain "
+          "ParameterArena::allocate: requested 9 elements but only 8 of 40 remain "
           "after the 64-byte boundary");
   }
   CHECK(arena.size() == 2);
@@ -128,7 +128,7 @@ TEST_CASE("a full arena refuses with a length_error and is left as it was") {
   const auto last = arena.allocate(8);  // exactly fits
   CHECK(last.data() == arena.flat().data() + 32);
   CHECK(arena.used() == 40);
-  CHECK_THROWS_AS((void)arena.allocate(1), std::length_error);
+  CHECK_THROWS_AS((void)arena.allocate(1), std::invalid_argument);
   CHECK(arena.allocate(0).empty());  // empty tensors always fit
   CHECK(arena.size() == 4);
   CHECK(arena.used() == 40);
@@ -137,14 +137,14 @@ TEST_CASE("a full arena refuses with a length_error and is left as it was") {
 TEST_CASE("a capacity short of the next boundary still refuses cleanly") {
   strata::ParameterArena<double> arena(10);  // 8 doubles per line
   (void)arena.allocate(3);
-  CHECK_THROWS_AS((void)arena.allocate(3), std::length_error);  // would start at 8
+  CHECK_THROWS_AS((void)arena.allocate(3), std::invalid_argument);  // would start at 8
   CHECK(arena.used() == 3);
   CHECK(arena.allocate(2).data() == arena.flat().data() + 8);  // 8 + 2 fits exactly
   CHECK(arena.used() == 10);
   const auto empty = arena.allocate(0);  // at the next boundary, past the capacity
   CHECK(empty.empty());
   CHECK(address(empty.data()) % 64 == 0);
-  CHECK_THROWS_AS((void)arena.allocate(2), std::length_error);
+  CHECK_THROWS_AS((void)arena.allocate(2), std::invalid_argument);
 }
 
 TEST_CASE("capacity zero, and capacities too large to count") {
@@ -152,11 +152,11 @@ TEST_CASE("capacity zero, and capacities too large to count") {
   CHECK(none.capacity() == 0);
   CHECK(none.flat().empty());
   CHECK(none.allocate(0).empty());
-  CHECK_THROWS_AS((void)none.allocate(1), std::length_error);
+  CHECK_THROWS_AS((void)none.allocate(1), std::invalid_argument);
   CHECK_THROWS_AS(strata::ParameterArena<double>{std::numeric_limits<std::size_t>::max()},
-                  std::length_error);
+                  std::invalid_argument);
   CHECK_THROWS_AS(strata::ParameterArena<std::int8_t>{std::numeric_limits<std::size_t>::max()},
-                  std::length_error);
+                  std::invalid_argument);
 }
 
 TEST_CASE("moves hand over the buffer; spans handed out stay valid") {
@@ -178,7 +178,7 @@ TEST_CASE("moves hand over the buffer; spans handed out stay valid") {
   CHECK(a.capacity() == 0);
   CHECK(a.used() == 0);
   CHECK(a.flat().empty());
-  CHECK_THROWS_AS((void)a.allocate(1), std::length_error);
+  CHECK_THROWS_AS((void)a.allocate(1), std::invalid_argument);
 
   strata::ParameterArena<float> other(64);
   (void)other.allocate(4);

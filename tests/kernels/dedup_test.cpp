@@ -115,9 +115,7 @@ std::vector<Id> make_ids(Pattern pattern, std::size_t n, std::uint64_t seed) {
       std::shuffle(ids.begin(), ids.end(), gen);
       break;
     }
-    case Pattern::equal:
-      std::fill(ids.begin(), ids.end(), static_cast<Id>(L::max() - 1));
-      break;
+    case Pattern::equal: std::fill(ids.begin(), ids.end(), static_cast<Id>(L::max() - 1)); break;
     case Pattern::heavy: {
       std::uniform_int_distribution<Id> d(L::min(), L::max());
       std::bernoulli_distribution often(0.9);
@@ -126,7 +124,11 @@ std::vector<Id> make_ids(Pattern pattern, std::size_t n, std::uint64_t seed) {
       break;
     }
     case Pattern::extremes: {
-      const Id pool[] = {L::min(), L::max(), Id(0), Id(1), static_cast<Id>(L::max() - 1),
+      const Id pool[] = {L::min(),
+                         L::max(),
+                         Id(0),
+                         Id(1),
+                         static_cast<Id>(L::max() - 1),
                          static_cast<Id>(L::min() + 1)};
       std::uniform_int_distribution<std::size_t> d(0, std::size(pool) - 1);
       for (Id& id : ids) id = pool[d(gen)];
@@ -256,8 +258,9 @@ TEST_CASE("a workspace of thrust::device_vector works with thrust::device") {
 
 TEST_CASE("negative ids sort before positive ones, 32-bit ids included") {
   // Thrust's sequential radix sort gets negative ints wrong; unique_ids must not inherit that.
-  const std::vector<std::int32_t> ids{5, -1, std::numeric_limits<std::int32_t>::min(), 0, -1,
-                                      std::numeric_limits<std::int32_t>::max(), 5};
+  const std::vector<std::int32_t> ids{5, -1, std::numeric_limits<std::int32_t>::min(),
+                                      0, -1, std::numeric_limits<std::int32_t>::max(),
+                                      5};
   strata::DedupWorkspace<std::int32_t> workspace;
   std::vector<std::int32_t> unique(7), inverse(7), counts(7);
   REQUIRE(strata::unique_ids(thrust::host, ids, unique, inverse, counts, workspace) == 5);
@@ -325,8 +328,8 @@ TEST_CASE("a warm workspace allocates nothing, Thrust's temporaries included") {
   const auto step = [&](const std::vector<std::int64_t>& ids) {
     const std::size_t n = ids.size();
     const std::size_t m =
-        strata::unique_ids(policy, ids, std::span(unique).first(n),
-                           std::span(inverse).first(n), std::span(counts).first(n), workspace);
+        strata::unique_ids(policy, ids, std::span(unique).first(n), std::span(inverse).first(n),
+                           std::span(counts).first(n), workspace);
     strata::segmented_sum(policy, workspace, std::span(rows).first(n * 8), 8,
                           std::span(sums).first(m * 8));
     strata::segmented_sum(policy, std::span(inverse).first(n), std::span(rows).first(n * 8), 8,
@@ -383,8 +386,7 @@ TEST_CASE("mismatched sizes throw before anything is written") {
     (void)strata::unique_ids(thrust::host, ids, ok, small, ok, workspace);
     FAIL("no exception");
   } catch (const std::invalid_argument& e) {
-    CHECK(std::string(e.what()) ==
-          "strata::unique_ids: inverse holds 2 entries but there are 3 ids");
+    CHECK(std::string(e.what()) == "unique_ids: inverse holds 2 entries but there are 3 ids");
   }
 
   std::vector<std::int32_t> unique(3), inverse(3), counts(3);
@@ -395,11 +397,10 @@ TEST_CASE("mismatched sizes throw before anything is written") {
                   std::invalid_argument);
   CHECK_THROWS_AS(strata::segmented_sum(thrust::host, workspace, rows, 3, std::span(sums)),
                   std::invalid_argument);
-  CHECK_THROWS_AS(strata::segmented_sum(thrust::host, workspace, std::span(rows).first(4), 2,
-                                        std::span(sums)),
-                  std::invalid_argument);
-  CHECK_THROWS_AS(strata::segmented_sum(thrust::host, workspace, rows, 2,
-                                        std::span(sums).first(3)),
+  CHECK_THROWS_AS(
+      strata::segmented_sum(thrust::host, workspace, std::span(rows).first(4), 2, std::span(sums)),
+      std::invalid_argument);
+  CHECK_THROWS_AS(strata::segmented_sum(thrust::host, workspace, rows, 2, std::span(sums).first(3)),
                   std::invalid_argument);
   CHECK(sums == std::vector<float>(4, -1.0f));
   try {
@@ -407,7 +408,7 @@ TEST_CASE("mismatched sizes throw before anything is written") {
     FAIL("no exception");
   } catch (const std::invalid_argument& e) {
     CHECK(std::string(e.what()) ==
-          "strata::segmented_sum: sums has room for 1 rows of width 2 but there are 2 unique ids");
+          "segmented_sum: sums has room for 1 rows of width 2 but there are 2 unique ids");
   }
 
   CHECK_THROWS_AS(strata::segmented_sum(thrust::host, inverse, rows, 0, std::span(sums), workspace),
@@ -416,9 +417,9 @@ TEST_CASE("mismatched sizes throw before anything is written") {
   CHECK_THROWS_AS(
       strata::segmented_sum(thrust::host, short_inverse, rows, 2, std::span(sums), workspace),
       std::invalid_argument);
-  CHECK_THROWS_AS(strata::segmented_sum(thrust::host, inverse, rows, 2,
-                                        std::span(sums).first(3), workspace),
-                  std::invalid_argument);
+  CHECK_THROWS_AS(
+      strata::segmented_sum(thrust::host, inverse, rows, 2, std::span(sums).first(3), workspace),
+      std::invalid_argument);
   CHECK(sums == std::vector<float>(4, -1.0f));
   try {
     strata::segmented_sum(thrust::host, inverse, std::span(rows).first(5), 2, std::span(sums),
@@ -426,7 +427,7 @@ TEST_CASE("mismatched sizes throw before anything is written") {
     FAIL("no exception");
   } catch (const std::invalid_argument& e) {
     CHECK(std::string(e.what()) ==
-          "strata::segmented_sum: rows holds 5 elements but 3 inverse entries of width 2 need 3 "
+          "segmented_sum: rows holds 5 elements but 3 inverse entries of width 2 need 3 "
           "* 2");
   }
 }

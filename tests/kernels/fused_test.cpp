@@ -295,15 +295,14 @@ TEST_CASE("size mismatches throw before anything is written") {
     strata::pack(thrust::seq, plan, flat);
     FAIL("no exception");
   } catch (const std::invalid_argument& e) {
-    CHECK(std::string(e.what()) ==
-          "strata::pack: the flat buffer holds 5 elements but the tensors hold 4");
+    CHECK(std::string(e.what()) == "pack: the flat buffer holds 5 elements but the tensors hold 4");
   }
   try {
     strata::unpack(thrust::seq, std::span<const float>(flat).first(2), tensors);
     FAIL("no exception");
   } catch (const std::invalid_argument& e) {
     CHECK(std::string(e.what()) ==
-          "strata::unpack: the flat buffer holds 2 elements but the tensors hold 4");
+          "unpack: the flat buffer holds 2 elements but the tensors hold 4");
   }
 }
 

@@ -12,8 +12,8 @@
 
 namespace {
 
-// The rule of DESIGN.md written as plainly as possible: scan all levels from the smallest and
-// keep the last one whose period divides the step counted from the phase origin.
+// The rule of docs/design.md written as plainly as possible: scan all levels from the smallest
+// and keep the last one whose period divides the step counted from the phase origin.
 long naive_level(const std::vector<strata::LevelSpec>& levels, std::size_t warmup, bool relative,
                  std::size_t step) {
   if (step < warmup) return -1;

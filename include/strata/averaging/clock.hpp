@@ -39,12 +39,13 @@ struct AveragerState {
 //! strata::LocalWorld(2).run([](strata::LocalComm& comm) {
 //!   strata::PeriodicAverager<strata::LocalComm> avg(comm, /*period=*/2);
 //!   std::vector<double> w{1.0};
-//!   avg.average(std::span<double>(w));
+//!   avg.average(std::span<double>(w));  // step 0: averages
+//!   avg.average(std::span<double>(w));  // step 1: nothing
 //!   const strata::AveragerState saved = avg.state();
-//!   assert(saved.step == 1 && avg.next_level() == std::nullopt);
+//!   assert(saved.step == 2 && avg.next_level() == 0);
 //!   strata::PeriodicAverager<strata::LocalComm> resumed(comm, 2);
 //!   resumed.restore(saved);
-//!   assert(resumed.step() == 1 && resumed.next_level() == 0);
+//!   assert(resumed.step() == 2 && resumed.next_level() == 0);
 //! });
 //! \endcode
 template <schedule_type S>
@@ -68,7 +69,7 @@ class AveragerClock {
     const AveragerState mine = this->state();
     if (state.hierarchy != mine.hierarchy || state.warmup != mine.warmup ||
         state.phase != mine.phase) {
-      throw std::invalid_argument("averager: cannot restore a state of hierarchy " +
+      throw std::invalid_argument("AveragerClock: cannot restore a state of hierarchy " +
                                   state.hierarchy + ", warm-up " + std::to_string(state.warmup) +
                                   ", phase " + state.phase + " into hierarchy " + mine.hierarchy +
                                   ", warm-up " + std::to_string(mine.warmup) + ", phase " +

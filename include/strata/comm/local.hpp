@@ -7,10 +7,10 @@
 //! counts, root); at the second, all have finished moving data, so buffers may be reused. Between
 //! the two, members work in parallel directly on each other's buffers:
 //!
-//! | operation | work of member r (n members, c elements) | bytes read / written by r |
+//! | operation | work of member r (n members, c elements of s bytes in the operation's input) | bytes read / written by r |
 //! | --- | --- | --- |
 //! | `all_reduce` | reduces slice r (c/n elements) over all n inputs in rank order 0..n-1, writes the result into slice r of all n outputs (reduce-scatter and all-gather in one pass) | c·s / c·s |
-//! | `reduce_scatter` | reduces its block of c elements over all n inputs into its output | n·c·s / c·s |
+//! | `reduce_scatter` | reduces block r (c/n elements) over all n inputs, in rank order, into its output | c·s / (c/n)·s |
 //! | `broadcast` | copies the root's buffer into its own | c·s / c·s |
 //! | `all_gather` | copies every member's input into its own output | n·c·s / n·c·s |
 //! | `all_to_all` | copies block r of every member's input into its own output | total received, both ways |

@@ -5,14 +5,14 @@
 //! Every collective is MPI's non-blocking form (`MPI_Iallreduce`, `MPI_Ibcast`, ...) polled with
 //! `MPI_Test` against the communicator's deadline, so that no call waits forever. The library's
 //! own algorithms run underneath; for the record, what an MPI library typically does per
-//! operation (n ranks, c elements of s bytes):
+//! operation (n ranks, c elements of s bytes in the operation's input):
 //!
 //! | operation | usual algorithm | steps | bytes sent per rank |
 //! | --- | --- | --- | --- |
 //! | `all_reduce` | recursive doubling (small), ring / Rabenseifner (large) | log2 n / 2(n-1) | c·s·log2 n / 2(n-1)/n·c·s |
 //! | `broadcast` | binomial tree (small), scatter + all-gather (large) | log2 n / ~2 log2 n | up to c·s |
 //! | `all_gather` | recursive doubling or ring | log2 n / n-1 | (n-1)·c·s |
-//! | `reduce_scatter` | recursive halving or ring | log2 n / n-1 | (n-1)/n·c·s (c = the whole input) |
+//! | `reduce_scatter` | recursive halving or ring | log2 n / n-1 | (n-1)/n·c·s |
 //! | `all_to_all` | pairwise exchange | n-1 | what it sends to the others |
 //! | `all_to_all` (uneven) | pairwise exchange | n-1 | what it sends to the others |
 //! | `barrier` | dissemination | log2 n | 0 |
@@ -62,21 +62,15 @@
 
 namespace strata {
 
-//! A failure reported by MPI, or a timeout of an MPI collective; `code()` is MPI's error code
-//! (`MPI_SUCCESS` for a timeout).
+//! A failure reported by MPI; `code()` is MPI's error code.
 //!
 //! \code
 //! strata::mpi_error e("all_reduce", 3, "MPI_ERR_TRUNCATE: message truncated", MPI_ERR_TRUNCATE);
 //! assert(e.rank() == 3 && e.code() == MPI_ERR_TRUNCATE);
 //! \endcode
-class mpi_error : public error {
+class mpi_error : public coded_error<int> {
  public:
-  mpi_error(std::string_view operation, int rank, std::string_view cause, int code)
-      : error(operation, rank, cause), code_(code) {}
-  [[nodiscard]] int code() const noexcept { return code_; }
-
- private:
-  int code_;
+  using coded_error::coded_error;
 };
 
 //! Settings of an `MpiComm`.

@@ -20,14 +20,12 @@ namespace strata {
 //! assert(e.rank() == 2 && e.code() == cudaErrorInvalidValue);
 //! assert(std::string(e.what()).find("cudaErrorInvalidValue") != std::string::npos);
 //! \endcode
-class cuda_error : public error {
+class cuda_error : public coded_error<cudaError_t> {
  public:
   cuda_error(std::string_view call, int rank, cudaError_t code)
-      : error(call, rank, describe(code)), code_(code) {}
+      : coded_error(call, rank, describe(code), code) {}
   cuda_error(std::string_view call, int rank, cudaError_t code, std::string_view context)
-      : error(call, rank, describe(code) + "; " + std::string(context)), code_(code) {}
-
-  [[nodiscard]] cudaError_t code() const noexcept { return code_; }
+      : coded_error(call, rank, describe(code) + "; " + std::string(context), code) {}
 
   //! CUDA's name and description of `code`, e.g. "cudaErrorInvalidValue: invalid argument".
   [[nodiscard]] static std::string describe(cudaError_t code) {
@@ -40,9 +38,6 @@ class cuda_error : public error {
     }
     return s;
   }
-
- private:
-  cudaError_t code_;
 };
 
 //! Throws `cuda_error` unless `code` is `cudaSuccess`: the host-side wrapper of every CUDA call.

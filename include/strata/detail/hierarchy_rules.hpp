@@ -1,5 +1,5 @@
 #pragma once
-// The hierarchy rules of DESIGN.md, written once as a constant expression. The compile-time
+// The hierarchy rules of docs/design.md, written once as a constant expression. The compile-time
 // Hierarchy turns a violation into a static_assert, RuntimeHierarchy into std::invalid_argument;
 // both use the message built here, so the wording cannot drift apart.
 

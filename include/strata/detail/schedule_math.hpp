@@ -1,5 +1,6 @@
 #pragma once
-// The schedule rule of DESIGN.md over a span of levels, shared by Schedule and RuntimeSchedule.
+// The schedule rule of docs/design.md over a span of levels, shared by Schedule and
+// RuntimeSchedule.
 
 #include <cstddef>
 #include <optional>

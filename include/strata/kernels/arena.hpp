@@ -34,27 +34,28 @@ namespace strata {
 //! assert(w[99] == 0 && arena.flat()[105] == 0);  // tensors and gaps start zeroed
 //! \endcode
 template <class T>
-  requires std::is_arithmetic_v<T> && (!std::is_same_v<T, bool>) &&
-           std::is_same_v<T, std::remove_cv_t<T>> && (64 % sizeof(T) == 0)
-class ParameterArena {
+requires std::is_arithmetic_v<T> &&
+    (!std::is_same_v<T, bool>)&&std::is_same_v<T, std::remove_cv_t<T>> &&
+    (64 % sizeof(T) == 0) class ParameterArena {
  public:
   using value_type = T;
   //! Bytes: a cache line, and the width of the widest vector load (AVX-512).
   static constexpr std::size_t alignment = 64;
 
-  //! Reserves room for `capacity_elements` elements, gaps included; throws `std::length_error`
-  //! if that many bytes cannot even be counted, `std::bad_alloc` if they cannot be had.
+  //! Reserves room for `capacity_elements` elements, gaps included; throws
+  //! `std::invalid_argument` if that many bytes cannot even be counted, `std::bad_alloc` if they
+  //! cannot be had.
   explicit ParameterArena(std::size_t capacity_elements) : capacity_(capacity_elements) {
     if (capacity_elements > max_capacity) {
-      throw std::length_error("strata::ParameterArena: a capacity of " +
-                              std::to_string(capacity_elements) +
-                              " elements exceeds the limit of " + std::to_string(max_capacity));
+      throw std::invalid_argument("ParameterArena: a capacity of " +
+                                  std::to_string(capacity_elements) +
+                                  " elements exceeds the limit of " + std::to_string(max_capacity));
     }
     // Rounded up, so that an empty tensor placed at the next boundary still points inside the
     // allocation (or one past it).
     const std::size_t stored = round_up(capacity_elements);
     if (stored != 0) {
-      data_ = static_cast<T*>(::operator new(stored * sizeof(T), std::align_val_t{alignment}));
+      data_ = static_cast<T*>(::operator new (stored * sizeof(T), std::align_val_t{alignment}));
     }
   }
 
@@ -86,16 +87,15 @@ class ParameterArena {
   ~ParameterArena() { release(); }
 
   //! A new zeroed tensor of `n` elements at the next 64-byte boundary. Throws
-  //! `std::length_error` if it does not fit, leaving the arena as it was. An empty tensor always
-  //! fits and takes no room.
+  //! `std::invalid_argument` if it does not fit, leaving the arena as it was. An empty tensor
+  //! always fits and takes no room.
   [[nodiscard]] std::span<T> allocate(std::size_t n) {
     const std::size_t start = round_up(used_);
     if (n != 0 && (start > capacity_ || n > capacity_ - start)) {
       const std::size_t left = start > capacity_ ? 0 : capacity_ - start;
-      throw std::length_error("strata::ParameterArena::allocate: requested " + std::to_string(n) +
-                              " elements but only " + std::to_string(left) + " of " +
-                              std::to_string(capacity_) +
-                              " remain after the 64-byte boundary");
+      throw std::invalid_argument("ParameterArena::allocate: requested " + std::to_string(n) +
+                                  " elements but only " + std::to_string(left) + " of " +
+                                  std::to_string(capacity_) + " remain after the 64-byte boundary");
     }
     const std::span<T> tensor(data_ + start, n);
     tensors_.push_back(tensor);  // first: if it throws, nothing has changed
@@ -133,7 +133,7 @@ class ParameterArena {
   }
 
   void release() noexcept {
-    if (data_ != nullptr) ::operator delete(data_, std::align_val_t{alignment});
+    if (data_ != nullptr) ::operator delete (data_, std::align_val_t{alignment});
     data_ = nullptr;
   }
 

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <limits>
 #include <list>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -171,7 +172,9 @@ struct DedupAccess;
 //! an alias of it with the caller's allocator) for device policies, as in
 //! `DedupWorkspace<std::int64_t, std::int32_t, thrust::device_vector>`; a mismatch does not
 //! compile. Bind `allocator()` to the policy so that Thrust's own temporaries are reused too.
-//! One workspace per policy in flight; not copyable, movable.
+//! One workspace per policy in flight; not copyable, movable. `DeviceDedupWorkspace`
+//! (`strata/kernels/dedup.cuh`) is its counterpart for the CUB kernels, with the same
+//! `batch_size()` and `unique_count()`.
 //!
 //! \code
 //! strata::DedupWorkspace<std::int64_t> workspace(/*max_ids=*/1024);
@@ -207,8 +210,10 @@ class DedupWorkspace {
 
   //! The number of ids in the last batch given to `unique_ids` (0 before the first).
   [[nodiscard]] std::size_t batch_size() const noexcept { return batch_size_; }
-  //! The number of unique ids that `unique_ids` last found (0 before the first).
-  [[nodiscard]] std::size_t unique_count() const noexcept { return unique_count_; }
+  //! The number of unique ids in the last batch given to `unique_ids`, when the host knows it:
+  //! here always (0 before the first batch), since this path returns it; the device workspace
+  //! may leave it on the device.
+  [[nodiscard]] std::optional<std::size_t> unique_count() const noexcept { return unique_count_; }
   //! The allocator to bind to the policy for Thrust's own temporaries.
   [[nodiscard]] ScratchAllocator<Vector>& allocator() noexcept { return allocator_; }
 
@@ -217,7 +222,7 @@ class DedupWorkspace {
 
   static void check_fits(const char* operation, std::size_t n) {
     if (n > static_cast<std::size_t>(std::numeric_limits<Index>::max())) {
-      throw std::invalid_argument(std::string("strata::") + operation + ": " + std::to_string(n) +
+      throw std::invalid_argument(std::string(operation) + ": " + std::to_string(n) +
                                   " exceeds the largest value of the index type, " +
                                   std::to_string(std::numeric_limits<Index>::max()));
     }
@@ -262,17 +267,29 @@ auto* raw(V& v) noexcept {
 
 struct DedupAccess {
   template <class W>
-  static auto& keys(W& w) noexcept { return w.keys_; }
+  static auto& keys(W& w) noexcept {
+    return w.keys_;
+  }
   template <class W>
-  static auto& order(W& w) noexcept { return w.order_; }
+  static auto& order(W& w) noexcept {
+    return w.order_;
+  }
   template <class W>
-  static auto& offsets(W& w) noexcept { return w.offsets_; }
+  static auto& offsets(W& w) noexcept {
+    return w.offsets_;
+  }
   template <class W>
-  static auto& group_keys(W& w) noexcept { return w.group_keys_; }
+  static auto& group_keys(W& w) noexcept {
+    return w.group_keys_;
+  }
   template <class W>
-  static auto& group_order(W& w) noexcept { return w.group_order_; }
+  static auto& group_order(W& w) noexcept {
+    return w.group_order_;
+  }
   template <class W>
-  static auto& group_offsets(W& w) noexcept { return w.group_offsets_; }
+  static auto& group_offsets(W& w) noexcept {
+    return w.group_offsets_;
+  }
   template <class W>
   static void set_batch(W& w, std::size_t n, std::size_t m) noexcept {
     w.batch_size_ = n;
@@ -347,12 +364,30 @@ struct SumGroupRows {
 };
 
 [[noreturn]] inline void dedup_size_error(const char* operation, const std::string& what) {
-  throw std::invalid_argument(std::string("strata::") + operation + ": " + what);
+  throw std::invalid_argument(std::string(operation) + ": " + what);
+}
+
+// The outputs of a de-duplication of n ids: `unique` and `counts` need room for every id (the
+// unique count is not known in advance), `inverse` holds one entry per id.
+inline void check_dedup_outputs(const char* operation, std::size_t n, std::size_t unique,
+                                std::size_t inverse, std::size_t counts) {
+  if (inverse != n) {
+    dedup_size_error(operation, "inverse holds " + std::to_string(inverse) +
+                                    " entries but there are " + std::to_string(n) + " ids");
+  }
+  if (unique < n) {
+    dedup_size_error(operation, "unique has room for " + std::to_string(unique) +
+                                    " ids but needs room for all " + std::to_string(n));
+  }
+  if (counts < n) {
+    dedup_size_error(operation, "counts has room for " + std::to_string(counts) +
+                                    " ids but needs room for all " + std::to_string(n));
+  }
 }
 
 // rows.size() == count * width, written as a division so that it cannot overflow.
-inline void check_rows(const char* operation, const char* name, std::size_t size,
-                       std::size_t count, std::size_t width, const char* counted) {
+inline void check_rows(const char* operation, const char* name, std::size_t size, std::size_t count,
+                       std::size_t width, const char* counted) {
   if (size % width != 0 || size / width != count) {
     dedup_size_error(operation, std::string(name) + " holds " + std::to_string(size) +
                                     " elements but " + std::to_string(count) + " " + counted +
@@ -406,23 +441,12 @@ std::size_t unique_ids(const Policy& policy, std::type_identity_t<std::span<cons
                        std::type_identity_t<std::span<Index>> counts,
                        DedupWorkspace<Id, Index, Vector>& workspace) {
   static_assert(detail::storage_matches_policy<Policy, Vector>,
-                "strata::unique_ids: the workspace's buffers must live where the policy runs: "
+                "unique_ids: the workspace's buffers must live where the policy runs: "
                 "std::vector for host policies, thrust::device_vector for device policies");
   using Access = detail::DedupAccess;
   const std::size_t n = ids.size();
   const char* op = "unique_ids";
-  if (inverse.size() != n) {
-    detail::dedup_size_error(op, "inverse holds " + std::to_string(inverse.size()) +
-                                     " entries but there are " + std::to_string(n) + " ids");
-  }
-  if (unique.size() < n) {
-    detail::dedup_size_error(op, "unique has room for " + std::to_string(unique.size()) +
-                                     " ids but needs room for all " + std::to_string(n));
-  }
-  if (counts.size() < n) {
-    detail::dedup_size_error(op, "counts has room for " + std::to_string(counts.size()) +
-                                     " ids but needs room for all " + std::to_string(n));
-  }
+  detail::check_dedup_outputs(op, n, unique.size(), inverse.size(), counts.size());
   Access::check_fits(workspace, op, n);
   workspace.reserve(n);
   Access::set_batch(workspace, 0, 0);  // until this call completes, there is no valid grouping
@@ -441,8 +465,8 @@ std::size_t unique_ids(const Policy& policy, std::type_identity_t<std::span<cons
         thrust::make_transform_output_iterator(unique.data(), detail::FromSortKey<Id>{}),
         counts.data());
     m = static_cast<std::size_t>(ends.second - counts.data());
-    const auto starts = thrust::make_transform_iterator(
-        thrust::counting_iterator<std::size_t>(0), detail::RunStart<Key, Index>{keys});
+    const auto starts = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
+                                                        detail::RunStart<Key, Index>{keys});
     thrust::inclusive_scan(policy, starts, starts + n,
                            thrust::make_permutation_iterator(inverse.data(), order));
     thrust::exclusive_scan(policy, counts.data(), counts.data() + m, offsets);
@@ -476,12 +500,12 @@ void segmented_sum(const Policy& policy, const DedupWorkspace<Id, Index, Vector>
                    std::type_identity_t<std::span<const T>> rows, std::size_t width,
                    std::span<T> sums) {
   static_assert(detail::storage_matches_policy<Policy, Vector>,
-                "strata::segmented_sum: the workspace's buffers must live where the policy runs: "
+                "segmented_sum: the workspace's buffers must live where the policy runs: "
                 "std::vector for host policies, thrust::device_vector for device policies");
   using Access = detail::DedupAccess;
   const char* op = "segmented_sum";
   detail::check_width(op, width);
-  const std::size_t m = workspace.unique_count();
+  const std::size_t m = *workspace.unique_count();
   detail::check_rows(op, "rows", rows.size(), workspace.batch_size(), width, "ids");
   if (sums.size() / width < m) {
     detail::dedup_size_error(op, "sums has room for " + std::to_string(sums.size() / width) +
@@ -516,7 +540,7 @@ void segmented_sum(const Policy& policy, std::type_identity_t<std::span<const In
                    std::type_identity_t<std::span<const T>> rows, std::size_t width,
                    std::span<T> sums, DedupWorkspace<Id, Index, Vector>& workspace) {
   static_assert(detail::storage_matches_policy<Policy, Vector>,
-                "strata::segmented_sum: the workspace's buffers must live where the policy runs: "
+                "segmented_sum: the workspace's buffers must live where the policy runs: "
                 "std::vector for host policies, thrust::device_vector for device policies");
   using Access = detail::DedupAccess;
   const char* op = "segmented_sum";
@@ -541,8 +565,7 @@ void segmented_sum(const Policy& policy, std::type_identity_t<std::span<const In
   Index* order = detail::raw(order_v);
   Index* offsets = detail::raw(offsets_v);
   if (n != 0) {
-    thrust::transform(policy, inverse.data(), inverse.data() + n, keys,
-                      detail::ToSortKey<Index>{});
+    thrust::transform(policy, inverse.data(), inverse.data() + n, keys, detail::ToSortKey<Index>{});
     thrust::sequence(policy, order, order + n);
     thrust::stable_sort_by_key(policy, keys, keys + n, order);
   }

@@ -13,9 +13,10 @@
 //! plans. The functors here stay device-compatible (raw pointers only), so this path compiles and
 //! runs under nvcc too.
 //!
-//! Elements are arithmetic types, or CUDA's `__half` and `__nv_bfloat16` once
-//! `strata/cuda/half.hpp` is included (see `is_reduced_float_v`); this header itself needs no
-//! CUDA. The flat buffer must not overlap any of the tensors.
+//! Elements are arithmetic types, or CUDA's `__half` and `__nv_bfloat16` (see
+//! `is_reduced_float_v`) in translation units that include CUDA's headers for them, as
+//! `strata/cuda/half.hpp` does; this header itself needs no CUDA. The flat buffer must not overlap
+//! any of the tensors.
 
 #include <algorithm>
 #include <concepts>
@@ -35,19 +36,28 @@
 
 #include "strata/detail/host_device.hpp"
 
+// CUDA's 16-bit floats, declared as CUDA's own headers declare them: naming them needs no CUDA,
+// and a translation unit that uses them has included their definitions (strata/cuda/half.hpp).
+struct __half;
+struct __nv_bfloat16;
+
 namespace strata {
 
-//! Customisation point: true for a 16-bit floating-point class type (CUDA's `__half`,
-//! `__nv_bfloat16`) that converts explicitly to and from `float`. Such a type joins the fused
-//! kernels, which scale it in `float` (see `fused_factor_t`). Specialised for CUDA's two types by
-//! `strata/cuda/half.hpp`, so that this header needs no CUDA; specialise it only for
-//! cv-unqualified types, before the first use of the type with the fused kernels.
+//! Customisation point: true for a 16-bit floating-point class type that converts explicitly to
+//! and from `float`, as CUDA's `__half` and `__nv_bfloat16` (specialised here) do. Such a type
+//! joins the fused kernels, which scale it in `float` (see `fused_factor_t`). Specialise it only
+//! for cv-unqualified types, before the first use of the type with the fused kernels.
 //!
 //! \code
+//! static_assert(strata::is_reduced_float_v<__half> && strata::is_reduced_float_v<__nv_bfloat16>);
 //! static_assert(!strata::is_reduced_float_v<float> && !strata::is_reduced_float_v<int>);
 //! \endcode
 template <class T>
 inline constexpr bool is_reduced_float_v = false;
+template <>
+inline constexpr bool is_reduced_float_v<__half> = true;
+template <>
+inline constexpr bool is_reduced_float_v<__nv_bfloat16> = true;
 
 //! Element types the fused kernels move: arithmetic, but not `bool` (scaling a flag has no
 //! meaning) and not cv-qualified (the same type is read and written); or a reduced float (see
@@ -59,7 +69,7 @@ inline constexpr bool is_reduced_float_v = false;
 //! \endcode
 template <class T>
 concept fusable = std::same_as<T, std::remove_cv_t<T>> &&
-                  ((std::is_arithmetic_v<T> && !std::same_as<T, bool>) || is_reduced_float_v<T>);
+    ((std::is_arithmetic_v<T> && !std::same_as<T, bool>) || is_reduced_float_v<T>);
 
 //! The type of the factor that scales elements of type `T`: `T` itself for arithmetic types,
 //! `float` for reduced floats. A factor such as 1/3 rounded to a half is off by up to 2^-11 of
@@ -72,6 +82,16 @@ concept fusable = std::same_as<T, std::remove_cv_t<T>> &&
 //! \endcode
 template <fusable T>
 using fused_factor_t = std::conditional_t<is_reduced_float_v<T>, float, T>;
+
+//! An element type of the fused kernels that is scaled in `float`: `__half`, `__nv_bfloat16`, or
+//! any other type for which `is_reduced_float_v` is specialised.
+//!
+//! \code
+//! static_assert(!strata::reduced_float<float> && !strata::reduced_float<int>);
+//! static_assert(!strata::reduced_float<const __half>);  // not fusable: cv-qualified
+//! \endcode
+template <class T>
+concept reduced_float = fusable<T> && is_reduced_float_v<T>;
 
 //! A Thrust execution policy: `thrust::seq`, `thrust::host`, `thrust::device`, `thrust::cpp::par`.
 //!
@@ -109,10 +129,9 @@ inline constexpr bool host_policy =
 //! static_assert(!strata::tensor_list<std::vector<float>>);
 //! \endcode
 template <class R>
-concept tensor_list =
-    std::ranges::forward_range<const R&> &&
-    requires { typename detail::span_element<std::ranges::range_value_t<const R&>>::type; } &&
-    fusable<typename detail::span_element<std::ranges::range_value_t<const R&>>::type>;
+concept tensor_list = std::ranges::forward_range<const R&> && requires {
+  typename detail::span_element<std::ranges::range_value_t<const R&>>::type;
+} && fusable<typename detail::span_element<std::ranges::range_value_t<const R&>>::type>;
 
 //! The element type of a tensor list.
 //!
@@ -120,8 +139,7 @@ concept tensor_list =
 //! static_assert(std::is_same_v<strata::tensor_element_t<std::vector<std::span<int>>>, int>);
 //! \endcode
 template <tensor_list R>
-using tensor_element_t =
-    typename detail::span_element<std::ranges::range_value_t<const R&>>::type;
+using tensor_element_t = typename detail::span_element<std::ranges::range_value_t<const R&>>::type;
 
 //! Elements per chunk unless the caller says otherwise: large enough that the per-chunk overhead
 //! vanishes on the host, small enough that a parallel host policy balances its threads.
@@ -197,12 +215,11 @@ class FusedPlan {
 
   //! Plans `tensors`; throws `std::invalid_argument` if `chunk_elements` is 0.
   template <tensor_list Tensors>
-    requires std::same_as<tensor_element_t<Tensors>, T>
-  explicit FusedPlan(const Tensors& tensors,
-                     std::size_t chunk_elements = default_chunk_elements)
+  requires std::same_as<tensor_element_t<Tensors>, T>
+  explicit FusedPlan(const Tensors& tensors, std::size_t chunk_elements = default_chunk_elements)
       : chunk_elements_(chunk_elements) {
     if (chunk_elements == 0) {
-      throw std::invalid_argument("strata::FusedPlan: chunk_elements must be positive");
+      throw std::invalid_argument("FusedPlan: chunk_elements must be positive");
     }
     std::size_t count = 0;
     for (const std::span<T> tensor : tensors) {
@@ -327,7 +344,7 @@ void for_each_index(const Policy& policy, std::size_t count, F f) {
 
 inline void check_flat_size(const char* operation, std::size_t flat, std::size_t tensors) {
   if (flat != tensors) {
-    throw std::invalid_argument(std::string("strata::") + operation + ": the flat buffer holds " +
+    throw std::invalid_argument(std::string(operation) + ": the flat buffer holds " +
                                 std::to_string(flat) + " elements but the tensors hold " +
                                 std::to_string(tensors));
   }
@@ -335,8 +352,7 @@ inline void check_flat_size(const char* operation, std::size_t flat, std::size_t
 
 inline void check_chunk_elements(const char* operation, std::size_t chunk_elements) {
   if (chunk_elements == 0) {
-    throw std::invalid_argument(std::string("strata::") + operation +
-                                ": chunk_elements must be positive");
+    throw std::invalid_argument(std::string(operation) + ": chunk_elements must be positive");
   }
 }
 
@@ -383,11 +399,10 @@ void pack(const Policy& policy, ChunkTable<T> table, std::type_identity_t<std::s
 //! assert((flat == std::vector<double>{9, 2, 3}));
 //! \endcode
 template <thrust_policy Policy, fusable T>
-void pack(const Policy& policy, const FusedPlan<T>& plan,
-          std::type_identity_t<std::span<T>> flat,
+void pack(const Policy& policy, const FusedPlan<T>& plan, std::type_identity_t<std::span<T>> flat,
           fused_factor_t<T> factor = fused_factor_t<T>(1)) {
   static_assert(detail::host_policy<Policy>,
-                "strata::pack: a FusedPlan keeps its chunks in host memory; with a device "
+                "pack: a FusedPlan keeps its chunks in host memory; with a device "
                 "policy, copy plan.chunks() to device memory and pass a ChunkTable");
   pack(policy, plan.table(), flat, factor);
 }
@@ -403,12 +418,12 @@ void pack(const Policy& policy, const FusedPlan<T>& plan,
 //! assert((flat == std::vector<int>{1, 2, 3}));
 //! \endcode
 template <thrust_policy Policy, tensor_list Tensors>
-void pack(const Policy& policy, const Tensors& tensors, std::span<tensor_element_t<Tensors>> flat,
-          fused_factor_t<tensor_element_t<Tensors>> factor =
-              fused_factor_t<tensor_element_t<Tensors>>(1),
-          std::size_t chunk_elements = default_chunk_elements) {
+void pack(
+    const Policy& policy, const Tensors& tensors, std::span<tensor_element_t<Tensors>> flat,
+    fused_factor_t<tensor_element_t<Tensors>> factor = fused_factor_t<tensor_element_t<Tensors>>(1),
+    std::size_t chunk_elements = default_chunk_elements) {
   static_assert(detail::host_policy<Policy>,
-                "strata::pack: a tensor list is planned in host memory; with a device policy, "
+                "pack: a tensor list is planned in host memory; with a device policy, "
                 "copy the chunks of a FusedPlan to device memory and pass a ChunkTable");
   detail::check_flat_size("pack", flat.size(), total_elements(tensors));
   detail::check_chunk_elements("pack", chunk_elements);
@@ -455,7 +470,7 @@ template <thrust_policy Policy, fusable T>
 void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
             const FusedPlan<T>& plan, fused_factor_t<T> factor = fused_factor_t<T>(1)) {
   static_assert(detail::host_policy<Policy>,
-                "strata::unpack: a FusedPlan keeps its chunks in host memory; with a device "
+                "unpack: a FusedPlan keeps its chunks in host memory; with a device "
                 "policy, copy plan.chunks() to device memory and pass a ChunkTable");
   unpack(policy, flat, plan.table(), factor);
 }
@@ -470,13 +485,12 @@ void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
 //! assert(a[0] == 10 && a[1] == 20 && b[0] == 30);
 //! \endcode
 template <thrust_policy Policy, tensor_list Tensors>
-void unpack(const Policy& policy, std::span<const tensor_element_t<Tensors>> flat,
-            const Tensors& tensors,
-            fused_factor_t<tensor_element_t<Tensors>> factor =
-                fused_factor_t<tensor_element_t<Tensors>>(1),
-            std::size_t chunk_elements = default_chunk_elements) {
+void unpack(
+    const Policy& policy, std::span<const tensor_element_t<Tensors>> flat, const Tensors& tensors,
+    fused_factor_t<tensor_element_t<Tensors>> factor = fused_factor_t<tensor_element_t<Tensors>>(1),
+    std::size_t chunk_elements = default_chunk_elements) {
   static_assert(detail::host_policy<Policy>,
-                "strata::unpack: a tensor list is planned in host memory; with a device policy, "
+                "unpack: a tensor list is planned in host memory; with a device policy, "
                 "copy the chunks of a FusedPlan to device memory and pass a ChunkTable");
   detail::check_flat_size("unpack", flat.size(), total_elements(tensors));
   detail::check_chunk_elements("unpack", chunk_elements);
@@ -493,9 +507,9 @@ void unpack(const Policy& policy, std::span<const tensor_element_t<Tensors>> fla
 //! assert((v == std::vector<float>{0.5f, 1, 1.5f}));
 //! \endcode
 template <thrust_policy Policy, class Data>
-  requires std::ranges::contiguous_range<Data> && std::ranges::sized_range<Data> &&
-           fusable<std::ranges::range_value_t<Data>> &&
-           std::ranges::output_range<Data, std::ranges::range_value_t<Data>>
+requires std::ranges::contiguous_range<Data> && std::ranges::sized_range<Data> &&
+    fusable<std::ranges::range_value_t<Data>> &&
+    std::ranges::output_range<Data, std::ranges::range_value_t<Data>>
 void scale(const Policy& policy, Data&& data,
            fused_factor_t<std::ranges::range_value_t<Data>> factor,
            std::size_t chunk_elements = default_chunk_elements) {

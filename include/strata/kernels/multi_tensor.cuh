@@ -18,7 +18,11 @@
 //!
 //! Layers, as in CUB: `strata::cuda::pack`, `unpack`, `scale` return a `cudaError_t` and never
 //! throw; `strata::device_pack`, `device_unpack`, `device_scale` check sizes and throw
-//! `std::invalid_argument` or `strata::cuda_error`.
+//! `std::invalid_argument` or `strata::cuda_error`. Needs nvcc, and no extended lambdas.
+
+#if !defined(__CUDACC__)
+#error "strata/kernels/multi_tensor.cuh holds CUDA kernels and needs nvcc; host code uses fused.hpp"
+#endif
 
 #include <cuda_runtime.h>
 
@@ -28,25 +32,10 @@
 #include <type_traits>
 #include <utility>
 
+#include "strata/cuda/device_buffer.hpp"
 #include "strata/cuda/error.hpp"
 #include "strata/cuda/half.hpp"
 #include "strata/kernels/fused.hpp"
-
-namespace strata::cuda {
-
-//! Element types of the device kernels: the fused element types of 1, 2, 4 or 8 bytes, so that
-//! a 16-byte vector holds a whole number of them (`float`, `double`, `__half`, `__nv_bfloat16`,
-//! the integers; not `long double`).
-//!
-//! \code
-//! static_assert(strata::cuda::device_fusable<float> && strata::cuda::device_fusable<__half>);
-//! static_assert(!strata::cuda::device_fusable<long double>);
-//! \endcode
-template <class T>
-concept device_fusable =
-    fusable<T> && (sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8);
-
-}  // namespace strata::cuda
 
 // The agent below is host-callable too, and host compilers warn about a pragma they do not know.
 #if defined(__CUDA_ARCH__)
@@ -88,7 +77,7 @@ template <bool Scaled, class T>
 __host__ __device__ __forceinline__ Lanes<T> move_lanes(Lanes<T> x,
                                                         [[maybe_unused]] fused_factor_t<T> factor) {
   if constexpr (Scaled) {
-STRATA_UNROLL
+    STRATA_UNROLL
     for (std::size_t j = 0; j < Lanes<T>::count; ++j) x.v[j] = scale_element(x.v[j], factor);
   }
   return x;
@@ -98,9 +87,8 @@ STRATA_UNROLL
 // dst[0, n); each element is moved by exactly one thread, whatever the alignment. src == dst is
 // allowed (scale in place): every element is read and written by the same thread, read first.
 template <bool Scaled, class T>
-__host__ __device__ void block_move(const T* src, T* dst, std::size_t n,
-                                    fused_factor_t<T> factor, std::size_t tid,
-                                    std::size_t threads) {
+__host__ __device__ void block_move(const T* src, T* dst, std::size_t n, fused_factor_t<T> factor,
+                                    std::size_t tid, std::size_t threads) {
   constexpr std::size_t width = Lanes<T>::count;
   const auto s = reinterpret_cast<std::uintptr_t>(src);
   const auto d = reinterpret_cast<std::uintptr_t>(dst);
@@ -121,9 +109,9 @@ __host__ __device__ void block_move(const T* src, T* dst, std::size_t n,
   std::size_t i = tid;
   for (; i + (unroll - 1) * threads < vectors; i += unroll * threads) {
     Lanes<T> r[unroll];
-STRATA_UNROLL
+    STRATA_UNROLL
     for (unsigned k = 0; k < unroll; ++k) r[k] = vs[i + k * threads];
-STRATA_UNROLL
+    STRATA_UNROLL
     for (unsigned k = 0; k < unroll; ++k) vd[i + k * threads] = move_lanes<Scaled>(r[k], factor);
   }
   for (; i < vectors; i += threads) vd[i] = move_lanes<Scaled>(vs[i], factor);
@@ -162,8 +150,8 @@ __global__ void __launch_bounds__(block_threads)
   for (std::size_t c = blockIdx.x; c < chunks; c += gridDim.x) {
     const std::size_t begin = c * chunk;
     const std::size_t left = n - begin;
-    block_move<true>(data + begin, data + begin, left < chunk ? left : chunk, factor,
-                     threadIdx.x, blockDim.x);
+    block_move<true>(data + begin, data + begin, left < chunk ? left : chunk, factor, threadIdx.x,
+                     blockDim.x);
   }
 }
 
@@ -188,6 +176,18 @@ inline cudaError_t grid_for(std::size_t blocks_wanted, unsigned& grid) noexcept 
 
 namespace strata::cuda {
 
+//! Element types of the device kernels: the fused element types of 1, 2, 4 or 8 bytes, so that
+//! a 16-byte vector holds a whole number of them (`float`, `double`, `__half`, `__nv_bfloat16`,
+//! the integers; not `long double`).
+//!
+//! \code
+//! static_assert(strata::cuda::device_fusable<float> && strata::cuda::device_fusable<__half>);
+//! static_assert(!strata::cuda::device_fusable<long double>);
+//! \endcode
+template <class T>
+concept device_fusable = fusable<T> &&
+    (sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8);
+
 //! Kernel launches one `pack`, `unpack` or `scale` of `elements` elements makes: exactly one
 //! whenever there is anything to move, however many tensors; none for no elements (and none for
 //! a `scale` by exactly 1, which has nothing to do). An averaging step over device tensors is
@@ -209,10 +209,18 @@ namespace strata::cuda {
 //! launches nothing. Never synchronises, allocates or copies: it may be captured in a graph.
 //!
 //! \code
-//! // plan: a strata::FusedPlan<float> over device tensors; flat: a float* to
-//! // plan.total_elements() floats of device memory; stream: a cudaStream_t.
-//! strata::DeviceChunkTable<float> table(plan, stream);
-//! if (strata::cuda::pack(table.view(), flat, 1.0f, stream) != cudaSuccess) { /* report */ }
+//! const cudaStream_t stream = nullptr;
+//! strata::DeviceBuffer<float> model(5), flat(5);  // two tensors of 3 and 2 floats, and a buffer
+//! const std::vector<float> values{1, 2, 3, 4, 5};
+//! cudaMemcpy(model.data(), values.data(), 5 * sizeof(float), cudaMemcpyHostToDevice);
+//! const std::vector<std::span<float>> tensors{{model.data(), 3}, {model.data() + 3, 2}};
+//! const strata::FusedPlan plan(tensors);
+//! const strata::DeviceChunkTable<float> table(plan, stream);
+//! const cudaError_t status = strata::cuda::pack(table.view(), flat.data(), 2.0f, stream);
+//! assert(status == cudaSuccess);
+//! std::vector<float> back(5);
+//! cudaMemcpy(back.data(), flat.data(), 5 * sizeof(float), cudaMemcpyDeviceToHost);
+//! assert((back == std::vector<float>{2, 4, 6, 8, 10}));
 //! \endcode
 template <device_fusable T>
 cudaError_t pack(ChunkTable<T> table, T* flat, fused_factor_t<T> factor,
@@ -235,8 +243,18 @@ cudaError_t pack(ChunkTable<T> table, T* flat, fused_factor_t<T> factor,
 //! 1/g of the mean as `factor`. Same requirements and guarantees as `pack`.
 //!
 //! \code
-//! // After the all-reduce (sum) of flat over g ranks, the mean goes back into the tensors:
-//! const cudaError_t e = strata::cuda::unpack(flat, table.view(), 1.0f / g, stream);
+//! const cudaStream_t stream = nullptr;
+//! strata::DeviceBuffer<double> model(4), flat(4);
+//! const std::vector<std::span<double>> tensors{{model.data(), 1}, {model.data() + 1, 3}};
+//! const strata::FusedPlan plan(tensors);
+//! const strata::DeviceChunkTable<double> table(plan, stream);
+//! // flat holds the sum over g = 4 ranks; the mean goes back into the tensors.
+//! const std::vector<double> sum{4, 8, 12, 16};
+//! cudaMemcpy(flat.data(), sum.data(), 4 * sizeof(double), cudaMemcpyHostToDevice);
+//! assert(strata::cuda::unpack<double>(flat.data(), table.view(), 0.25, stream) == cudaSuccess);
+//! std::vector<double> mean(4);
+//! cudaMemcpy(mean.data(), model.data(), 4 * sizeof(double), cudaMemcpyDeviceToHost);
+//! assert((mean == std::vector<double>{1, 2, 3, 4}));
 //! \endcode
 template <device_fusable T>
 cudaError_t unpack(const T* flat, ChunkTable<T> table, fused_factor_t<T> factor,
@@ -260,11 +278,16 @@ cudaError_t unpack(const T* flat, ChunkTable<T> table, fused_factor_t<T> factor,
 //! null `data` with `n > 0`, else the status of the launch. Capturable, as `pack`.
 //!
 //! \code
-//! const cudaError_t e = strata::cuda::scale(flat, n, 0.25f, stream);
+//! strata::DeviceBuffer<float> data(3);
+//! const std::vector<float> values{4, 8, -2};
+//! cudaMemcpy(data.data(), values.data(), 3 * sizeof(float), cudaMemcpyHostToDevice);
+//! assert(strata::cuda::scale(data.data(), 3, 0.25f, cudaStream_t{}) == cudaSuccess);
+//! std::vector<float> scaled(3);
+//! cudaMemcpy(scaled.data(), data.data(), 3 * sizeof(float), cudaMemcpyDeviceToHost);
+//! assert((scaled == std::vector<float>{1, 2, -0.5f}));
 //! \endcode
 template <device_fusable T>
-cudaError_t scale(T* data, std::size_t n, fused_factor_t<T> factor,
-                  cudaStream_t stream) noexcept {
+cudaError_t scale(T* data, std::size_t n, fused_factor_t<T> factor, cudaStream_t stream) noexcept {
   namespace agent = strata::detail::cuda;
   if (n == 0 || factor == fused_factor_t<T>(1)) return cudaSuccess;
   if (data == nullptr) return cudaErrorInvalidValue;
@@ -282,20 +305,28 @@ cudaError_t scale(T* data, std::size_t n, fused_factor_t<T> factor,
 
 namespace strata {
 
-//! The chunks of a `FusedPlan` in device memory, owned: what the device kernels read. Built once
-//! per set of tensors; `assign` re-uploads a plan into the same allocation when it fits, so
-//! re-planning tensors of unchanged sizes allocates nothing and leaves `view().chunks` where it
-//! was. Movable, not copyable; the destructor frees the allocation (`cudaFree`, which waits for
-//! the device, so kernels still reading the table finish first).
+//! The chunks of a `FusedPlan` in device memory, owned (a `DeviceBuffer`): what the device
+//! kernels read. Built once per set of tensors; `assign` re-uploads a plan into the same
+//! allocation when it fits, so re-planning tensors of unchanged sizes allocates nothing and
+//! leaves `view().chunks` where it was. The allocation only grows. Movable, not copyable; the
+//! destructor frees the allocation (`cudaFree`, which waits for the device, so kernels still
+//! reading the table finish first).
 //!
 //! \code
-//! // tensors: a std::vector<std::span<float>> over device memory; flat: a std::span<float> over
-//! // plan.total_elements() floats of device memory; stream: a cudaStream_t.
-//! const strata::FusedPlan plan(tensors);
+//! const cudaStream_t stream = nullptr;
+//! strata::DeviceBuffer<float> weights(1000), bias(10), flat(1010);
+//! const std::vector<std::span<float>> tensors{weights.span(), bias.span()};
+//! const strata::FusedPlan plan(tensors, /*chunk_elements=*/256);
 //! strata::DeviceChunkTable<float> table(plan, stream);
-//! strata::device_pack(table, flat, stream);
-//! // ... all-reduce flat over g ranks ...
-//! strata::device_unpack(flat, table, stream, 1.0f / g);
+//! assert(table.chunk_count() == 5 && table.total_elements() == 1010);
+//! strata::device_pack(table, flat.span(), stream);
+//! // ... all-reduce flat over g = 2 ranks ...
+//! strata::device_unpack(flat.span(), table, stream, 0.5f);
+//! // Re-planned tensors of the same sizes reuse the allocation.
+//! const auto* chunks = table.view().chunks;
+//! table.assign(strata::FusedPlan(tensors, 256), stream);
+//! assert(table.view().chunks == chunks && table.capacity() == 5);
+//! cudaStreamSynchronize(stream);
 //! \endcode
 template <cuda::device_fusable T>
 class DeviceChunkTable {
@@ -313,45 +344,34 @@ class DeviceChunkTable {
 
   //! Takes over `other`'s allocation; `other` is left empty.
   DeviceChunkTable(DeviceChunkTable&& other) noexcept
-      : chunks_(std::exchange(other.chunks_, nullptr)),
-        capacity_(std::exchange(other.capacity_, 0)),
+      : chunks_(std::move(other.chunks_)),
         count_(std::exchange(other.count_, 0)),
         total_(std::exchange(other.total_, 0)) {}
 
   DeviceChunkTable& operator=(DeviceChunkTable&& other) noexcept {
     if (this != &other) {
-      release();
-      chunks_ = std::exchange(other.chunks_, nullptr);
-      capacity_ = std::exchange(other.capacity_, 0);
+      chunks_ = std::move(other.chunks_);
       count_ = std::exchange(other.count_, 0);
       total_ = std::exchange(other.total_, 0);
     }
     return *this;
   }
 
-  ~DeviceChunkTable() { release(); }
-
   //! Uploads `plan`'s chunks with `cudaMemcpyAsync` on `stream`, first growing the allocation
-  //! (`cudaMalloc`) only if it is too small. Kernels on `stream` enqueued earlier still read the
-  //! old chunks; kernels on other streams that read them must be finished. The plan's host
-  //! memory may be reused as soon as this returns. Call it outside stream capture: a pageable
-  //! copy cannot be captured. A graph captured over `view()` stays valid across an `assign` of a
-  //! plan with the same chunk count and total (same allocation, new contents). Throws
-  //! `strata::cuda_error`; after a failed copy the table is empty.
+  //! only if it is too small. Kernels on `stream` enqueued earlier still read the old chunks;
+  //! kernels on other streams that read them must be finished. The plan's host memory may be
+  //! reused as soon as this returns. Call it outside stream capture: a pageable copy cannot be
+  //! captured. A graph captured over `view()` stays valid across an `assign` of a plan with the
+  //! same chunk count and total (same allocation, new contents). Throws `strata::cuda_error`;
+  //! after a failure the table is empty.
   void assign(const FusedPlan<T>& plan, cudaStream_t stream) {
     const std::span<const TensorChunk<T>> chunks = plan.chunks();
-    if (chunks.size() > capacity_) {
-      void* fresh = nullptr;
-      cuda_check("cudaMalloc", -1, cudaMalloc(&fresh, chunks.size() * sizeof(TensorChunk<T>)));
-      release();
-      chunks_ = static_cast<TensorChunk<T>*>(fresh);
-      capacity_ = chunks.size();
-    }
     count_ = 0;
     total_ = 0;
+    chunks_.reserve(chunks.size());
     if (!chunks.empty()) {
       cuda_check("cudaMemcpyAsync", -1,
-                 cudaMemcpyAsync(chunks_, chunks.data(), chunks.size_bytes(),
+                 cudaMemcpyAsync(chunks_.data(), chunks.data(), chunks.size_bytes(),
                                  cudaMemcpyHostToDevice, stream));
     }
     count_ = chunks.size();
@@ -359,23 +379,14 @@ class DeviceChunkTable {
   }
 
   //! The table the kernels read: its chunks are in device memory.
-  [[nodiscard]] ChunkTable<T> view() const noexcept { return {chunks_, count_, total_}; }
+  [[nodiscard]] ChunkTable<T> view() const noexcept { return {chunks_.data(), count_, total_}; }
   [[nodiscard]] std::size_t chunk_count() const noexcept { return count_; }
   [[nodiscard]] std::size_t total_elements() const noexcept { return total_; }
   //! Chunks the allocation holds without growing.
-  [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] std::size_t capacity() const noexcept { return chunks_.size(); }
 
  private:
-  void release() noexcept {
-    if (chunks_ != nullptr) (void)cudaFree(chunks_);
-    chunks_ = nullptr;
-    capacity_ = 0;
-    count_ = 0;
-    total_ = 0;
-  }
-
-  TensorChunk<T>* chunks_ = nullptr;
-  std::size_t capacity_ = 0;
+  DeviceBuffer<TensorChunk<T>> chunks_;
   std::size_t count_ = 0;
   std::size_t total_ = 0;
 };
@@ -385,8 +396,21 @@ class DeviceChunkTable {
 //! `table.total_elements()` elements, and `strata::cuda_error` if the launch fails.
 //!
 //! \code
-//! strata::device_pack(table, flat, stream);        // a plain copy
-//! strata::device_pack(table, flat, stream, 0.5f);  // pre-scaled
+//! const cudaStream_t stream = nullptr;
+//! strata::DeviceBuffer<float> model(6), flat(6);
+//! const std::vector<std::span<float>> tensors{{model.data(), 2}, {model.data() + 2, 4}};
+//! const strata::FusedPlan plan(tensors);
+//! const strata::DeviceChunkTable<float> table(plan, stream);
+//! strata::device_pack(table, flat.span(), stream);        // a plain copy
+//! strata::device_pack(table, flat.span(), stream, 0.5f);  // pre-scaled
+//! bool refused = false;
+//! try {
+//!   strata::device_pack(table, flat.span().first(5), stream);
+//! } catch (const std::invalid_argument&) {
+//!   refused = true;  // nothing was enqueued
+//! }
+//! assert(refused);
+//! cudaStreamSynchronize(stream);
 //! \endcode
 template <cuda::device_fusable T>
 void device_pack(const DeviceChunkTable<T>& table, std::type_identity_t<std::span<T>> flat,
@@ -399,7 +423,17 @@ void device_pack(const DeviceChunkTable<T>& table, std::type_identity_t<std::spa
 //! Throws as `device_pack`.
 //!
 //! \code
-//! strata::device_unpack(flat, table, stream, 1.0f / g);
+//! const cudaStream_t stream = nullptr;
+//! strata::DeviceBuffer<float> model(3), flat(3);
+//! const std::vector<std::span<float>> tensors{{model.data(), 1}, {model.data() + 1, 2}};
+//! const strata::FusedPlan plan(tensors);
+//! const strata::DeviceChunkTable<float> table(plan, stream);
+//! const std::vector<float> sum{3, 6, 9};  // the sum over g = 3 ranks
+//! cudaMemcpy(flat.data(), sum.data(), 3 * sizeof(float), cudaMemcpyHostToDevice);
+//! strata::device_unpack(flat.span(), table, stream, 1.0f / 3);
+//! std::vector<float> mean(3);
+//! cudaMemcpy(mean.data(), model.data(), 3 * sizeof(float), cudaMemcpyDeviceToHost);
+//! assert(mean[0] == 3 * (1.0f / 3) && mean[2] == 9 * (1.0f / 3));
 //! \endcode
 template <cuda::device_fusable T>
 void device_unpack(std::type_identity_t<std::span<const T>> flat, const DeviceChunkTable<T>& table,
@@ -412,7 +446,10 @@ void device_unpack(std::type_identity_t<std::span<const T>> flat, const DeviceCh
 //! `strata::cuda_error` if the launch fails.
 //!
 //! \code
-//! strata::device_scale(std::span<float>(flat), 0.125f, stream);
+//! strata::DeviceBuffer<float> flat(1 << 20);
+//! cudaMemset(flat.data(), 0, flat.size_bytes());
+//! strata::device_scale(flat.span(), 0.125f, cudaStream_t{});
+//! cudaStreamSynchronize(cudaStream_t{});
 //! \endcode
 template <cuda::device_fusable T>
 void device_scale(std::span<T> data, fused_factor_t<T> factor, cudaStream_t stream) {

@@ -24,14 +24,9 @@ namespace strata {
 //!                      ncclUnhandledCudaError);
 //! assert(e.rank() == 1 && e.code() == ncclUnhandledCudaError);
 //! \endcode
-class nccl_error : public error {
+class nccl_error : public coded_error<ncclResult_t> {
  public:
-  nccl_error(std::string_view operation, int rank, std::string_view cause, ncclResult_t code)
-      : error(operation, rank, cause), code_(code) {}
-  [[nodiscard]] ncclResult_t code() const noexcept { return code_; }
-
- private:
-  ncclResult_t code_;
+  using coded_error::coded_error;
 };
 
 //! The element types the NCCL backend moves and reduces: those of every backend, plus half and
