@@ -1,10 +1,11 @@
 # The two front-door commands:
 #   make demo   installs what is missing, builds and runs the demo (hsgd_demo)
-#   make test   installs what is missing, builds everything and runs the whole test suite
+#   make test   installs what is missing, builds everything, checks the formatting and runs the
+#               whole test suite
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all setup configure build demo explain test sanitize bench clean
+.PHONY: all setup configure build demo explain test format-check format sanitize bench clean
 
 all: build
 
@@ -28,8 +29,17 @@ explain: configure
 	$(BUILD)/examples/schedule_explain --hierarchy 2:8,4:32,8:64 --steps 32 --param-bytes 46800000
 
 test: build
+	@bash cmake/scripts/format_check.sh
 	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure
 	$(MAKE) --no-print-directory sanitize
+
+# Every C++ and CUDA source against .clang-format (clang-format 14, installed by setup).
+format-check: setup
+	@bash cmake/scripts/format_check.sh
+
+# Formats every C++ and CUDA source in place.
+format: setup
+	@find include tests examples bench -type f \( -name '*.hpp' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' \) -print0 | xargs -0 clang-format-14 -i
 
 # The multi-rank suites (local backend, averagers, the NCCL communicator on its host double)
 # again under ThreadSanitizer and AddressSanitizer (+ UBSan).

@@ -3,8 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <strata/comm/detail/call.hpp>
+#include <strata/comm/detail/deadline.hpp>
 #include <strata/comm/local.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -111,4 +113,25 @@ TEST_CASE("local backend: uneven counts that wrap around are rejected on every m
                          doctest::Contains(expected.c_str()), strata::usage_error);
     CHECK(b == std::vector<float>{7.0f, 7.0f});
   });
+}
+
+TEST_CASE("front end: one deadline default and one polling policy for every backend") {
+  // The backends' options take their default from the one constant (MPI's and NCCL's suites
+  // check theirs); the local backend's here.
+  CHECK(strata::LocalOptions{}.timeout == strata::detail::default_timeout);
+  CHECK(strata::detail::default_timeout == std::chrono::minutes(5));
+  // The first polls only yield; later ones sleep, so that waiting ranks leave oversubscribed
+  // cores to the ranks that still compute. sleep_for never returns early, so the lower bound
+  // holds on any machine.
+  strata::detail::Poller poller;
+  for (std::size_t i = 0; i < strata::detail::Poller::yielding_polls; ++i) poller.pause();
+  const auto start = std::chrono::steady_clock::now();
+  poller.pause();
+  CHECK(std::chrono::steady_clock::now() - start >= strata::detail::Poller::sleep);
+}
+
+TEST_CASE("front end: a deadline says how long it waited") {
+  const strata::detail::Deadline d(std::chrono::milliseconds(0));
+  CHECK(d.passed());
+  CHECK(d.expired() == "timed out after 0 ms");
 }

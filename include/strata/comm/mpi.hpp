@@ -131,10 +131,13 @@ inline MPI_Op reduction(ReduceOp op) noexcept {
 //! or finalises MPI on its own.
 //!
 //! \code
-//! // int main(int argc, char** argv) {
-//! //   strata::MpiEnvironment env(argc, argv);
-//! //   strata::MpiComm world = strata::MpiComm::world();
-//! // }
+//! // A program's main: compiled here, run under mpirun in the MPI suites.
+//! auto program = [](int argc, char** argv) {
+//!   strata::MpiEnvironment env(argc, argv);
+//!   strata::MpiComm world = strata::MpiComm::world();
+//!   return world.size() > 0 ? 0 : 1;
+//! };
+//! (void)program;
 //! static_assert(!std::is_copy_constructible_v<strata::MpiEnvironment>);
 //! \endcode
 class MpiEnvironment {
