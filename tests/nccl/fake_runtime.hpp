@@ -765,6 +765,27 @@ struct Runtime {
     std::free(p);
     return cudaSuccess;
   }
+  // Pinned host memory is host memory here; the double remembers which blocks are pinned.
+  static cudaError_t malloc_host(void** p, std::size_t bytes) {
+    *p = std::malloc(bytes);
+    if (*p == nullptr) return cudaErrorMemoryAllocation;
+    std::lock_guard lk(streams_mutex());
+    pinned().push_back(*p);
+    return cudaSuccess;
+  }
+  static cudaError_t free_host(void* p) {
+    if (p == nullptr) return cudaSuccess;
+    {
+      std::lock_guard lk(streams_mutex());
+      std::erase(pinned(), p);
+    }
+    std::free(p);
+    return cudaSuccess;
+  }
+  static std::vector<void*>& pinned() {
+    static std::vector<void*> blocks;
+    return blocks;
+  }
   static cudaError_t memcpy_async(void* dst, const void* src, std::size_t bytes, stream_handle s) {
     s->enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); });
     return cudaSuccess;

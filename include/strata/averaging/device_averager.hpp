@@ -204,6 +204,7 @@ class DeviceAverager : public AveragerClock<S> {
       const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
       const std::span<T> flat = cache.staging.span();
       cache.last_stream = stream;
+      verify_before_capture(comm, cache.graphs, *level, flat, stream);
       run(comm, cache.graphs, *level, stream, [&](bool& issued) {
         cache.kernels.pack(flat, stream);
         comm.all_reduce(flat, ReduceOp::sum, stream);
@@ -244,6 +245,7 @@ class DeviceAverager : public AveragerClock<S> {
       check_levels("average");
       const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
       remember(stream);
+      verify_before_capture(comm, cache.flat_graphs, *level, flat, stream);
       run(comm, cache.flat_graphs, *level, stream, [&](bool& issued) {
         comm.all_reduce(flat, ReduceOp::sum, stream);
         issued = true;
@@ -352,6 +354,17 @@ class DeviceAverager : public AveragerClock<S> {
     // A graph launch bypasses NCCL's own checks: make sure its communicator is still alive.
     comm.check_usable("cudaGraphLaunch (averaging step)");
     Graphs::check("cudaGraphLaunch", rank_, Graphs::launch(*graph, stream));
+  }
+
+  // A communicator that compares its members' calls cannot do so inside a capture (it waits for
+  // the host): the all-reduce about to be captured is compared first, outside the capture.
+  template <class T>
+  void verify_before_capture(Comm& comm, detail::LevelGraphs<Graphs>& graphs, std::size_t level,
+                             std::span<T> flat, stream_handle stream) {
+    if constexpr (requires { comm.verify_only(); }) {
+      if (!options_.use_graphs || graphs.at(level)) return;
+      if (auto only = comm.verify_only()) comm.all_reduce(flat, ReduceOp::sum, stream);
+    }
   }
 
   // Every level's communicator must be usable: after a fault on any of them, the job's

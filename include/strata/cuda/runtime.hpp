@@ -18,7 +18,7 @@
 
 namespace strata {
 
-//! A policy of CUDA runtime calls: memory, streams, devices, and `check(call, rank, status)`,
+//! A policy of CUDA runtime calls: device and pinned host memory, streams, devices, and `check(call, rank, status)`,
 //! which throws the policy's error (a `strata::error`) for a failed status.
 //!
 //! \code
@@ -34,6 +34,8 @@ concept cuda_runtime_policy =
       { R::success } -> std::convertible_to<typename R::error_type>;
       { R::malloc(p, n) } -> std::same_as<typename R::error_type>;
       { R::free(q) } -> std::same_as<typename R::error_type>;
+      { R::malloc_host(p, n) } -> std::same_as<typename R::error_type>;
+      { R::free_host(q) } -> std::same_as<typename R::error_type>;
       { R::memcpy_async(q, c, n, s) } -> std::same_as<typename R::error_type>;
       { R::stream_create(&s) } -> std::same_as<typename R::error_type>;
       { R::stream_destroy(s) } -> std::same_as<typename R::error_type>;
@@ -61,6 +63,10 @@ struct CudaRuntime {
 
   static error_type malloc(void** p, std::size_t bytes) { return cudaMalloc(p, bytes); }
   static error_type free(void* p) { return cudaFree(p); }
+  //! Page-locked host memory: copies between it and the device are truly asynchronous, where a
+  //! copy to pageable memory returns only once it is done.
+  static error_type malloc_host(void** p, std::size_t bytes) { return cudaMallocHost(p, bytes); }
+  static error_type free_host(void* p) { return cudaFreeHost(p); }
   static error_type memcpy_async(void* dst, const void* src, std::size_t bytes, stream_handle s) {
     return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s);
   }

@@ -154,8 +154,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
         size_(other.size_),
         stream_(std::move(other.stream_)),
         scratch_(std::move(other.scratch_)),
+        staging_(std::move(other.staging_)),
         broken_(std::move(other.broken_)),
-        deferring_(std::exchange(other.deferring_, 0)) {}
+        deferring_(std::exchange(other.deferring_, 0)),
+        verifying_(std::exchange(other.verifying_, 0)) {}
   BasicNcclComm& operator=(BasicNcclComm&& other) noexcept {
     if (this != &other) {
       release();
@@ -165,8 +167,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       size_ = other.size_;
       stream_ = std::move(other.stream_);
       scratch_ = std::move(other.scratch_);
+      staging_ = std::move(other.staging_);
       broken_ = std::move(other.broken_);
       deferring_ = std::exchange(other.deferring_, 0);
+      verifying_ = std::exchange(other.verifying_, 0);
     }
     return *this;
   }
@@ -231,6 +235,27 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     }
   }
   void synchronize() { synchronize(stream()); }
+
+  //! While the returned guard lives and `verify_arguments` is on, collectives check their
+  //! arguments and agree on them with the other members, but enqueue nothing: for a caller about
+  //! to capture a collective into a CUDA graph, where the agreement (which waits for the host)
+  //! cannot run, and which makes the same call under the guard first. The guard converts to
+  //! false when `verify_arguments` is off: there is nothing to do then.
+  [[nodiscard]] auto verify_only() {
+    struct Guard {
+      explicit Guard(BasicNcclComm* c) : comm(c) {
+        if (comm != nullptr) ++comm->verifying_;
+      }
+      BasicNcclComm* comm;
+      Guard(const Guard&) = delete;
+      Guard& operator=(const Guard&) = delete;
+      ~Guard() {
+        if (comm != nullptr) --comm->verifying_;
+      }
+      explicit operator bool() const noexcept { return comm != nullptr; }
+    };
+    return Guard{options_.verify_arguments ? this : nullptr};
+  }
 
   //! Aborts the communicator now: pending work on it is cancelled and every later call throws.
   //! For a rank that must give up without leaving its peers waiting for it.
@@ -309,9 +334,12 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   // --- for the facade ---------------------------------------------------------------------------
   [[nodiscard]] int error_rank() const noexcept { return rank_; }
 
+  // Inside a graph capture (or an open group) the exchange cannot run: it waits for the host.
+  // A caller that captures verifies first (`verify_only`), outside the capture.
   void agree(const Call& c) {
-    this->agree_by_exchange(c, options_.verify_arguments ||
-                                   (c.op == Collective::all_to_all_v && options_.check_counts));
+    const bool exchange =
+        options_.verify_arguments || (c.op == Collective::all_to_all_v && options_.check_counts);
+    this->agree_by_exchange(c, exchange && deferring_ == 0);
   }
 
   // The agreement's exchanges run on the communicator's stream and wait for it: the host needs
@@ -337,6 +365,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
 
   template <nccl_value T, class... S>
   void transport(const Call& c, const T* in, T* out, S... given) {
+    if (verifying_ > 0) return;  // verify_only(): the agreement was the point
     const stream_handle s = pick(given...);
     const std::string_view op = detail::collective_name(c.op);
     constexpr ncclDataType_t type = detail::nccl::datatype<T>();
@@ -442,14 +471,24 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     return scratch_.data();
   }
 
+  // The words travel through pinned memory the communicator owns: a copy into pageable memory
+  // would block the host until it is done, behind a collective that a missing peer never
+  // joins, and no deadline could end that wait; and a copy still queued when a wait fails must
+  // land in memory that outlives the call.
   void copy_to(std::int64_t* device, std::span<const std::int64_t> host) {
+    staging_.reserve(host.size(), rank_);
+    std::copy(host.begin(), host.end(), staging_.data());
     Runtime::check("cudaMemcpyAsync", rank_,
-                   Runtime::memcpy_async(device, host.data(), host.size_bytes(), stream()));
+                   Runtime::memcpy_async(device, staging_.data(), host.size_bytes(), stream()));
   }
   void copy_back(std::span<std::int64_t> host, const std::int64_t* device) {
+    // The upload above may still read the staging words: order the download after it.
+    if (host.size() > staging_.size()) synchronize();
+    staging_.reserve(host.size(), rank_);
     Runtime::check("cudaMemcpyAsync", rank_,
-                   Runtime::memcpy_async(host.data(), device, host.size_bytes(), stream()));
+                   Runtime::memcpy_async(staging_.data(), device, host.size_bytes(), stream()));
     synchronize();
+    std::copy(staging_.data(), staging_.data() + host.size(), host.begin());
   }
 
   // A status returned by an NCCL call. In non-blocking mode a call may return ncclInProgress:
@@ -553,6 +592,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       comm_ = comm_handle{};
     }
     scratch_.reset();
+    staging_.reset();
   }
 
   comm_handle comm_{};
@@ -561,8 +601,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   int size_ = 0;
   std::shared_ptr<OwnedStream> stream_;
   DeviceBuffer<std::int64_t, Runtime> scratch_;
+  PinnedBuffer<std::int64_t, Runtime> staging_;  // the host side of the agreement's words
   std::string broken_;
   int deferring_ = 0;  // open groups and deferral guards: aborts wait until they are gone
+  int verifying_ = 0;  // verify_only() guards: collectives agree and enqueue nothing
 };
 
 //! A collective on NCCL can fail half-way (a peer dies mid-transfer); its buffers are device
