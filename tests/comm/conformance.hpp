@@ -1,6 +1,8 @@
 // The collective conformance suite: written once against the communicator concept and run on
 // every backend. Each rank derives every peer's input from (rank, index), so the expected result
-// is a plain serial loop over ranks, computed locally, independent of the code under test.
+// is a plain serial loop over ranks, computed locally, independent of the code under test. Each
+// (backend, world size) case runs in a doctest SUBCASE of its own, named "local, world 7", so
+// that a failure names both.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -9,18 +11,48 @@
 #include <strata/error.hpp>
 
 #include <algorithm>
-#include <initializer_list>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <initializer_list>
 #include <numeric>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
 namespace conformance {
 
 using strata::ReduceOp;
+
+// "local, world 7": the name of a backend's case in a world of n ranks.
+inline std::string case_name(std::string_view backend, int n) {
+  return std::string(backend) + ", world " + std::to_string(n);
+}
+
+// Runs `body(n)` for each world size, each in its own SUBCASE named by `case_name`.
+template <class Body>
+void for_each_world(std::string_view backend, std::span<const int> sizes, Body&& body) {
+  for (const int n : sizes) {
+    const std::string name = case_name(backend, n);
+    SUBCASE(name.c_str()) { std::invoke(body, n); }
+  }
+}
+template <class Body>
+void for_each_world(std::string_view backend, std::initializer_list<int> sizes, Body&& body) {
+  for_each_world(backend, std::span<const int>(sizes.begin(), sizes.size()),
+                 std::forward<Body>(body));
+}
+
+// 1, 2, ..., 16: powers of two and not, primes and not.
+inline std::vector<int> sizes_up_to(int max) {
+  std::vector<int> sizes(static_cast<std::size_t>(max));
+  std::iota(sizes.begin(), sizes.end(), 1);
+  return sizes;
+}
 
 template <class T>
 T input(int rank, std::size_t i) {
@@ -71,8 +103,8 @@ bool close(T got, T expected, double scale = 1.0) {
 template <class T, class C>
 void all_reduce(C& comm) {
   const int n = comm.size();
-  for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1000},
-                            std::size_t{10007}}) {
+  for (std::size_t count :
+       {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{10007}}) {
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::average, ReduceOp::min, ReduceOp::max}) {
       std::vector<T> in(count);
       for (std::size_t i = 0; i < count; ++i) in[i] = input<T>(comm.rank(), i);
@@ -116,7 +148,8 @@ void all_gather(C& comm) {
     comm.all_gather(std::span<const T>(in), std::span<T>(out));
     std::size_t bad = 0;
     for (std::size_t r = 0; r < n; ++r) {
-      for (std::size_t i = 0; i < count; ++i) bad += out[r * count + i] != input<T>(static_cast<int>(r), i);
+      for (std::size_t i = 0; i < count; ++i)
+        bad += out[r * count + i] != input<T>(static_cast<int>(r), i);
     }
     CAPTURE(count);
     CHECK(bad == 0);
@@ -156,7 +189,8 @@ void all_to_all(C& comm) {
   comm.all_to_all(std::span<const T>(in), std::span<T>(out));
   std::size_t bad = 0;
   for (std::size_t j = 0; j < n; ++j) {
-    for (std::size_t i = 0; i < block; ++i) bad += out[j * block + i] != input<T>(static_cast<int>(j), r * block + i);
+    for (std::size_t i = 0; i < block; ++i)
+      bad += out[j * block + i] != input<T>(static_cast<int>(j), r * block + i);
   }
   CHECK(bad == 0);
 }
@@ -183,10 +217,32 @@ void all_to_all_uneven(C& comm) {
   for (std::size_t j = 0; j < n; ++j) {
     std::size_t from = 0;  // where rank j's block for rank r starts in j's input
     for (std::size_t k = 0; k < r; ++k) from += uneven(j, k);
-    for (std::size_t i = 0; i < recv[j]; ++i) bad += out[at + i] != input<T>(static_cast<int>(j), from + i);
+    for (std::size_t i = 0; i < recv[j]; ++i)
+      bad += out[at + i] != input<T>(static_cast<int>(j), from + i);
     at += recv[j];
   }
   CHECK(bad == 0);
+}
+
+// Calls `call`, which must throw strata::usage_error for `operation` on this member with
+// exactly `cause`: the same words on every member, since each member checks the same text.
+template <class C, class Call>
+void expect_usage_error(const C& comm, std::string_view operation, const std::string& cause,
+                        Call&& call) {
+  std::string what = "no error";
+  try {
+    call();
+  } catch (const strata::usage_error& e) {
+    what = e.what();
+    CHECK(e.operation() == operation);
+    CHECK(e.cause() == cause);
+    CHECK(e.rank() == comm.rank());
+  } catch (const std::exception& e) {
+    what = std::string("not a usage_error: ") + e.what();
+  }
+  CAPTURE(what);
+  CHECK(what != "no error");
+  CHECK(what.find(cause) != std::string::npos);
 }
 
 template <class C>
@@ -199,17 +255,78 @@ void uneven_counts_that_disagree_fail_everywhere(C& comm) {
   std::vector<double> in(n, 1.0);
   std::vector<double> out(std::accumulate(recv.begin(), recv.end(), std::size_t{0}), -1.0);
   const std::vector<double> before = out;
-  std::string message;
-  try {
-    comm.all_to_all(std::span<const double>(in), std::span<const std::size_t>(send),
-                    std::span<double>(out), std::span<const std::size_t>(recv));
-  } catch (const strata::error& e) {
-    message = e.what();
-  }
-  CAPTURE(message);
-  CHECK(message.find("counts disagree: rank 0 sends 1 elements to rank 1, which expects 2") !=
-        std::string::npos);
+  expect_usage_error(comm, "all_to_all (uneven)",
+                     "counts disagree: rank 0 sends 1 elements to rank 1, which expects 2", [&] {
+                       comm.all_to_all(std::span<const double>(in),
+                                       std::span<const std::size_t>(send), std::span<double>(out),
+                                       std::span<const std::size_t>(recv));
+                     });
   CHECK(out == before);  // nothing written
+}
+
+// After a usage error the communicator works as before: an all-reduce of every rank's rank + 1.
+template <class C>
+void still_usable(C& comm) {
+  const int n = comm.size();
+  std::vector<std::int64_t> x(3, comm.rank() + 1);
+  comm.all_reduce(std::span<std::int64_t>(x), ReduceOp::sum);
+  for (const std::int64_t v : x) CHECK(v == std::int64_t{n} * (n + 1) / 2);
+}
+
+// One member's bad arguments fail every member alike: each throws strata::usage_error with the
+// same cause, which names that member (the last one), and nothing is written; the communicator
+// stays usable. Invalid arguments of one member come first, then calls that are valid on their
+// own but disagree.
+template <class C>
+void bad_arguments_fail_every_member(C& comm) {
+  const int n = comm.size();
+  const int me = comm.rank();
+  const int bad = n - 1;
+  const std::string who = "rank " + std::to_string(bad);
+  const bool mine = me == bad;
+  {
+    std::vector<double> in(8, 1.0), out(mine ? 9 : 8, -1.0);
+    expect_usage_error(comm, "all_reduce", who + ": input has 8 elements but output has 9", [&] {
+      comm.all_reduce(std::span<const double>(in), std::span<double>(out), ReduceOp::sum);
+    });
+    CHECK(std::count(out.begin(), out.end(), -1.0) == static_cast<std::ptrdiff_t>(out.size()));
+  }
+  {
+    std::vector<std::int32_t> buf(5, me);
+    expect_usage_error(
+        comm, "broadcast",
+        who + ": root " + std::to_string(n) + " is not a rank of a group of " + std::to_string(n),
+        [&] { comm.broadcast(std::span<std::int32_t>(buf), mine ? n : 0); });
+    CHECK(std::count(buf.begin(), buf.end(), me) == 5);
+  }
+  {
+    const auto group = static_cast<std::size_t>(n);
+    std::vector<float> in(2, 1.0f), out(mine ? 2 * group + 1 : 2 * group, -1.0f);
+    expect_usage_error(comm, "all_gather",
+                       who + ": output has " + std::to_string(2 * group + 1) +
+                           " elements; it needs 2 x " + std::to_string(n),
+                       [&] { comm.all_gather(std::span<const float>(in), std::span<float>(out)); });
+    CHECK(std::count(out.begin(), out.end(), -1.0f) == static_cast<std::ptrdiff_t>(out.size()));
+  }
+  still_usable(comm);
+  if (n < 2) return;  // alone, calls cannot disagree
+  {
+    std::vector<double> x(mine ? 5 : 4, 2.0);
+    expect_usage_error(
+        comm, "all_reduce",
+        "rank 0 and " + who + " disagree: rank 0 passed 4 elements, " + who + " passed 5",
+        [&] { comm.all_reduce(std::span<double>(x), ReduceOp::sum); });
+    CHECK(std::count(x.begin(), x.end(), 2.0) == static_cast<std::ptrdiff_t>(x.size()));
+  }
+  {
+    std::vector<std::int64_t> x(4, me);
+    expect_usage_error(
+        comm, "all_reduce",
+        "rank 0 and " + who + " disagree: rank 0 reduces with sum, " + who + " with max",
+        [&] { comm.all_reduce(std::span<std::int64_t>(x), mine ? ReduceOp::max : ReduceOp::sum); });
+    CHECK(std::count(x.begin(), x.end(), me) == 4);
+  }
+  still_usable(comm);
 }
 
 template <class C>
@@ -238,8 +355,9 @@ void split(C& comm) {
   comm.barrier();
 }
 
+// Every collective, on every element type the backends share, against the serial reference.
 template <class C>
-void run_all(C& comm) {
+void run_collectives(C& comm) {
   all_reduce<float>(comm);
   all_reduce<double>(comm);
   all_reduce<std::int32_t>(comm);
@@ -256,6 +374,15 @@ void run_all(C& comm) {
   all_to_all_uneven<std::int32_t>(comm);
   uneven_counts_that_disagree_fail_everywhere(comm);
   split(comm);
+  comm.barrier();
+}
+
+// The collectives, then the cross-rank agreement on bad arguments: for backends that check
+// every call across ranks (local; MPI and NCCL with verify_arguments).
+template <class C>
+void run_all(C& comm) {
+  run_collectives(comm);
+  bad_arguments_fail_every_member(comm);
   comm.barrier();
 }
 

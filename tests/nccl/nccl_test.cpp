@@ -2,7 +2,8 @@
 // is the one users get (BasicNcclComm), the runtime under it is the host double of
 // fake_runtime.hpp. Everything but the NCCL and CUDA calls themselves is exercised here: the
 // collective conformance suite, bootstrap, grouping, counts checking, deadlines, aborts,
-// asynchronous errors, and the device averager with CUDA graph capture and replay.
+// asynchronous errors, and the device averager's own paths with CUDA graph capture and replay
+// (the averager conformance on this double is tests/averaging/nccl_averager_test.cpp).
 #include <doctest/doctest.h>
 
 #include <strata/averaging/device_averager.hpp>
@@ -16,16 +17,18 @@
 #include <cmath>
 #include <mutex>
 #include <set>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "../averaging/nccl_harness.hpp"
 #include "../comm/conformance.hpp"
 #include "fake_runtime.hpp"
 
 namespace {
 
-using FakeNccl = strata::BasicNcclComm<fake::Runtime>;
+using averager_harness::FakeNccl;
+using averager_harness::HostStreamKernels;
 using namespace std::chrono_literals;
 
 // The conformance suite reads results on the host right after each call, as with the host
@@ -98,56 +101,63 @@ struct Messages {
   }
 };
 
-// "Kernels" for the device averager on the host double: the host algorithm (the same plans and
-// Thrust functors as the CUDA path) run in stream order on the fake stream.
-template <class T>
-class HostStreamKernels {
- public:
-  void upload(const strata::FusedPlan<T>& plan, fake::Stream* s) {
-    std::vector<strata::TensorChunk<T>> chunks(plan.chunks().begin(), plan.chunks().end());
-    const std::size_t total = plan.total_elements();
-    fake::Runtime::launch_host(s, [this, chunks = std::move(chunks), total] {
-      table_ = chunks;
-      total_ = total;
-    });
-    ++launches;
-  }
-  void pack(std::span<T> flat, fake::Stream* s) {
-    fake::Runtime::launch_host(s, [this, flat] { strata::pack(thrust::host, table(), flat); });
-    ++launches;
-  }
-  void unpack(std::span<const T> flat, strata::fused_factor_t<T> f, fake::Stream* s) {
-    fake::Runtime::launch_host(s, [this, flat, f] { strata::unpack(thrust::host, flat, table(), f); });
-    ++launches;
-  }
-  void scale(std::span<T> data, strata::fused_factor_t<T> f, fake::Stream* s) {
-    fake::Runtime::launch_host(s, [data, f] { strata::scale(thrust::host, data, f); });
-    ++launches;
-  }
-  static inline std::atomic<long> launches{0};
-
- private:
-  strata::ChunkTable<T> table() const { return {table_.data(), table_.size(), total_}; }
-  std::vector<strata::TensorChunk<T>> table_;
-  std::size_t total_ = 0;
-};
-
 using FakeAverager =
-    strata::DeviceAverager<strata::RuntimeSchedule<strata::AbsolutePhase>, FakeNccl, HostStreamKernels,
-                          fake::Graphs>;
+    averager_harness::FakeDeviceAverager<strata::RuntimeSchedule<strata::AbsolutePhase>>;
 
 }  // namespace
 
 TEST_CASE("nccl backend (host double): the conformance suite on world sizes 1 to 16") {
-  for (int n = 1; n <= 16; ++n) {
-    CAPTURE(n);
+  // The default: calls are not checked across ranks, except the uneven all-to-all's counts.
+  conformance::for_each_world("nccl", conformance::sizes_up_to(16), [](int n) {
     strata::LocalWorld(n).run([](strata::LocalComm& host) {
       Synchronous comm(strata::nccl_bootstrap<fake::Runtime>(host, quick()));
       CHECK(comm.rank() == host.rank());
       CHECK(comm.size() == host.size());
+      conformance::run_collectives(comm);
+    });
+  });
+  // With verify_arguments, also one rank's bad arguments fail every rank alike.
+  conformance::for_each_world("nccl, verify on", conformance::sizes_up_to(16), [](int n) {
+    strata::LocalWorld(n).run([](strata::LocalComm& host) {
+      strata::NcclOptions options = quick();
+      options.verify_arguments = true;
+      Synchronous comm(strata::nccl_bootstrap<fake::Runtime>(host, options));
       conformance::run_all(comm);
     });
-  }
+  });
+}
+
+TEST_CASE(
+    "nccl backend (host double): with verify_arguments, one rank's wrong size fails every rank") {
+  strata::LocalWorld(4).run([](strata::LocalComm& host) {
+    strata::NcclOptions options = quick();
+    options.verify_arguments = true;
+    FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, options);
+    const int me = comm.rank();
+    std::vector<float> in(6, 1.0f), out(me == 2 ? 7 : 6, -1.0f);
+    host.barrier();
+    const long executed = fake::stats().collectives.load();
+    host.barrier();
+    try {
+      comm.all_reduce(std::span<const float>(in), std::span<float>(out), strata::ReduceOp::sum);
+      FAIL("no error");
+    } catch (const strata::usage_error& e) {
+      CHECK(e.operation() == "all_reduce");
+      CHECK(e.rank() == me);
+      CHECK(e.cause() == "rank 2: input has 6 elements but output has 7");
+    }
+    comm.synchronize();
+    host.barrier();
+    // Only the agreement's all-gather ran, once per rank: the all-reduce was never enqueued.
+    CHECK(fake::stats().collectives.load() - executed == 4);
+    for (const float x : out) CHECK(x == -1.0f);
+    CHECK(comm.broken().empty());
+    // Still usable, with the right sizes, on the communicator's stream.
+    out.resize(6);
+    comm.all_reduce(std::span<const float>(in), std::span<float>(out), strata::ReduceOp::sum);
+    comm.synchronize();
+    for (const float x : out) CHECK(x == 4.0f);
+  });
 }
 
 TEST_CASE("nccl backend (host double): half and bfloat16 reduce like NCCL") {
@@ -167,10 +177,12 @@ TEST_CASE("nccl backend (host double): half and bfloat16 reduce like NCCL") {
       float acc = __half2float(__float2half(0.25f + static_cast<float>(i)));
       for (int r = 1; r < 5; ++r) {
         acc = __half2float(__float2half(
-            acc + __half2float(__float2half(static_cast<float>(r + 1) * 0.25f + static_cast<float>(i)))));
+            acc +
+            __half2float(__float2half(static_cast<float>(r + 1) * 0.25f + static_cast<float>(i)))));
       }
       CHECK(__half2float(h[i]) == acc);
-      CHECK(__bfloat162float(b[i]) == __bfloat162float(__float2bfloat16(4.0f - static_cast<float>(i))));
+      CHECK(__bfloat162float(b[i]) ==
+            __bfloat162float(__float2bfloat16(4.0f - static_cast<float>(i))));
     }
   });
 }
@@ -256,8 +268,7 @@ TEST_CASE("nccl backend (host double): a rank that aborts makes its peers fail w
     if (comm.rank() == 3) {
       host.barrier();
       comm.abort();
-      CHECK_THROWS_WITH_AS(comm.barrier(), doctest::Contains("abort() was called"),
-                           strata::error);
+      CHECK_THROWS_WITH_AS(comm.barrier(), doctest::Contains("abort() was called"), strata::error);
       return;
     }
     comm.all_reduce(std::span<double>(v), strata::ReduceOp::sum);
@@ -310,10 +321,9 @@ TEST_CASE("nccl backend (host double): bad arguments throw before anything is en
   strata::LocalWorld(2).run([](strata::LocalComm& host) {
     FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick());
     std::vector<float> a(4), b(5);
-    CHECK_THROWS_WITH_AS(comm.all_reduce(std::span<const float>(a), std::span<float>(b),
-                                         strata::ReduceOp::sum),
-                         doctest::Contains("input has 4 elements but output has 5"),
-                         strata::usage_error);
+    CHECK_THROWS_WITH_AS(
+        comm.all_reduce(std::span<const float>(a), std::span<float>(b), strata::ReduceOp::sum),
+        doctest::Contains("input has 4 elements but output has 5"), strata::usage_error);
     CHECK_THROWS_WITH_AS(comm.broadcast(std::span<float>(a), 2),
                          doctest::Contains("root 2 is not a rank"), strata::usage_error);
     CHECK_THROWS_WITH_AS(comm.all_gather(std::span<const float>(a), std::span<float>(b)),
@@ -367,13 +377,16 @@ TEST_CASE("nccl backend (host double): unchecked uneven counts never wait for th
       std::size_t offset = 0;
       for (std::size_t d = 0; d < me; ++d) offset += conformance::uneven(j, d);
       for (std::size_t e = 0; e < recv[j]; ++e, ++k) {
-        CHECK(out[k] == static_cast<std::int64_t>(j) * 1000 + static_cast<std::int64_t>(offset + e));
+        CHECK(out[k] ==
+              static_cast<std::int64_t>(j) * 1000 + static_cast<std::int64_t>(offset + e));
       }
     }
   });
 }
 
-TEST_CASE("device averager (host double): schedule, means and graphs per level") {
+// The means of float and double tensors, with and without graphs, are the averager conformance
+// (tests/averaging/nccl_averager_test.cpp); here, one graph per level, and half tensors.
+TEST_CASE("device averager (host double): one graph per level, and half tensors") {
   for (const bool graphs : {false, true}) {
     CAPTURE(graphs);
     strata::LocalWorld(8).run([&](strata::LocalComm& host) {
@@ -384,31 +397,17 @@ TEST_CASE("device averager (host double): schedule, means and graphs per level")
                        strata::RuntimeSchedule<strata::AbsolutePhase>(
                            strata::RuntimeHierarchy::parse("1:2,2:4,4:8"), /*warmup=*/0),
                        opts);
-      std::vector<float> a(5), b(300);
+      std::vector<float> a(5, 1.0f), b(300, 2.0f);
       std::vector<__half> h(7);
       std::vector<std::span<float>> params{a, b};
       std::vector<std::span<__half>> hparams{h};
       const int r = world.rank();
+      const std::size_t expected[] = {2, 0, 1, 0, 2, 0, 1, 0, 2};
       for (std::size_t step = 0; step < 9; ++step) {
-        for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(r * 3 + i + step);
-        for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(r) * 0.5f - i;
-        const auto level = avg.next_level();
-        CHECK(avg.average(params, world.stream()) == level);
+        CHECK(avg.average(params, world.stream()) == expected[step]);
         avg.synchronize();
-        const int g = level ? (1 << (*level + 1)) : 1;  // group sizes 2, 4, 8
-        const int first = r / g * g;
-        for (std::size_t i = 0; i < a.size(); ++i) {
-          float sum = 0;
-          for (int m = first; m < first + g; ++m) sum += static_cast<float>(m * 3 + i + step);
-          CHECK(a[i] == sum * (1.0f / static_cast<float>(g)));
-        }
-        for (std::size_t i = 0; i < b.size(); ++i) {
-          float sum = 0;
-          for (int m = first; m < first + g; ++m) sum += static_cast<float>(m) * 0.5f - i;
-          CHECK(b[i] == sum * (1.0f / static_cast<float>(g)));
-        }
       }
-      // Steps 0..8 ran levels 2,0,1,0,2,0,1,0,2: three levels, one graph each when enabled.
+      // Three levels ran: one graph each when enabled.
       CHECK(avg.graphs() == (graphs ? 3u : 0u));
       CHECK(avg.step() == 9);
       // Half tensors and the in-place form, on the same averager.
@@ -421,6 +420,7 @@ TEST_CASE("device averager (host double): schedule, means and graphs per level")
       for (const __half& x : h) CHECK(__half2float(x) == __half2float(__float2half(pair)));
       const double four = static_cast<double>(r / 4 * 4) + 1.5;
       for (double x : flat) CHECK(x == doctest::Approx(four).epsilon(1e-15));
+      CHECK(avg.graphs() == (graphs ? 5u : 0u));
     });
   }
 }
@@ -428,10 +428,10 @@ TEST_CASE("device averager (host double): schedule, means and graphs per level")
 TEST_CASE("device averager (host double): replayed graphs enqueue no NCCL call") {
   strata::LocalWorld(4).run([&](strata::LocalComm& host) {
     FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick());
-    FakeAverager avg(world,
-                     strata::RuntimeSchedule<strata::AbsolutePhase>(
-                         strata::RuntimeHierarchy::parse("1:4"), 0),
-                     strata::DeviceAveragerOptions{true});
+    FakeAverager avg(
+        world,
+        strata::RuntimeSchedule<strata::AbsolutePhase>(strata::RuntimeHierarchy::parse("1:4"), 0),
+        strata::DeviceAveragerOptions{true});
     std::vector<double> w(64, static_cast<double>(world.rank()));
     std::vector<std::span<double>> params{w};
     avg.average(params, world.stream());  // captures
@@ -457,13 +457,15 @@ TEST_CASE("device averager (host double): replayed graphs enqueue no NCCL call")
   });
 }
 
-TEST_CASE("device averager (host double): a failed call leaves tensors and step unchanged") {
+// A failed averaging changes nothing on every backend (the averager conformance); on a device
+// communicator that fails during capture, the capture must also end.
+TEST_CASE("device averager (host double): a call on an aborted communicator ends its capture") {
   strata::LocalWorld(2).run([&](strata::LocalComm& host) {
     FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick());
-    FakeAverager avg(world,
-                     strata::RuntimeSchedule<strata::AbsolutePhase>(
-                         strata::RuntimeHierarchy::parse("1:2"), 0),
-                     strata::DeviceAveragerOptions{true});
+    FakeAverager avg(
+        world,
+        strata::RuntimeSchedule<strata::AbsolutePhase>(strata::RuntimeHierarchy::parse("1:2"), 0),
+        strata::DeviceAveragerOptions{true});
     std::vector<float> w(16, static_cast<float>(world.rank()));
     std::vector<std::span<float>> params{w};
     host.barrier();
@@ -480,13 +482,14 @@ TEST_CASE("device averager (host double): a failed call leaves tensors and step 
   });
 }
 
-TEST_CASE("device averager (host double): a replayed graph is not launched on an aborted communicator") {
+TEST_CASE(
+    "device averager (host double): a replayed graph is not launched on an aborted communicator") {
   strata::LocalWorld(2).run([&](strata::LocalComm& host) {
     FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick());
-    FakeAverager avg(world,
-                     strata::RuntimeSchedule<strata::AbsolutePhase>(
-                         strata::RuntimeHierarchy::parse("1:2"), 0),
-                     strata::DeviceAveragerOptions{true});
+    FakeAverager avg(
+        world,
+        strata::RuntimeSchedule<strata::AbsolutePhase>(strata::RuntimeHierarchy::parse("1:2"), 0),
+        strata::DeviceAveragerOptions{true});
     std::vector<float> w(16, static_cast<float>(world.rank()));
     std::vector<std::span<float>> params{w};
     avg.average(params, world.stream());  // captured and launched
@@ -498,8 +501,7 @@ TEST_CASE("device averager (host double): a replayed graph is not launched on an
     host.barrier();
     if (world.rank() == 0) {
       CHECK_THROWS_WITH_AS(avg.average(params, world.stream()),
-                           doctest::Contains("unusable since abort() was called"),
-                           strata::error);
+                           doctest::Contains("unusable since abort() was called"), strata::error);
       CHECK(avg.step() == 1);
     } else {
       // The peer learns of the abort from NCCL's asynchronous error, at the latest when it waits.
@@ -527,7 +529,9 @@ TEST_CASE("device averager (host double): a replayed graph is not launched on an
   });
 }
 
-TEST_CASE("device averager (host double): a fault on a subgroup's communicator surfaces and aborts all levels") {
+TEST_CASE(
+    "device averager (host double): a fault on a subgroup's communicator surfaces and aborts all "
+    "levels") {
   strata::LocalWorld(4).run([&](strata::LocalComm& host) {
     FakeNccl world = strata::nccl_bootstrap<fake::Runtime>(host, quick(20s));
     FakeAverager avg(world,
@@ -561,7 +565,9 @@ TEST_CASE("device averager (host double): a fault on a subgroup's communicator s
   });
 }
 
-TEST_CASE("nccl backend (host double): counts that would overflow and moved-from communicators are errors") {
+TEST_CASE(
+    "nccl backend (host double): counts that would overflow and moved-from communicators are "
+    "errors") {
   strata::LocalWorld(2).run([](strata::LocalComm& host) {
     FakeNccl comm = strata::nccl_bootstrap<fake::Runtime>(host, quick());
     std::vector<float> a(2), b(2);
@@ -576,3 +582,6 @@ TEST_CASE("nccl backend (host double): counts that would overflow and moved-from
     moved.barrier();
   });
 }
+
+// Every backend takes its default deadline from the one constant of the front end.
+static_assert(strata::NcclOptions{}.timeout == strata::detail::default_timeout);
