@@ -93,7 +93,9 @@ std::vector<std::size_t> resnet_like_sizes(std::size_t elements) {
   std::size_t total = 0;
   for (const Shape& s : shapes) {
     std::size_t n = s.size;
-    if (s.scaled) n = std::max<std::size_t>(1, static_cast<std::size_t>(std::floor(static_cast<double>(n) * factor)));
+    if (s.scaled)
+      n = std::max<std::size_t>(
+          1, static_cast<std::size_t>(std::floor(static_cast<double>(n) * factor)));
     sizes.push_back(n);
     total += n;
   }
@@ -105,7 +107,8 @@ std::vector<std::size_t> resnet_like_sizes(std::size_t elements) {
 // Rank r's initial value of element i of tensor t: multiples of 1/1024 below 16 in magnitude,
 // so sums over up to 16 ranks, and their mean over a power-of-two count, are exact in float.
 inline float initial(int r, std::size_t t, std::size_t i) {
-  return static_cast<float>((i * 7 + t * 13) % 1024) * (1.0f / 1024) - 0.5f + 0.03125f * static_cast<float>(r);
+  return static_cast<float>((i * 7 + t * 13) % 1024) * (1.0f / 1024) - 0.5f +
+         0.03125f * static_cast<float>(r);
 }
 inline float expected_mean(int n, std::size_t t, std::size_t i) {
   return static_cast<float>((i * 7 + t * 13) % 1024) * (1.0f / 1024) - 0.5f +
@@ -124,9 +127,9 @@ void check_mean(const std::vector<std::span<float>>& tensors, int n, const char*
     for (const std::size_t i : {std::size_t{0}, x.size() / 2, x.size() - 1}) {
       const float want = expected_mean(n, t, i);
       if (std::fabs(x[i] - want) > 1e-5f) {
-        throw std::runtime_error(std::string(what) + ": tensor " + std::to_string(t) +
-                                 " element " + std::to_string(i) + " is " + std::to_string(x[i]) +
-                                 ", expected " + std::to_string(want));
+        throw std::runtime_error(std::string(what) + ": tensor " + std::to_string(t) + " element " +
+                                 std::to_string(i) + " is " + std::to_string(x[i]) + ", expected " +
+                                 std::to_string(want));
       }
     }
   }
@@ -201,7 +204,8 @@ class PerTensor {
   PerTensor(strata::LocalComm& comm, const std::vector<std::size_t>& sizes)
       : comm_(&comm), tensors_(comm.rank(), sizes) {}
   void step() {
-    for (const std::span<float> t : tensors_.spans()) comm_->all_reduce(t, strata::ReduceOp::average);
+    for (const std::span<float> t : tensors_.spans())
+      comm_->all_reduce(t, strata::ReduceOp::average);
   }
   void check(int n) const { check_mean(tensors_.spans(), n, "avg_per_tensor"); }
 
@@ -341,20 +345,24 @@ benchmark::IterationCount iterations_for(double bytes, double bytes_per_second, 
 void register_all() {
   for (const int ranks : rank_counts) {
     const std::string name = "barrier/ranks:" + std::to_string(ranks);
-    benchmark::RegisterBenchmark(name.c_str(), [ranks](benchmark::State& s) {
-      collective_bench<Barrier>(s, ranks, 0);
-    })->Iterations(2000)->UseManualTime()->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(
+        name.c_str(), [ranks](benchmark::State& s) { collective_bench<Barrier>(s, ranks, 0); })
+        ->Iterations(2000)
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
   }
   for (const std::size_t mb : sizes_mb) {
     const double bytes = static_cast<double>(mb * MiB);
     const std::string size = "MB:" + std::to_string(mb);
-    benchmark::RegisterBenchmark(("memcpy/" + size).c_str(), [mb](benchmark::State& s) {
-      memcpy_bench(s, mb);
-    })->Iterations(iterations_for(bytes, 10e9, 0.3, 5, 5000))->UseRealTime()
+    benchmark::RegisterBenchmark(("memcpy/" + size).c_str(),
+                                 [mb](benchmark::State& s) { memcpy_bench(s, mb); })
+        ->Iterations(iterations_for(bytes, 10e9, 0.3, 5, 5000))
+        ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("memcpy_all_cores/" + size).c_str(), [mb](benchmark::State& s) {
-      memcpy_all_cores_bench(s, mb);
-    })->Iterations(iterations_for(std::max(bytes, 16.0 * MiB), 10e9, 0.3, 5, 5000))->UseManualTime()
+    benchmark::RegisterBenchmark(("memcpy_all_cores/" + size).c_str(),
+                                 [mb](benchmark::State& s) { memcpy_all_cores_bench(s, mb); })
+        ->Iterations(iterations_for(std::max(bytes, 16.0 * MiB), 10e9, 0.3, 5, 5000))
+        ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
     for (const int ranks : rank_counts) {
       // Guessed rank-bytes per second of a step: the flat all-reduce moves each rank's bytes
@@ -362,19 +370,23 @@ void register_all() {
       // unpack); one collective per tensor costs ~220 rendezvous (ms) at any size, hence its cap.
       const double world_bytes = bytes * ranks;
       const std::string suffix = "/ranks:" + std::to_string(ranks) + "/" + size;
-      benchmark::RegisterBenchmark(("avg_flat" + suffix).c_str(), [ranks, mb](benchmark::State& s) {
-        collective_bench<Flat>(s, ranks, mb);
-      })->Iterations(iterations_for(world_bytes, 8e9, 0.5, 3, 1000))->UseManualTime()
+      benchmark::RegisterBenchmark(
+          ("avg_flat" + suffix).c_str(),
+          [ranks, mb](benchmark::State& s) { collective_bench<Flat>(s, ranks, mb); })
+          ->Iterations(iterations_for(world_bytes, 8e9, 0.5, 3, 1000))
+          ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
-      benchmark::RegisterBenchmark(("avg_fused" + suffix).c_str(), [ranks, mb](benchmark::State& s) {
-        collective_bench<Fused>(s, ranks, mb);
-      })->Iterations(iterations_for(world_bytes, 3e9, 0.5, 3, 1000))->UseManualTime()
+      benchmark::RegisterBenchmark(
+          ("avg_fused" + suffix).c_str(),
+          [ranks, mb](benchmark::State& s) { collective_bench<Fused>(s, ranks, mb); })
+          ->Iterations(iterations_for(world_bytes, 3e9, 0.5, 3, 1000))
+          ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
-      benchmark::RegisterBenchmark(("avg_per_tensor" + suffix).c_str(),
-                                   [ranks, mb](benchmark::State& s) {
-                                     collective_bench<PerTensor>(s, ranks, mb);
-                                   })
-          ->Iterations(iterations_for(world_bytes, 8e9, 0.5, 3, 30))->UseManualTime()
+      benchmark::RegisterBenchmark(
+          ("avg_per_tensor" + suffix).c_str(),
+          [ranks, mb](benchmark::State& s) { collective_bench<PerTensor>(s, ranks, mb); })
+          ->Iterations(iterations_for(world_bytes, 8e9, 0.5, 3, 30))
+          ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
     }
   }

@@ -56,9 +56,12 @@ std::size_t parse_bytes(std::string_view flag, std::string_view text) {
   std::string_view digits = text;
   if (!text.empty()) {
     switch (text.back()) {
-      case 'K': case 'k': unit = std::size_t{1} << 10; break;
-      case 'M': case 'm': unit = std::size_t{1} << 20; break;
-      case 'G': case 'g': unit = std::size_t{1} << 30; break;
+      case 'K':
+      case 'k': unit = std::size_t{1} << 10; break;
+      case 'M':
+      case 'm': unit = std::size_t{1} << 20; break;
+      case 'G':
+      case 'g': unit = std::size_t{1} << 30; break;
       default: break;
     }
     if (unit != 1) digits.remove_suffix(1);
@@ -229,8 +232,8 @@ Row measure(std::size_t bytes, const Options& o, cudaStream_t stream) {
   check("strata::cuda::unpack (captured)", unpacked);
   check("cudaStreamEndCapture", ended);
   check("cudaGraphInstantiate", cudaGraphInstantiate(&g.exec, g.graph, 0));
-  row.graph_ms = median_ms(stream, o.reps,
-                           [&] { check("cudaGraphLaunch", cudaGraphLaunch(g.exec, stream)); });
+  row.graph_ms =
+      median_ms(stream, o.reps, [&] { check("cudaGraphLaunch", cudaGraphLaunch(g.exec, stream)); });
   check("cudaStreamSynchronize", cudaStreamSynchronize(stream));
   return row;
 }
@@ -283,8 +286,10 @@ int run(const Options& o) {
         if (!o.json && bytes < sizeof(float)) {
           std::fprintf(stderr, "%s: skipping %zu bytes: less than one float\n", program, bytes);
         } else if (!o.json) {
-          std::fprintf(stderr, "%s: skipping %zu bytes: needs %zu bytes of device memory, %zu "
-                       "free\n", program, bytes, needed, free_bytes);
+          std::fprintf(stderr,
+                       "%s: skipping %zu bytes: needs %zu bytes of device memory, %zu "
+                       "free\n",
+                       program, bytes, needed, free_bytes);
         }
       } else {
         rows.push_back(measure(bytes, o, stream));
@@ -299,19 +304,21 @@ int run(const Options& o) {
   check("cudaStreamDestroy", cudaStreamDestroy(stream));
 
   if (o.json) {
-    std::printf("{\"gpu\":%s,\"sm_count\":%d,\"tensors\":%zu,\"reps\":%d,"
-                "\"launches_per_averaging\":%d,\"rows\":[",
-                json_string(prop.name).c_str(), prop.multiProcessorCount, o.tensors, o.reps,
-                2 * strata::cuda::launches_for(1));
+    std::printf(
+        "{\"gpu\":%s,\"sm_count\":%d,\"tensors\":%zu,\"reps\":%d,"
+        "\"launches_per_averaging\":%d,\"rows\":[",
+        json_string(prop.name).c_str(), prop.multiProcessorCount, o.tensors, o.reps,
+        2 * strata::cuda::launches_for(1));
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       const double b = static_cast<double>(r.bytes);
-      std::printf("%s{\"bytes\":%zu,\"memcpy_ms\":%.6f,\"fused_ms\":%.6f,\"graph_ms\":%.6f,"
-                  "\"fused_over_memcpy\":%.4f,\"graph_over_memcpy\":%.4f,\"memcpy_gb_s\":%.2f,"
-                  "\"fused_gb_s\":%.2f,\"graph_gb_s\":%.2f,\"launches\":%d}",
-                  i == 0 ? "" : ",", r.bytes, r.memcpy_ms, r.fused_ms, r.graph_ms,
-                  r.fused_ms / r.memcpy_ms, r.graph_ms / r.memcpy_ms, gb_per_s(2 * b, r.memcpy_ms),
-                  gb_per_s(4 * b, r.fused_ms), gb_per_s(4 * b, r.graph_ms), r.launches);
+      std::printf(
+          "%s{\"bytes\":%zu,\"memcpy_ms\":%.6f,\"fused_ms\":%.6f,\"graph_ms\":%.6f,"
+          "\"fused_over_memcpy\":%.4f,\"graph_over_memcpy\":%.4f,\"memcpy_gb_s\":%.2f,"
+          "\"fused_gb_s\":%.2f,\"graph_gb_s\":%.2f,\"launches\":%d}",
+          i == 0 ? "" : ",", r.bytes, r.memcpy_ms, r.fused_ms, r.graph_ms, r.fused_ms / r.memcpy_ms,
+          r.graph_ms / r.memcpy_ms, gb_per_s(2 * b, r.memcpy_ms), gb_per_s(4 * b, r.fused_ms),
+          gb_per_s(4 * b, r.graph_ms), r.launches);
     }
     std::printf("],\"skipped_bytes\":[");
     for (std::size_t i = 0; i < skipped.size(); ++i) {
@@ -322,9 +329,10 @@ int run(const Options& o) {
   }
 
   std::printf("GPU: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
-  std::printf("%zu float tensors per size; median of %d reps; %d kernel launches per averaging "
-              "(pack, unpack)\n",
-              o.tensors, o.reps, 2 * strata::cuda::launches_for(1));
+  std::printf(
+      "%zu float tensors per size; median of %d reps; %d kernel launches per averaging "
+      "(pack, unpack)\n",
+      o.tensors, o.reps, 2 * strata::cuda::launches_for(1));
   std::printf("GB/s counts bytes read + written: memcpy moves 2x the size, pack + unpack 4x\n\n");
   std::printf("%12s %11s %10s %10s %13s %12s %12s %11s %11s %9s\n", "bytes", "memcpy ms",
               "fused ms", "graph ms", "fused/memcpy", "graph/memcpy", "memcpy GB/s", "fused GB/s",
@@ -333,8 +341,8 @@ int run(const Options& o) {
     const double b = static_cast<double>(r.bytes);
     std::printf("%12zu %11.4f %10.4f %10.4f %13.2f %12.2f %12.1f %11.1f %11.1f %9d\n", r.bytes,
                 r.memcpy_ms, r.fused_ms, r.graph_ms, r.fused_ms / r.memcpy_ms,
-                r.graph_ms / r.memcpy_ms, gb_per_s(2 * b, r.memcpy_ms),
-                gb_per_s(4 * b, r.fused_ms), gb_per_s(4 * b, r.graph_ms), r.launches);
+                r.graph_ms / r.memcpy_ms, gb_per_s(2 * b, r.memcpy_ms), gb_per_s(4 * b, r.fused_ms),
+                gb_per_s(4 * b, r.graph_ms), r.launches);
   }
   return 0;
 }

@@ -94,11 +94,13 @@ int main(int argc, char** argv) {
   if (world.rank() == 0) {
     std::printf("%d processes, float32, %zu tensors; median step time of the slowest rank\n\n", n,
                 tensor_count);
-    std::printf("| KiB/rank | raw flat ms | raw nb ms | nb/raw flat | strata fused ms | "
-                "fused/raw flat | fused/raw nb | strata flat ms | flat/raw flat | raw loop ms | "
-                "raw loop/raw flat | unverified ms | fused/unverified |\n");
-    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-                "---: | ---: |\n");
+    std::printf(
+        "| KiB/rank | raw flat ms | raw nb ms | nb/raw flat | strata fused ms | "
+        "fused/raw flat | fused/raw nb | strata flat ms | flat/raw flat | raw loop ms | "
+        "raw loop/raw flat | unverified ms | fused/unverified |\n");
+    std::printf(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+        "---: | ---: |\n");
   }
   strata::RuntimeHierarchicalAverager<strata::MpiComm> averager(
       world, strata::RuntimeHierarchy({strata::LevelSpec{1, static_cast<std::size_t>(n)}}));
@@ -124,7 +126,8 @@ int main(int argc, char** argv) {
     const int reps = kb <= 4096 ? 15 : (kb <= 16384 ? 7 : 5);
 
     const double raw_flat = median_time(raw, reps, [&] {
-      MPI_Allreduce(MPI_IN_PLACE, flat.data(), static_cast<int>(flat.size()), MPI_FLOAT, MPI_SUM, raw);
+      MPI_Allreduce(MPI_IN_PLACE, flat.data(), static_cast<int>(flat.size()), MPI_FLOAT, MPI_SUM,
+                    raw);
       for (float& x : flat) x *= inv;
     });
     const double raw_loop = median_time(raw, reps, [&] {
@@ -141,15 +144,16 @@ int main(int argc, char** argv) {
       for (float& x : flat) x *= inv;
     });
     const double fused = median_time(raw, reps, [&] { averager.average(spans); });
-    const double strata_flat = median_time(raw, reps, [&] { averager.average(std::span<float>(flat)); });
+    const double strata_flat =
+        median_time(raw, reps, [&] { averager.average(std::span<float>(flat)); });
     const double fused_unverified = median_time(raw, reps, [&] { unverified.average(spans); });
     if (world.rank() == 0) {
-      std::printf("| %zu | %.3f | %.3f | %.2f | %.3f | %.2f | %.2f | %.3f | %.2f | %.3f | %.2f | "
-                  "%.3f | %.2f |\n",
-                  kb, raw_flat * 1e3, raw_nb * 1e3, raw_nb / raw_flat, fused * 1e3,
-                  fused / raw_flat, fused / raw_nb, strata_flat * 1e3, strata_flat / raw_flat,
-                  raw_loop * 1e3, raw_loop / raw_flat, fused_unverified * 1e3,
-                  fused / fused_unverified);
+      std::printf(
+          "| %zu | %.3f | %.3f | %.2f | %.3f | %.2f | %.2f | %.3f | %.2f | %.3f | %.2f | "
+          "%.3f | %.2f |\n",
+          kb, raw_flat * 1e3, raw_nb * 1e3, raw_nb / raw_flat, fused * 1e3, fused / raw_flat,
+          fused / raw_nb, strata_flat * 1e3, strata_flat / raw_flat, raw_loop * 1e3,
+          raw_loop / raw_flat, fused_unverified * 1e3, fused / fused_unverified);
     }
   }
   return 0;

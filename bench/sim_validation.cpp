@@ -38,8 +38,8 @@ constexpr std::size_t param_count = 1024;  // a small model: the run measures wa
 
 struct Setting {
   std::size_t steps = 120;
-  double step_ms = 4.0;     // 55 ms scaled by 4/55
-  double delay_ms = 72.7;   // 1 s scaled by the same factor
+  double step_ms = 4.0;    // 55 ms scaled by 4/55
+  double delay_ms = 72.7;  // 1 s scaled by the same factor
   double rate = 0.02;
   std::uint64_t seed = 1;
 };
@@ -97,7 +97,8 @@ double measured_allreduce_s(int world) {
     comm.barrier();
     const auto start = Clock::now();
     for (int i = 0; i < reps; ++i) comm.all_reduce(std::span<float>(x), strata::ReduceOp::average);
-    if (comm.rank() == 0) seconds = std::chrono::duration<double>(Clock::now() - start).count() / reps;
+    if (comm.rank() == 0)
+      seconds = std::chrono::duration<double>(Clock::now() - start).count() / reps;
   });
   return seconds;
 }
@@ -119,13 +120,14 @@ int main(int argc, char** argv) {
   s.rate = arg(argc, argv, "--rate", s.rate);
   s.seed = static_cast<std::uint64_t>(arg(argc, argv, "--seed", double(s.seed)));
 
-  const sim::DelayModel delays{.step_s = s.step_ms * 1e-3,
-                               .straggler_rate = s.rate,
-                               .straggler_delay_s = s.delay_ms * 1e-3};
-  std::printf("steps %zu, compute %.1f ms, stragglers %.0f%% per rank and step, +%.1f ms; seed %llu\n\n",
-              s.steps, s.step_ms, 100 * s.rate, s.delay_ms, static_cast<unsigned long long>(s.seed));
-  std::printf("| ranks | schedule | measured ms/step | predicted ms/step | measured speed-up | "
-              "predicted speed-up | speed-up difference |\n");
+  const sim::DelayModel delays{
+      .step_s = s.step_ms * 1e-3, .straggler_rate = s.rate, .straggler_delay_s = s.delay_ms * 1e-3};
+  std::printf(
+      "steps %zu, compute %.1f ms, stragglers %.0f%% per rank and step, +%.1f ms; seed %llu\n\n",
+      s.steps, s.step_ms, 100 * s.rate, s.delay_ms, static_cast<unsigned long long>(s.seed));
+  std::printf(
+      "| ranks | schedule | measured ms/step | predicted ms/step | measured speed-up | "
+      "predicted speed-up | speed-up difference |\n");
   std::printf("| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
 
   struct Case {
@@ -154,7 +156,8 @@ int main(int argc, char** argv) {
     for (const Schedule& schedule : schedules) {
       const sim::Method& m = schedule.method;
       const double real = real_run(schedule, delays, s) / double(s.steps);
-      const double predicted = sim::simulate(m, delays, cost, s.steps, s.seed).seconds / double(s.steps);
+      const double predicted =
+          sim::simulate(m, delays, cost, s.steps, s.seed).seconds / double(s.steps);
       if (m.kind() == sim::MethodKind::synchronous) {
         real_sync = real;
         predicted_sync = predicted;

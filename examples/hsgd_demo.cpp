@@ -23,8 +23,8 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -112,9 +112,8 @@ std::vector<Method> parse_methods(std::string_view text) {
   std::size_t begin = 0;
   while (true) {
     const std::size_t comma = text.find(',', begin);
-    const std::string_view name = text.substr(begin, comma == std::string_view::npos
-                                                         ? std::string_view::npos
-                                                         : comma - begin);
+    const std::string_view name = text.substr(
+        begin, comma == std::string_view::npos ? std::string_view::npos : comma - begin);
     const auto it = std::find_if(all_methods.begin(), all_methods.end(),
                                  [&](Method m) { return method_key(m) == name; });
     if (it == all_methods.end()) {
@@ -495,8 +494,8 @@ class Progress {
   void finish(double seconds) {
     if (!enabled_) return;
     if (tty_) {
-      std::fprintf(stderr, "\r[%s] step %zu/%zu loss %.3f  done in %.1f s\n", tag_.c_str(),
-                   steps_, steps_, static_cast<double>(smoothed_), seconds);
+      std::fprintf(stderr, "\r[%s] step %zu/%zu loss %.3f  done in %.1f s\n", tag_.c_str(), steps_,
+                   steps_, static_cast<double>(smoothed_), seconds);
     } else {
       std::fprintf(stderr, "[%s] done in %.1f s\n", tag_.c_str(), seconds);
     }

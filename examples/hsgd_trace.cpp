@@ -107,8 +107,8 @@ std::vector<double> run_rank(Comm& comm, const Options& o, const strata::Runtime
   }
   for (std::size_t t = 0; t < o.steps; ++t) {
     for (std::size_t i = 0; i < o.dim; ++i) {
-      const double g = std::sin(0.001 * static_cast<double>(i + 1) * (rank + 1) *
-                                static_cast<double>(t + 1));
+      const double g =
+          std::sin(0.001 * static_cast<double>(i + 1) * (rank + 1) * static_cast<double>(t + 1));
       p[i] = p[i] - o.lr * g;
     }
     averager.average(std::span<double>(p));
@@ -159,7 +159,8 @@ int main(int argc, char** argv) {
       comm.all_gather(std::span<const double>(mine), std::span<double>(all));
       if (comm.rank() != 0) return 0;
       for (int r = 0; r < o.world; ++r) {
-        const auto first = all.begin() + static_cast<std::ptrdiff_t>(mine.size() * static_cast<std::size_t>(r));
+        const auto first =
+            all.begin() + static_cast<std::ptrdiff_t>(mine.size() * static_cast<std::size_t>(r));
         finals.emplace_back(first, first + static_cast<std::ptrdiff_t>(mine.size()));
       }
 #endif
@@ -172,7 +173,8 @@ int main(int argc, char** argv) {
     }
     std::FILE* f = o.out == "-" ? stdout : std::fopen(o.out.c_str(), "w");
     if (f == nullptr) {
-      std::fprintf(stderr, "hsgd_trace: cannot write %s: %s\n", o.out.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "hsgd_trace: cannot write %s: %s\n", o.out.c_str(),
+                   std::strerror(errno));
       return 1;
     }
     write_json(f, finals);

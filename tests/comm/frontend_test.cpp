@@ -107,10 +107,10 @@ TEST_CASE("local backend: uneven counts that wrap around are rejected on every m
     const bool me = comm.rank() == 1;
     const std::string expected =
         "rank 1: count " + std::to_string(max) + " for rank 0 exceeds the buffers";
-    CHECK_THROWS_WITH_AS(comm.all_to_all(std::span<const float>(a),
-                                         std::span<const std::size_t>(me ? huge : ok),
-                                         std::span<float>(b), std::span<const std::size_t>(ok)),
-                         doctest::Contains(expected.c_str()), strata::usage_error);
+    CHECK_THROWS_WITH_AS(
+        comm.all_to_all(std::span<const float>(a), std::span<const std::size_t>(me ? huge : ok),
+                        std::span<float>(b), std::span<const std::size_t>(ok)),
+        doctest::Contains(expected.c_str()), strata::usage_error);
     CHECK(b == std::vector<float>{7.0f, 7.0f});
   });
 }

@@ -28,7 +28,8 @@ TEST_CASE("level communicators group contiguous blocks and reuse the world for t
         std::vector<std::int64_t> ranks(static_cast<std::size_t>(g));
         std::vector<std::int64_t> mine{world.rank()};
         c.all_gather(std::span<const std::int64_t>(mine), std::span<std::int64_t>(ranks));
-        for (int k = 0; k < g; ++k) CHECK(ranks[static_cast<std::size_t>(k)] == world.rank() / g * g + k);
+        for (int k = 0; k < g; ++k)
+          CHECK(ranks[static_cast<std::size_t>(k)] == world.rank() / g * g + k);
       }
     });
   }
@@ -60,7 +61,8 @@ TEST_CASE("strided and per-node communicators") {
 }
 
 TEST_CASE("group layouts and the partition check") {
-  CHECK(strata::contiguous_groups(8, 4) == std::vector<std::vector<int>>{{0, 1, 2, 3}, {4, 5, 6, 7}});
+  CHECK(strata::contiguous_groups(8, 4) ==
+        std::vector<std::vector<int>>{{0, 1, 2, 3}, {4, 5, 6, 7}});
   CHECK(strata::strided_groups(8, 4) ==
         std::vector<std::vector<int>>{{0, 4}, {1, 5}, {2, 6}, {3, 7}});
   for (int n = 1; n <= 16; ++n) {
@@ -73,8 +75,8 @@ TEST_CASE("group layouts and the partition check") {
   CHECK_THROWS_WITH_AS(strata::check_partition({{0, 1}, {1, 2}}, 3),
                        "check_partition: rank 1 is in group 0 and in group 1",
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(strata::check_partition({{0, 2}}, 3), "check_partition: rank 1 is in no group",
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(strata::check_partition({{0, 2}}, 3),
+                       "check_partition: rank 1 is in no group", std::invalid_argument);
   CHECK_THROWS_WITH_AS(strata::check_partition({{0, 3}}, 3),
                        "check_partition: group 0 holds rank 3, outside a world of 3",
                        std::invalid_argument);

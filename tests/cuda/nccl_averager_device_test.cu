@@ -36,7 +36,8 @@ T* device_copy(const std::vector<T>& host) {
 template <class T>
 std::vector<T> host_copy(const T* p, std::size_t n) {
   std::vector<T> h(n);
-  strata::cuda_check("cudaMemcpy", 0, cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  strata::cuda_check("cudaMemcpy", 0,
+                     cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
   return h;
 }
 
@@ -56,7 +57,8 @@ void collectives(strata::NcclComm& comm) {
                   std::span<const std::size_t>(counts));
   comm.all_gather(std::span<const float>(o), buf);
   comm.synchronize();
-  expect(host_copy(d, h.size()) == h, "one rank's all_reduce/broadcast/all_to_all/all_gather are the identity");
+  expect(host_copy(d, h.size()) == h,
+         "one rank's all_reduce/broadcast/all_to_all/all_gather are the identity");
   comm.barrier();
   strata::NcclComm sub = comm.split(0, 0);
   expect(sub.size() == 1 && sub.rank() == 0 && sub.stream() == comm.stream(), "split of one rank");
@@ -75,7 +77,8 @@ void averager(strata::NcclComm& world, bool graphs) {
   std::vector<std::span<T>> params;
   for (std::size_t k = 0; k < std::size(sizes); ++k) {
     std::vector<T> h(sizes[k]);
-    for (std::size_t i = 0; i < h.size(); ++i) h[i] = static_cast<T>(static_cast<float>((k * 31 + i) % 1000) * 0.25f);
+    for (std::size_t i = 0; i < h.size(); ++i)
+      h[i] = static_cast<T>(static_cast<float>((k * 31 + i) % 1000) * 0.25f);
     device.push_back(device_copy(h));
     params.emplace_back(device.back(), h.size());
     host.push_back(std::move(h));

@@ -52,9 +52,8 @@ TEST_CASE("Hierarchy prints the text RuntimeHierarchy reads") {
 
 TEST_CASE("Hierarchy levels can be visited with mp_for_each") {
   std::size_t total = 0;
-  boost::mp11::mp_for_each<Card::level_list>([&](auto level) {
-    total += decltype(level)::period * decltype(level)::group_size;
-  });
+  boost::mp11::mp_for_each<Card::level_list>(
+      [&](auto level) { total += decltype(level)::period * decltype(level)::group_size; });
   CHECK(total == 2 * 8 + 4 * 32 + 8 * 64);
 }
 

@@ -13,11 +13,11 @@
 // pre-multiplied sum).
 #pragma once
 
-#include <nccl.h>
-#include <strata/cuda/error.hpp>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <strata/cuda/error.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -43,12 +43,12 @@ namespace fake {
 
 // Counters the tests read to check what reached the "library".
 struct Stats {
-  std::atomic<long> collectives{0};   // collective executions (per member)
-  std::atomic<long> groups{0};        // ncclGroupEnd calls that closed an outermost group
+  std::atomic<long> collectives{0};  // collective executions (per member)
+  std::atomic<long> groups{0};       // ncclGroupEnd calls that closed an outermost group
   std::atomic<long> graph_launches{0};
-  std::atomic<long> host_syncs{0};    // stream queries that found work still pending
+  std::atomic<long> host_syncs{0};  // stream queries that found work still pending
   std::atomic<long> aborts{0};
-  std::atomic<long> cancelled{0};     // work that reached a member after its abort
+  std::atomic<long> cancelled{0};  // work that reached a member after its abort
   void reset() {
     collectives = 0;
     groups = 0;
@@ -257,7 +257,9 @@ T combine(T a, T b, ncclRedOp_t op) {
 template <class T>
 T reduce_at(const std::vector<Part>& parts, std::size_t i, ncclRedOp_t op) {
   const auto n = static_cast<int>(parts.size());
-  auto value = [&](int r) { return static_cast<const T*>(parts[static_cast<std::size_t>(r)].in)[i]; };
+  auto value = [&](int r) {
+    return static_cast<const T*>(parts[static_cast<std::size_t>(r)].in)[i];
+  };
   if (op == ncclAvg) {
     if constexpr (std::is_floating_point_v<T>) {
       const T inv = T(1) / static_cast<T>(n);
@@ -580,7 +582,8 @@ struct Runtime {
       // Every member is in: one new team per color, ordered by key, then by parent rank.
       std::map<int, std::vector<std::pair<int, int>>> by_color;
       for (int m = 0; m < t.size; ++m) {
-        by_color[s.color[static_cast<std::size_t>(m)]].emplace_back(s.key[static_cast<std::size_t>(m)], m);
+        by_color[s.color[static_cast<std::size_t>(m)]].emplace_back(
+            s.key[static_cast<std::size_t>(m)], m);
       }
       for (auto& [col, members] : by_color) {
         std::sort(members.begin(), members.end());
@@ -717,7 +720,9 @@ struct Runtime {
   using error_type = cudaError_t;
   static constexpr error_type success = cudaSuccess;
   static constexpr error_type not_ready = cudaErrorNotReady;
-  static void check(std::string_view call, int rank, error_type e) { strata::cuda_check(call, rank, e); }
+  static void check(std::string_view call, int rank, error_type e) {
+    strata::cuda_check(call, rank, e);
+  }
   static cudaError_t set_device(int) { return cudaSuccess; }
   static cudaError_t get_device(int* device) {
     *device = 0;
@@ -801,7 +806,9 @@ struct Graphs {
   using stream_handle = Stream*;
   using graph_handle = Graph*;
   static constexpr error_type success = cudaSuccess;
-  static void check(std::string_view call, int rank, error_type e) { strata::cuda_check(call, rank, e); }
+  static void check(std::string_view call, int rank, error_type e) {
+    strata::cuda_check(call, rank, e);
+  }
 
   static cudaError_t begin_capture(stream_handle s) {
     std::lock_guard lk(s->m);
@@ -826,7 +833,6 @@ struct Graphs {
     delete g;
     return cudaSuccess;
   }
-
 };
 
 }  // namespace fake

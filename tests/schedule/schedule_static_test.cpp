@@ -55,9 +55,9 @@ static_assert(rel.sync_counts(16) == std::array<std::size_t, 3>{3, 1, 2});
 constexpr std::size_t mib = 1 << 20;
 static_assert(strata::Schedule<Card>::bytes_per_sync(0, mib) == 2.0 * 7 / 8 * mib);
 static_assert(strata::Schedule<Card>::bytes_per_sync(2, mib) == 2.0 * 63 / 64 * mib);
-static_assert(card.bytes_per_rank(16, mib) ==
-              std::array<double, 3>{4 * 2.0 * 7 / 8 * mib, 2 * 2.0 * 31 / 32 * mib,
-                                    2 * 2.0 * 63 / 64 * mib});
+static_assert(card.bytes_per_rank(16, mib) == std::array<double, 3>{4 * 2.0 * 7 / 8 * mib,
+                                                                    2 * 2.0 * 31 / 32 * mib,
+                                                                    2 * 2.0 * 63 / 64 * mib});
 static_assert(strata::Schedule<Card>::bytes_per_sync<strata::RecursiveDoublingAllReduce>(1, mib) ==
               5.0 * mib);
 

@@ -61,8 +61,8 @@ constexpr Levels random_levels(std::uint64_t seed) {
   std::size_t group = 1 + rng.below(3);
   for (std::size_t i = 0; i < out.n; ++i) {
     out.l[i] = {period, group};
-    period += 1 + rng.below(6);      // strictly increasing, not necessarily dividing
-    group *= 2 + rng.below(2);       // each divides the next
+    period += 1 + rng.below(6);  // strictly increasing, not necessarily dividing
+    group *= 2 + rng.below(2);   // each divides the next
   }
   return out;
 }
@@ -175,9 +175,9 @@ TEST_CASE("bytes per rank follow the ring all-reduce model") {
   const std::size_t g[] = {8, 32, 64};
   for (std::size_t i = 0; i < 3; ++i) {
     CAPTURE(i);
-    CHECK(bytes[i] == doctest::Approx(static_cast<double>(counts[i]) * 2.0 *
-                                      static_cast<double>(g[i] - 1) / static_cast<double>(g[i]) *
-                                      static_cast<double>(param_bytes)));
+    CHECK(bytes[i] ==
+          doctest::Approx(static_cast<double>(counts[i]) * 2.0 * static_cast<double>(g[i] - 1) /
+                          static_cast<double>(g[i]) * static_cast<double>(param_bytes)));
   }
 }
 

@@ -327,8 +327,8 @@ TEST_CASE("long runs, whose schedule the simulator reads in pieces, agree with t
   c.intra_node = {1e10, 1e-6};
   c.inter_node = {1e9, 1e-5};
   c.backward_overlap = 0.5;
-  const auto m = Method::hierarchical(RuntimeHierarchy(k.levels), k.warmup)
-                     .with_intra_node_gradients();
+  const auto m =
+      Method::hierarchical(RuntimeHierarchy(k.levels), k.warmup).with_intra_node_gradients();
   for (const std::size_t steps : {4095, 4096, 4097, 10'001}) {
     CAPTURE(steps);
     CHECK(simulate(m, d, c, steps, 5).seconds ==

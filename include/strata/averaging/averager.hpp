@@ -15,8 +15,8 @@
 
 #include <thrust/execution_policy.h>
 
-#include "strata/comm/communicator.hpp"
 #include "strata/averaging/clock.hpp"
+#include "strata/comm/communicator.hpp"
 #include "strata/comm/level_comms.hpp"
 #include "strata/hierarchy/hierarchy.hpp"
 #include "strata/hierarchy/runtime_hierarchy.hpp"
@@ -238,9 +238,10 @@ class PeriodicAverager : public BasicAverager<RuntimeSchedule<WarmupRelativePhas
  public:
   PeriodicAverager(Comm& world, std::size_t period, std::size_t warmup = 0)
       : BasicAverager<RuntimeSchedule<WarmupRelativePhase>, Comm>(
-            world, RuntimeSchedule<WarmupRelativePhase>(
-                       RuntimeHierarchy({LevelSpec{period, static_cast<std::size_t>(world.size())}}),
-                       warmup)) {}
+            world,
+            RuntimeSchedule<WarmupRelativePhase>(
+                RuntimeHierarchy({LevelSpec{period, static_cast<std::size_t>(world.size())}}),
+                warmup)) {}
 };
 
 }  // namespace strata

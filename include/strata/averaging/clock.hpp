@@ -69,11 +69,10 @@ class AveragerClock {
     const AveragerState mine = this->state();
     if (state.hierarchy != mine.hierarchy || state.warmup != mine.warmup ||
         state.phase != mine.phase) {
-      throw std::invalid_argument("AveragerClock: cannot restore a state of hierarchy " +
-                                  state.hierarchy + ", warm-up " + std::to_string(state.warmup) +
-                                  ", phase " + state.phase + " into hierarchy " + mine.hierarchy +
-                                  ", warm-up " + std::to_string(mine.warmup) + ", phase " +
-                                  mine.phase);
+      throw std::invalid_argument(
+          "AveragerClock: cannot restore a state of hierarchy " + state.hierarchy + ", warm-up " +
+          std::to_string(state.warmup) + ", phase " + state.phase + " into hierarchy " +
+          mine.hierarchy + ", warm-up " + std::to_string(mine.warmup) + ", phase " + mine.phase);
     }
     step_ = state.step;
   }

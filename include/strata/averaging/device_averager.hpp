@@ -38,16 +38,15 @@ namespace strata {
 //! static_assert(!strata::device_communicator<int>);
 //! \endcode
 template <class C>
-concept device_communicator =
-    communicator<C> && device_memory_v<C> &&
+concept device_communicator = communicator<C> && device_memory_v<C> &&
     requires(C& c, const C& cc, typename C::stream_handle s, std::string_view op) {
-      typename C::runtime_type;
-      { cc.stream() } -> std::same_as<typename C::stream_handle>;
-      c.synchronize(s);
-      c.check_usable(op);
-      c.abort();
-      c.defer_aborts();
-    };
+  typename C::runtime_type;
+  { cc.stream() } -> std::same_as<typename C::stream_handle>;
+  c.synchronize(s);
+  c.check_usable(op);
+  c.abort();
+  c.defer_aborts();
+};
 
 //! The element types averaged on the device: float, double, half and bfloat16.
 //!
@@ -57,7 +56,7 @@ concept device_communicator =
 //! \endcode
 template <class T>
 concept device_average_value = std::same_as<T, float> || std::same_as<T, double> ||
-                               std::same_as<T, __half> || std::same_as<T, __nv_bfloat16>;
+    std::same_as<T, __half> || std::same_as<T, __nv_bfloat16>;
 
 //! The fused kernels a `DeviceAverager` launches for element type `T`, all enqueued on a stream:
 //! `upload(plan, s)` makes a plan's chunk table visible to later kernels (outside graph capture),
@@ -65,15 +64,14 @@ concept device_average_value = std::same_as<T, float> || std::same_as<T, double>
 //! `flat` times `factor` back, `scale(data, factor, s)` scales in place. `CudaFusedKernels`
 //! (`strata/averaging/cuda_averager.cuh`) is the CUDA model; each call is one kernel launch.
 template <template <class> class K, class T, class Stream>
-concept fused_device_kernels =
-    std::default_initializable<K<T>> &&
+concept fused_device_kernels = std::default_initializable<K<T>> &&
     requires(K<T>& k, const FusedPlan<T>& plan, std::span<T> flat, std::span<const T> in,
              fused_factor_t<T> factor, Stream s) {
-      k.upload(plan, s);
-      k.pack(flat, s);
-      k.unpack(in, factor, s);
-      k.scale(flat, factor, s);
-    };
+  k.upload(plan, s);
+  k.pack(flat, s);
+  k.unpack(in, factor, s);
+  k.scale(flat, factor, s);
+};
 
 //! Settings of a `DeviceAverager`.
 //!
@@ -193,8 +191,8 @@ class DeviceAverager : public AveragerClock<S> {
 
   //! Averages `tensors` (device memory) on `stream`; returns the level that ran.
   template <device_average_value T>
-    requires fused_device_kernels<Kernels, T, stream_handle>
-  std::optional<std::size_t> average(std::span<const std::span<T>> tensors, stream_handle stream) {
+  requires fused_device_kernels<Kernels, T, stream_handle> std::optional<std::size_t> average(
+      std::span<const std::span<T>> tensors, stream_handle stream) {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
     if (level) {
       Comm& comm = comms_.level(*level);
@@ -216,23 +214,22 @@ class DeviceAverager : public AveragerClock<S> {
     return level;
   }
   template <device_average_value T>
-    requires fused_device_kernels<Kernels, T, stream_handle>
-  std::optional<std::size_t> average(const std::vector<std::span<T>>& tensors,
-                                     stream_handle stream) {
+  requires fused_device_kernels<Kernels, T, stream_handle> std::optional<std::size_t> average(
+      const std::vector<std::span<T>>& tensors, stream_handle stream) {
     return average(std::span<const std::span<T>>(tensors), stream);
   }
   //! On the world communicator's stream.
   template <device_average_value T>
-    requires fused_device_kernels<Kernels, T, stream_handle>
-  std::optional<std::size_t> average(const std::vector<std::span<T>>& tensors) {
+  requires fused_device_kernels<Kernels, T, stream_handle> std::optional<std::size_t> average(
+      const std::vector<std::span<T>>& tensors) {
     return average(std::span<const std::span<T>>(tensors), stream_);
   }
 
   //! Parameters already in one contiguous device buffer: averaged in place, one all-reduce
   //! (sum) and one scale by 1/g, no staging copy.
   template <device_average_value T>
-    requires fused_device_kernels<Kernels, T, stream_handle>
-  std::optional<std::size_t> average(std::span<T> flat, stream_handle stream) {
+  requires fused_device_kernels<Kernels, T, stream_handle> std::optional<std::size_t> average(
+      std::span<T> flat, stream_handle stream) {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
     if (level) {
       Comm& comm = comms_.level(*level);
@@ -317,8 +314,8 @@ class DeviceAverager : public AveragerClock<S> {
   // (they will wait for work it never launches): its communicator is aborted, so that they fail
   // instead of waiting, and so that nothing is paired wrongly later.
   template <class Enqueue>
-  void run(Comm& comm, detail::LevelGraphs<Graphs>& graphs, std::size_t level,
-           stream_handle stream, Enqueue enqueue) {
+  void run(Comm& comm, detail::LevelGraphs<Graphs>& graphs, std::size_t level, stream_handle stream,
+           Enqueue enqueue) {
     bool issued = false;
     if (!options_.use_graphs) {
       try {

@@ -55,8 +55,7 @@ class PostLocalGradientSync {
       : averager_(&averager), world_(&world), intra_node_(intra_node) {
     if (ranks_per_node <= 0 || world.size() % ranks_per_node != 0) {
       throw std::invalid_argument("PostLocalGradientSync: world size " +
-                                  std::to_string(world.size()) +
-                                  " is not a positive multiple of " +
+                                  std::to_string(world.size()) + " is not a positive multiple of " +
                                   std::to_string(ranks_per_node) + " ranks per node");
     }
     if (intra_node && ranks_per_node > 1 && ranks_per_node < world.size()) {

@@ -42,7 +42,7 @@ constexpr std::string_view to_string(ReduceOp op) noexcept {
 //! \endcode
 template <class T>
 concept comm_value = std::same_as<T, float> || std::same_as<T, double> ||
-                     std::same_as<T, std::int32_t> || std::same_as<T, std::int64_t>;
+    std::same_as<T, std::int32_t> || std::same_as<T, std::int64_t>;
 
 //! The name of a `comm_value` type, for messages.
 template <comm_value T>
@@ -55,17 +55,16 @@ constexpr std::string_view type_name() noexcept {
 
 //! `C` offers every collective for element type `T`.
 template <class C, class T>
-concept communicator_for =
-    requires(C& c, std::span<T> buf, std::span<const T> in, std::span<const std::size_t> counts,
-             ReduceOp op, int root) {
-      c.all_reduce(buf, op);                         // in place
-      c.all_reduce(in, buf, op);                     // out of place
-      c.broadcast(buf, root);
-      c.all_gather(in, buf);                         // out.size() == in.size() * size()
-      c.reduce_scatter(in, buf, op);                 // in.size() == out.size() * size()
-      c.all_to_all(in, buf);                         // equal blocks of in.size() / size()
-      c.all_to_all(in, counts, buf, counts);         // uneven: send counts, receive counts
-    };
+concept communicator_for = requires(C& c, std::span<T> buf, std::span<const T> in,
+                                    std::span<const std::size_t> counts, ReduceOp op, int root) {
+  c.all_reduce(buf, op);      // in place
+  c.all_reduce(in, buf, op);  // out of place
+  c.broadcast(buf, root);
+  c.all_gather(in, buf);                  // out.size() == in.size() * size()
+  c.reduce_scatter(in, buf, op);          // in.size() == out.size() * size()
+  c.all_to_all(in, buf);                  // equal blocks of in.size() / size()
+  c.all_to_all(in, counts, buf, counts);  // uneven: send counts, receive counts
+};
 
 //! A group of ranks that run collectives together: the local backend (threads in one process),
 //! MPI and NCCL all model it. Every member calls the same collectives in the same order.
@@ -87,14 +86,13 @@ concept communicator_for =
 //! static_assert(!strata::communicator<int>);
 //! \endcode
 template <class C>
-concept communicator =
-    std::movable<C> && communicator_for<C, float> && communicator_for<C, double> &&
-    communicator_for<C, std::int32_t> && communicator_for<C, std::int64_t> &&
-    requires(C& c, const C& cc, int color, int key) {
-      { cc.rank() } -> std::same_as<int>;
-      { cc.size() } -> std::same_as<int>;
-      c.barrier();
-      { c.split(color, key) } -> std::same_as<C>;
-    };
+concept communicator = std::movable<C> && communicator_for<C, float> &&
+    communicator_for<C, double> && communicator_for<C, std::int32_t> &&
+    communicator_for<C, std::int64_t> && requires(C& c, const C& cc, int color, int key) {
+  { cc.rank() } -> std::same_as<int>;
+  { cc.size() } -> std::same_as<int>;
+  c.barrier();
+  { c.split(color, key) } -> std::same_as<C>;
+};
 
 }  // namespace strata

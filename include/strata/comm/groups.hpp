@@ -24,7 +24,8 @@ inline std::vector<std::vector<int>> contiguous_groups(int world_size, int group
                                 std::to_string(group_size));
   }
   std::vector<std::vector<int>> groups(static_cast<std::size_t>(world_size / group_size));
-  for (int r = 0; r < world_size; ++r) groups[static_cast<std::size_t>(r / group_size)].push_back(r);
+  for (int r = 0; r < world_size; ++r)
+    groups[static_cast<std::size_t>(r / group_size)].push_back(r);
   return groups;
 }
 
@@ -43,7 +44,8 @@ inline std::vector<std::vector<int>> strided_groups(int world_size, int ranks_pe
                                 " ranks per node");
   }
   std::vector<std::vector<int>> groups(static_cast<std::size_t>(ranks_per_node));
-  for (int r = 0; r < world_size; ++r) groups[static_cast<std::size_t>(r % ranks_per_node)].push_back(r);
+  for (int r = 0; r < world_size; ++r)
+    groups[static_cast<std::size_t>(r % ranks_per_node)].push_back(r);
   return groups;
 }
 
@@ -66,9 +68,8 @@ inline void check_partition(const std::vector<std::vector<int>>& groups, int wor
       }
       int& o = owner[static_cast<std::size_t>(r)];
       if (o != -1) {
-        throw std::invalid_argument("check_partition: rank " + std::to_string(r) +
-                                    " is in group " + std::to_string(o) + " and in group " +
-                                    std::to_string(g));
+        throw std::invalid_argument("check_partition: rank " + std::to_string(r) + " is in group " +
+                                    std::to_string(o) + " and in group " + std::to_string(g));
       }
       o = static_cast<int>(g);
     }

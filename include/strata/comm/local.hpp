@@ -30,9 +30,9 @@
 #include <exception>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -271,12 +271,8 @@ void reduce_dispatch(const std::vector<Post>& posts, std::size_t in_offset, std:
     case ReduceOp::average:
       reduce_range<T>(posts, in_offset, begin, end, op, Sum<T>{}, dests);
       break;
-    case ReduceOp::min:
-      reduce_range<T>(posts, in_offset, begin, end, op, Min<T>{}, dests);
-      break;
-    case ReduceOp::max:
-      reduce_range<T>(posts, in_offset, begin, end, op, Max<T>{}, dests);
-      break;
+    case ReduceOp::min: reduce_range<T>(posts, in_offset, begin, end, op, Min<T>{}, dests); break;
+    case ReduceOp::max: reduce_range<T>(posts, in_offset, begin, end, op, Max<T>{}, dests); break;
   }
 }
 
@@ -390,13 +386,13 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
         // Reduce-scatter and all-gather in one pass: this member reduces slice r and writes it
         // into every member's output.
         const std::size_t count = c.in;
-        detail::local::reduce_dispatch<T>(
-            g.posts, 0, count * r / n, count * (r + 1) / n, c.reduce,
-            [&](std::size_t lo, const T* acc, std::size_t len) {
-              for (std::size_t m = 0; m < n; ++m) {
-                copy_bytes(static_cast<T*>(g.posts[m].out) + lo, acc, len * sizeof(T));
-              }
-            });
+        detail::local::reduce_dispatch<T>(g.posts, 0, count * r / n, count * (r + 1) / n, c.reduce,
+                                          [&](std::size_t lo, const T* acc, std::size_t len) {
+                                            for (std::size_t m = 0; m < n; ++m) {
+                                              copy_bytes(static_cast<T*>(g.posts[m].out) + lo, acc,
+                                                         len * sizeof(T));
+                                            }
+                                          });
         break;
       }
       case Collective::broadcast:
@@ -408,15 +404,15 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
         for (std::size_t m = 0; m < n; ++m) copy_bytes(out + m * c.in, input(m), c.in * sizeof(T));
         break;
       case Collective::reduce_scatter:
-        detail::local::reduce_dispatch<T>(
-            g.posts, c.out * r, 0, c.out, c.reduce,
-            [&](std::size_t lo, const T* acc, std::size_t len) {
-              copy_bytes(out + lo, acc, len * sizeof(T));
-            });
+        detail::local::reduce_dispatch<T>(g.posts, c.out * r, 0, c.out, c.reduce,
+                                          [&](std::size_t lo, const T* acc, std::size_t len) {
+                                            copy_bytes(out + lo, acc, len * sizeof(T));
+                                          });
         break;
       case Collective::all_to_all: {
         const std::size_t b = c.in / n;
-        for (std::size_t j = 0; j < n; ++j) copy_bytes(out + j * b, input(j) + r * b, b * sizeof(T));
+        for (std::size_t j = 0; j < n; ++j)
+          copy_bytes(out + j * b, input(j) + r * b, b * sizeof(T));
         break;
       }
       case Collective::all_to_all_v:
@@ -427,8 +423,7 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
         }
         break;
       case Collective::barrier:
-      case Collective::split:
-        break;
+      case Collective::split: break;
     }
   }
 
@@ -444,7 +439,9 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     const auto name = [&](int m) {
       return detail::rank_name(group_->members[static_cast<std::size_t>(m)]);
     };
-    const auto call = [&](int m) -> const Call& { return *posts[static_cast<std::size_t>(m)].call; };
+    const auto call = [&](int m) -> const Call& {
+      return *posts[static_cast<std::size_t>(m)].call;
+    };
     if (auto why = detail::first_disagreement(n, call, name)) return why;
     if (call(0).op != Collective::all_to_all_v) return std::nullopt;
     std::vector<detail::CountMismatch> found(posts.size());
@@ -497,7 +494,6 @@ struct communicator_traits<LocalComm> {
   using stream_type = void;
 };
 
-
 //! N ranks as N threads of this process: the embedded default backend, for demos, tests and
 //! users' own unit tests of distributed code.
 //!
@@ -510,7 +506,8 @@ struct communicator_traits<LocalComm> {
 class LocalWorld {
  public:
   explicit LocalWorld(int size, LocalOptions options = {}) : size_(size), options_(options) {
-    if (size <= 0) throw std::invalid_argument("LocalWorld: size must be positive, got " + std::to_string(size));
+    if (size <= 0)
+      throw std::invalid_argument("LocalWorld: size must be positive, got " + std::to_string(size));
   }
 
   [[nodiscard]] int size() const noexcept { return size_; }
@@ -520,7 +517,7 @@ class LocalWorld {
   //! rank throws, its peers' pending and later collectives fail too, and `run` rethrows the
   //! exception that caused it all (not the peers' consequences).
   template <class F>
-    requires std::invocable<F&, LocalComm&>
+  requires std::invocable<F&, LocalComm&>
   void run(F&& f) {
     auto world = std::make_shared<detail::local::World>(size_, options_);
     std::vector<int> all(static_cast<std::size_t>(size_));

@@ -102,7 +102,8 @@ namespace detail::mpi {
 inline std::string error_string(int code) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
-  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
+    return "MPI error " + std::to_string(code);
   return std::string(text, static_cast<std::size_t>(length));
 }
 
@@ -306,8 +307,7 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
         check(op, "MPI_Ibcast", MPI_Ibcast(out, count, type, c.root, comm_, &req));
         break;
       case Collective::all_gather:
-        check(op, "MPI_Iallgather",
-              MPI_Iallgather(in, count, type, out, count, type, comm_, &req));
+        check(op, "MPI_Iallgather", MPI_Iallgather(in, count, type, out, count, type, comm_, &req));
         break;
       case Collective::reduce_scatter:
         check(op, "MPI_Ireduce_scatter_block",
@@ -330,14 +330,13 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
           rd[j] = static_cast<int>(c.layout.recv_offsets[j]);
         }
         check(op, "MPI_Ialltoallv",
-              MPI_Ialltoallv(in, sc.data(), sd.data(), type, out, rc.data(), rd.data(), type,
-                             comm_, &req));
+              MPI_Ialltoallv(in, sc.data(), sd.data(), type, out, rc.data(), rd.data(), type, comm_,
+                             &req));
         wait(op, req);  // the count arrays must outlive the request
         return;
       }
       case Collective::barrier:
-      case Collective::split:
-        return;
+      case Collective::split: return;
     }
     wait(op, req);
     if (c.op != Collective::broadcast && c.reduce == ReduceOp::average) {
@@ -418,7 +417,6 @@ struct communicator_traits<MpiComm> {
   static constexpr MemorySpace memory_space = MemorySpace::host;
   using stream_type = void;
 };
-
 
 static_assert(communicator<MpiComm>);
 

@@ -94,10 +94,10 @@ class CudaBuffer {
   void allocate(std::size_t n, int rank) {
     if (n == 0) return;
     if (n > std::numeric_limits<std::size_t>::max() / sizeof(T)) {
-      throw std::invalid_argument(std::string(Kind == MemoryKind::device ? "CudaBuffer"
-                                                                         : "PinnedBuffer") +
-                                  ": " + std::to_string(n) + " elements of " +
-                                  std::to_string(sizeof(T)) + " bytes exceed the address space");
+      throw std::invalid_argument(
+          std::string(Kind == MemoryKind::device ? "CudaBuffer" : "PinnedBuffer") + ": " +
+          std::to_string(n) + " elements of " + std::to_string(sizeof(T)) +
+          " bytes exceed the address space");
     }
     void* p = nullptr;
     if constexpr (Kind == MemoryKind::device) {

@@ -31,7 +31,8 @@ class cuda_error : public coded_error<cudaError_t> {
   [[nodiscard]] static std::string describe(cudaError_t code) {
     const char* name = cudaGetErrorName(code);
     const char* text = cudaGetErrorString(code);
-    std::string s = name != nullptr ? name : ("cudaError " + std::to_string(static_cast<int>(code)));
+    std::string s =
+        name != nullptr ? name : ("cudaError " + std::to_string(static_cast<int>(code)));
     if (text != nullptr) {
       s += ": ";
       s += text;

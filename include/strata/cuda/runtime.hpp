@@ -26,24 +26,24 @@ namespace strata {
 //! static_assert(!strata::cuda_runtime_policy<int>);
 //! \endcode
 template <class R>
-concept cuda_runtime_policy =
-    requires(void** p, void* q, const void* c, std::size_t n, typename R::stream_handle s, int d,
-             int* dp, typename R::error_type e) {
-      typename R::error_type;
-      typename R::stream_handle;
-      { R::success } -> std::convertible_to<typename R::error_type>;
-      { R::malloc(p, n) } -> std::same_as<typename R::error_type>;
-      { R::free(q) } -> std::same_as<typename R::error_type>;
-      { R::malloc_host(p, n) } -> std::same_as<typename R::error_type>;
-      { R::free_host(q) } -> std::same_as<typename R::error_type>;
-      { R::memcpy_async(q, c, n, s) } -> std::same_as<typename R::error_type>;
-      { R::stream_create(&s) } -> std::same_as<typename R::error_type>;
-      { R::stream_destroy(s) } -> std::same_as<typename R::error_type>;
-      { R::stream_query(s) } -> std::same_as<typename R::error_type>;
-      { R::set_device(d) } -> std::same_as<typename R::error_type>;
-      { R::get_device(dp) } -> std::same_as<typename R::error_type>;
-      R::check(std::string_view{}, d, e);
-    };
+concept cuda_runtime_policy = requires(void** p, void* q, const void* c, std::size_t n,
+                                       typename R::stream_handle s, int d, int* dp,
+                                       typename R::error_type e) {
+  typename R::error_type;
+  typename R::stream_handle;
+  { R::success } -> std::convertible_to<typename R::error_type>;
+  { R::malloc(p, n) } -> std::same_as<typename R::error_type>;
+  { R::free(q) } -> std::same_as<typename R::error_type>;
+  { R::malloc_host(p, n) } -> std::same_as<typename R::error_type>;
+  { R::free_host(q) } -> std::same_as<typename R::error_type>;
+  { R::memcpy_async(q, c, n, s) } -> std::same_as<typename R::error_type>;
+  { R::stream_create(&s) } -> std::same_as<typename R::error_type>;
+  { R::stream_destroy(s) } -> std::same_as<typename R::error_type>;
+  { R::stream_query(s) } -> std::same_as<typename R::error_type>;
+  { R::set_device(d) } -> std::same_as<typename R::error_type>;
+  { R::get_device(dp) } -> std::same_as<typename R::error_type>;
+  R::check(std::string_view{}, d, e);
+};
 
 //! The CUDA runtime itself: each member forwards to the `cuda*` call of the same meaning.
 //!

@@ -66,15 +66,15 @@ constexpr RuleCheck check_levels(std::span<const LevelSpec> levels) noexcept {
     }
     if (l.group_size <= prev.group_size) {
       RuleCheck r = violation(HierarchyRule::group_sizes_not_increasing, i);
-      r.message << "level " << i << " group size " << l.group_size
-                << " is not greater than level " << (i - 1) << " group size " << prev.group_size
+      r.message << "level " << i << " group size " << l.group_size << " is not greater than level "
+                << (i - 1) << " group size " << prev.group_size
                 << "; group sizes must strictly increase";
       return r;
     }
     if (l.group_size % prev.group_size != 0) {
       RuleCheck r = violation(HierarchyRule::group_size_not_multiple, i);
-      r.message << "level " << i << " group size " << l.group_size
-                << " is not a multiple of level " << (i - 1) << " group size " << prev.group_size;
+      r.message << "level " << i << " group size " << l.group_size << " is not a multiple of level "
+                << (i - 1) << " group size " << prev.group_size;
       return r;
     }
   }

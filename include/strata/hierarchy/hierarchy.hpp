@@ -116,9 +116,7 @@ struct Hierarchy {
   static constexpr std::size_t hyper_period = compute_hyper_period();
 
   //! The text form `"P:G,P:G,..."` that `RuntimeHierarchy::parse` reads back.
-  [[nodiscard]] static std::string to_string() {
-    return detail::format_levels(levels);
-  }
+  [[nodiscard]] static std::string to_string() { return detail::format_levels(levels); }
 };
 
 //! A type that describes a whole hierarchy: an instance of `Hierarchy` (or a type shaped like one).

@@ -68,8 +68,8 @@ class RuntimeHierarchy {
     while (true) {
       ++item;
       const std::size_t comma = text.find(',', begin);
-      const std::string_view piece =
-          text.substr(begin, comma == std::string_view::npos ? std::string_view::npos : comma - begin);
+      const std::string_view piece = text.substr(
+          begin, comma == std::string_view::npos ? std::string_view::npos : comma - begin);
       levels.push_back(parse_item(text, piece, item));
       pieces.push_back(piece);
       if (comma == std::string_view::npos) break;
@@ -81,10 +81,9 @@ class RuntimeHierarchy {
     }
     // The rules keep their wording; the item that breaks one is added, as for syntax errors.
     if (const detail::RuleCheck r = detail::check_levels(levels); !r.ok()) {
-      throw std::invalid_argument(std::string(r.message.view()) + " (item " +
-                                  std::to_string(r.level + 1) + " \"" +
-                                  std::string(pieces[r.level]) + "\" of \"" + std::string(text) +
-                                  "\")");
+      throw std::invalid_argument(
+          std::string(r.message.view()) + " (item " + std::to_string(r.level + 1) + " \"" +
+          std::string(pieces[r.level]) + "\" of \"" + std::string(text) + "\")");
     }
     return RuntimeHierarchy(std::move(levels));
   }
@@ -103,9 +102,7 @@ class RuntimeHierarchy {
     if (!r.ok()) throw std::invalid_argument(std::string(r.message.view()));
   }
 
-  [[nodiscard]] std::string to_string() const {
-    return detail::format_levels(levels_);
-  }
+  [[nodiscard]] std::string to_string() const { return detail::format_levels(levels_); }
 
   friend bool operator==(const RuntimeHierarchy& a, const RuntimeHierarchy& b) {
     return a.levels_ == b.levels_;

@@ -82,13 +82,14 @@ std::string format_timeline(const S& schedule, std::size_t steps, std::size_t pa
   char line[160];
   for (std::size_t i = n; i-- > 0;) {
     const double share = steps == 0 ? 0.0 : 100.0 * static_cast<double>(counts[i]) / steps;
-    std::snprintf(line, sizeof line, "  level %zu  group size %-6zu period %-5zu syncs %-8zu (%.1f%% of steps)",
-                  i, levels[i].group_size, levels[i].period, counts[i], share);
+    std::snprintf(line, sizeof line,
+                  "  level %zu  group size %-6zu period %-5zu syncs %-8zu (%.1f%% of steps)", i,
+                  levels[i].group_size, levels[i].period, counts[i], share);
     out += line;
     if (param_bytes != 0) {
-      const double b = static_cast<double>(counts[i]) *
-                       RingAllReduce::bytes_per_rank(static_cast<double>(param_bytes),
-                                                     levels[i].group_size);
+      const double b =
+          static_cast<double>(counts[i]) *
+          RingAllReduce::bytes_per_rank(static_cast<double>(param_bytes), levels[i].group_size);
       std::snprintf(line, sizeof line, "  %.3f MB sent per rank (ring)", b / 1e6);
       out += line;
     }

@@ -129,15 +129,11 @@ class Method {
   [[nodiscard]] std::string name() const {
     std::string s;
     switch (kind_) {
-      case MethodKind::synchronous:
-        s = "synchronous SGD";
-        break;
+      case MethodKind::synchronous: s = "synchronous SGD"; break;
       case MethodKind::local:
         s = "local SGD (period " + std::to_string(hierarchy_->level(0).period) + ")";
         break;
-      case MethodKind::hierarchical:
-        s = "hierarchical SGD " + hierarchy_->to_string();
-        break;
+      case MethodKind::hierarchical: s = "hierarchical SGD " + hierarchy_->to_string(); break;
     }
     if (warmup_ != 0) s += ", warm-up " + std::to_string(warmup_);
     if (intra_node_) s += ", intra-node gradients";

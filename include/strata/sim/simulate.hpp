@@ -55,10 +55,8 @@ struct SyncStats {
     switch (kind) {
       case SyncKind::model_average:
         return "level " + std::to_string(level) + " (" + g + ", P=" + std::to_string(period) + ")";
-      case SyncKind::world_gradients:
-        return "world gradients (" + g + ")";
-      case SyncKind::node_gradients:
-        return "node gradients (" + g + ")";
+      case SyncKind::world_gradients: return "world gradients (" + g + ")";
+      case SyncKind::node_gradients: return "node gradients (" + g + ")";
     }
     return g;
   }

@@ -88,16 +88,16 @@ constexpr std::string_view element_name(std::uint8_t code) noexcept {
 // sentence from an exchanged copy.
 enum class Fault : std::uint8_t {
   none,
-  size_mismatch,     // a: in, b: out
-  gather_size,       // a: in, b: out
-  scatter_size,      // a: in, b: out
-  all_to_all_size,   // a: in, b: out
-  bad_root,          // a: root
-  count_arity,       // a: send counts, b: receive counts
-  count_too_large,   // a: count, b: peer, c: in, d: out
-  counts_total,      // a: sent, b: received, c: in, d: out
-  negative_color,    // a: color
-  backend_limit,     // a: elements, b: the backend's limit
+  size_mismatch,    // a: in, b: out
+  gather_size,      // a: in, b: out
+  scatter_size,     // a: in, b: out
+  all_to_all_size,  // a: in, b: out
+  bad_root,         // a: root
+  count_arity,      // a: send counts, b: receive counts
+  count_too_large,  // a: count, b: peer, c: in, d: out
+  counts_total,     // a: sent, b: received, c: in, d: out
+  negative_color,   // a: color
+  backend_limit,    // a: elements, b: the backend's limit
 };
 
 struct Problem {
@@ -114,8 +114,7 @@ inline std::string describe(const Problem& p, int group_size) {
   const std::string n = std::to_string(group_size);
   switch (p.fault) {
     case Fault::none: return {};
-    case Fault::size_mismatch:
-      return "input has " + u(p.a) + " elements but output has " + u(p.b);
+    case Fault::size_mismatch: return "input has " + u(p.a) + " elements but output has " + u(p.b);
     case Fault::gather_size:
       return "output has " + u(p.b) + " elements; it needs " + u(p.a) + " x " + n;
     case Fault::scatter_size:
@@ -225,7 +224,7 @@ struct Call {
   Problem problem;
   std::span<const std::size_t> send_counts;  // the uneven all-to-all
   std::span<const std::size_t> recv_counts;
-  UnevenLayout layout;                       // its offsets, when the counts are valid
+  UnevenLayout layout;  // its offsets, when the counts are valid
 };
 
 template <class T>
@@ -247,9 +246,17 @@ Call make_call(Collective op, std::size_t in, std::size_t out, ReduceOp reduce =
 inline constexpr std::size_t signature_words = 11;
 
 inline std::array<std::int64_t, signature_words> encode(const Call& c) {
-  return {static_cast<std::int64_t>(c.op), c.type, static_cast<std::int64_t>(c.reduce), c.root,
-          as_word(c.in), as_word(c.out), static_cast<std::int64_t>(c.problem.fault),
-          c.problem.a, c.problem.b, c.problem.c, c.problem.d};
+  return {static_cast<std::int64_t>(c.op),
+          c.type,
+          static_cast<std::int64_t>(c.reduce),
+          c.root,
+          as_word(c.in),
+          as_word(c.out),
+          static_cast<std::int64_t>(c.problem.fault),
+          c.problem.a,
+          c.problem.b,
+          c.problem.c,
+          c.problem.d};
 }
 
 inline Call decode(std::span<const std::int64_t> w) {
@@ -278,12 +285,12 @@ std::optional<std::string> first_disagreement(int n, CallOf&& call, Name&& name)
     const Call& p = call(m);
     const std::string pair = name(0) + " and " + name(m) + " disagree: ";
     if (p.op != first.op) {
-      return pair + name(0) + " called " + std::string(collective_name(first.op)) + ", " +
-             name(m) + " called " + std::string(collective_name(p.op));
+      return pair + name(0) + " called " + std::string(collective_name(first.op)) + ", " + name(m) +
+             " called " + std::string(collective_name(p.op));
     }
     if (p.type != first.type) {
-      return pair + name(0) + " passed " + std::string(element_name(first.type)) +
-             " elements, " + name(m) + " passed " + std::string(element_name(p.type));
+      return pair + name(0) + " passed " + std::string(element_name(first.type)) + " elements, " +
+             name(m) + " passed " + std::string(element_name(p.type));
     }
     if (p.reduce != first.reduce) {
       return pair + name(0) + " reduces with " + std::string(to_string(first.reduce)) + ", " +
@@ -354,8 +361,8 @@ std::optional<std::string> agree(const Call& mine, int rank, int n, Gather&& gat
   gather(std::span<const std::int64_t>(local), std::span<std::int64_t>(all));
   std::vector<Call> calls(un);
   for (std::size_t m = 0; m < un; ++m) {
-    calls[m] = decode(std::span<const std::int64_t>(all).subspan(m * signature_words,
-                                                                 signature_words));
+    calls[m] =
+        decode(std::span<const std::int64_t>(all).subspan(m * signature_words, signature_words));
   }
   const auto call_of = [&](int m) -> const Call& { return calls[static_cast<std::size_t>(m)]; };
   if (auto why = first_disagreement(n, call_of, rank_name)) return why;

@@ -34,10 +34,9 @@ namespace strata::detail {
 
 // The optional trailing stream argument: none, or one of the backend's stream type.
 template <class B, class... S>
-concept stream_arguments =
-    sizeof...(S) == 0 ||
-    (sizeof...(S) == 1 && !std::is_void_v<typename B::stream_type> &&
-     (std::convertible_to<S, typename B::stream_type> && ...));
+concept stream_arguments = sizeof...(S) == 0 ||
+                           (sizeof...(S) == 1 && !std::is_void_v<typename B::stream_type> &&
+                            (std::convertible_to<S, typename B::stream_type> && ...));
 
 // Read through a variable template: nvcc evaluates a member of the backend named directly in a
 // requires-clause while the backend is still incomplete.
@@ -49,16 +48,16 @@ class CollectiveFacade {
  public:
   //! In place: every member ends with the reduction of all members' buffers.
   template <class T, class... S>
-    requires(facade_accepts<Derived, T> && stream_arguments<Derived, S...>)
-  void all_reduce(std::span<T> buf, ReduceOp op, S... s) {
+  requires(facade_accepts<Derived, T>&& stream_arguments<Derived, S...>) void all_reduce(
+      std::span<T> buf, ReduceOp op, S... s) {
     Call c = make_call<T>(Collective::all_reduce, buf.size(), buf.size(), op);
     dispatch(c, static_cast<const T*>(buf.data()), buf.data(), s...);
   }
 
   //! Out of place: `out` (same size as `in`) receives the reduction; `in` may alias `out`.
   template <class T, class... S>
-    requires(facade_accepts<Derived, T> && stream_arguments<Derived, S...>)
-  void all_reduce(std::span<const T> in, std::span<T> out, ReduceOp op, S... s) {
+  requires(facade_accepts<Derived, T>&& stream_arguments<Derived, S...>) void all_reduce(
+      std::span<const T> in, std::span<T> out, ReduceOp op, S... s) {
     Call c = make_call<T>(Collective::all_reduce, in.size(), out.size(), op);
     c.problem = check_same_size(in.size(), out.size());
     dispatch(c, in.data(), out.data(), s...);
@@ -66,8 +65,8 @@ class CollectiveFacade {
 
   //! Every member ends with the root's buffer.
   template <class T, class... S>
-    requires(facade_accepts<Derived, T> && stream_arguments<Derived, S...>)
-  void broadcast(std::span<T> buf, int root, S... s) {
+  requires(facade_accepts<Derived, T>&& stream_arguments<Derived, S...>) void broadcast(
+      std::span<T> buf, int root, S... s) {
     Call c = make_call<T>(Collective::broadcast, buf.size(), buf.size(), ReduceOp::sum, root);
     c.problem = check_root(root, self().size());
     dispatch(c, static_cast<const T*>(buf.data()), buf.data(), s...);
@@ -75,8 +74,8 @@ class CollectiveFacade {
 
   //! `out` receives every member's `in`, in rank order; `out.size() == in.size() * size()`.
   template <class T, class... S>
-    requires(facade_accepts<Derived, T> && stream_arguments<Derived, S...>)
-  void all_gather(std::span<const T> in, std::span<T> out, S... s) {
+  requires(facade_accepts<Derived, T>&& stream_arguments<Derived, S...>) void all_gather(
+      std::span<const T> in, std::span<T> out, S... s) {
     Call c = make_call<T>(Collective::all_gather, in.size(), out.size());
     c.problem = check_gather(in.size(), out.size(), group());
     dispatch(c, in.data(), out.data(), s...);
@@ -85,8 +84,8 @@ class CollectiveFacade {
   //! Member r receives block r (of `out.size()` elements) of the reduction of all inputs;
   //! `in.size() == out.size() * size()`.
   template <class T, class... S>
-    requires(facade_accepts<Derived, T> && stream_arguments<Derived, S...>)
-  void reduce_scatter(std::span<const T> in, std::span<T> out, ReduceOp op, S... s) {
+  requires(facade_accepts<Derived, T>&& stream_arguments<Derived, S...>) void reduce_scatter(
+      std::span<const T> in, std::span<T> out, ReduceOp op, S... s) {
     Call c = make_call<T>(Collective::reduce_scatter, in.size(), out.size(), op);
     c.problem = check_scatter(in.size(), out.size(), group());
     dispatch(c, in.data(), out.data(), s...);
@@ -95,8 +94,8 @@ class CollectiveFacade {
   //! Equal blocks: member r sends block j of `in` to member j and receives member j's block r
   //! into block j of `out`. Both sizes must be equal and a multiple of `size()`.
   template <class T, class... S>
-    requires(facade_accepts<Derived, T> && stream_arguments<Derived, S...>)
-  void all_to_all(std::span<const T> in, std::span<T> out, S... s) {
+  requires(facade_accepts<Derived, T>&& stream_arguments<Derived, S...>) void all_to_all(
+      std::span<const T> in, std::span<T> out, S... s) {
     Call c = make_call<T>(Collective::all_to_all, in.size(), out.size());
     c.problem = check_all_to_all(in.size(), out.size(), group());
     dispatch(c, in.data(), out.data(), s...);
@@ -106,9 +105,9 @@ class CollectiveFacade {
   //! j; `recv_counts[j]` elements arrive from member j, in peer order. Every member's
   //! `recv_counts[j]` must equal member j's `send_counts[r]`.
   template <class T, class... S>
-    requires(facade_accepts<Derived, T> && stream_arguments<Derived, S...>)
-  void all_to_all(std::span<const T> in, std::span<const std::size_t> send_counts,
-                  std::span<T> out, std::span<const std::size_t> recv_counts, S... s) {
+  requires(facade_accepts<Derived, T>&& stream_arguments<Derived, S...>) void all_to_all(
+      std::span<const T> in, std::span<const std::size_t> send_counts, std::span<T> out,
+      std::span<const std::size_t> recv_counts, S... s) {
     Call c = make_call<T>(Collective::all_to_all_v, in.size(), out.size());
     c.send_counts = send_counts;
     c.recv_counts = recv_counts;

@@ -348,8 +348,9 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
                     std::span<std::int64_t> all) {
     auto* device = scratch_words(mine.size() + all.size());
     copy_to(device, mine);
-    call(op, "ncclAllGather",
-         Runtime::all_gather(device, device + mine.size(), mine.size(), ncclInt64, comm_, stream()));
+    call(
+        op, "ncclAllGather",
+        Runtime::all_gather(device, device + mine.size(), mine.size(), ncclInt64, comm_, stream()));
     copy_back(all, device + mine.size());
   }
 
@@ -357,9 +358,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
                       std::span<std::int64_t> theirs) {
     auto* device = scratch_words(mine.size() + theirs.size());
     copy_to(device, mine);
-    exchange(op, device, device + mine.size(), [](std::size_t) { return std::size_t{1}; },
-             [](std::size_t j) { return j; }, [](std::size_t) { return std::size_t{1}; },
-             [](std::size_t j) { return j; }, stream());
+    exchange(
+        op, device, device + mine.size(), [](std::size_t) { return std::size_t{1}; },
+        [](std::size_t j) { return j; }, [](std::size_t) { return std::size_t{1}; },
+        [](std::size_t j) { return j; }, stream());
     copy_back(theirs, device + mine.size());
   }
 
@@ -393,14 +395,14 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
         break;
       }
       case Collective::all_to_all_v:
-        exchange(op, in, out, [&](std::size_t j) { return c.send_counts[j]; },
-                 [&](std::size_t j) { return c.layout.send_offsets[j]; },
-                 [&](std::size_t j) { return c.recv_counts[j]; },
-                 [&](std::size_t j) { return c.layout.recv_offsets[j]; }, s);
+        exchange(
+            op, in, out, [&](std::size_t j) { return c.send_counts[j]; },
+            [&](std::size_t j) { return c.layout.send_offsets[j]; },
+            [&](std::size_t j) { return c.recv_counts[j]; },
+            [&](std::size_t j) { return c.layout.recv_offsets[j]; }, s);
         break;
       case Collective::barrier:
-      case Collective::split:
-        break;
+      case Collective::split: break;
     }
   }
 
@@ -543,8 +545,8 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     if (state == ncclSuccess || state == ncclInProgress) return;
     const std::string why = Runtime::error_string(state, comm_);
     break_and_abort("an asynchronous error: " + why);
-    throw nccl_error(op, rank_, "asynchronous NCCL error: " + why + "; the communicator was aborted",
-                     state);
+    throw nccl_error(op, rank_,
+                     "asynchronous NCCL error: " + why + "; the communicator was aborted", state);
   }
 
   void ensure_usable(std::string_view op) {

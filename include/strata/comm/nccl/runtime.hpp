@@ -42,7 +42,9 @@ struct NcclRuntime : CudaRuntime {
   static ncclResult_t async_error(comm_handle comm, ncclResult_t* state) {
     return ncclCommGetAsyncError(comm, state);
   }
-  static ncclResult_t user_rank(comm_handle comm, int* rank) { return ncclCommUserRank(comm, rank); }
+  static ncclResult_t user_rank(comm_handle comm, int* rank) {
+    return ncclCommUserRank(comm, rank);
+  }
   static ncclResult_t count(comm_handle comm, int* size) { return ncclCommCount(comm, size); }
   static ncclResult_t finalize(comm_handle comm) { return ncclCommFinalize(comm); }
   static ncclResult_t destroy(comm_handle comm) { return ncclCommDestroy(comm); }
