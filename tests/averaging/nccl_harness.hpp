@@ -102,8 +102,10 @@ class NcclRank {
     return FakeDeviceAverager<S>(comm_, std::move(schedule), options);
   }
 
+  // A user's tensors live on the communicator's device.
   template <class T>
   DeviceApart<T> separate(const Params<T>& p) {
+    const strata::DeviceGuard<fake::Runtime> on(comm_.device());
     DeviceApart<T> b;
     for (const auto& t : p) {
       b.buffers.emplace_back(t.size(), rank());
@@ -115,6 +117,7 @@ class NcclRank {
 
   template <class T>
   DeviceTogether<T> packed(const Params<T>& p) {
+    const strata::DeviceGuard<fake::Runtime> on(comm_.device());
     std::size_t total = 0;
     for (const auto& t : p) total += t.size();
     DeviceTogether<T> b{DeviceMemory<T>(total, rank()), {}};
@@ -193,7 +196,7 @@ struct NcclHarness {
       strata::NcclOptions options;
       options.timeout = std::chrono::seconds(20);
       options.verify_arguments = Verify;
-      Rank r(host, strata::nccl_bootstrap<fake::Runtime>(host, options));
+      Rank r(host, fake::bootstrap(host, options));
       f(r);
     });
   }

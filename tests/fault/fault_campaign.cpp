@@ -227,8 +227,10 @@ void run_nccl(const Scenario& s, Reports& reports) {
     threads.emplace_back([&, r] {
       together.arrive_and_wait();
       try {
-        // Each rank's stream is made by its own thread, which stands for its device.
-        fault::FaultyComm<FakeNccl> world(FakeNccl::from_unique_id(id, r, s.world, opts),
+        // One device per rank, as NCCL requires.
+        strata::NcclOptions mine = opts;
+        mine.device = r % fake::device_count;
+        fault::FaultyComm<FakeNccl> world(FakeNccl::from_unique_id(id, r, s.world, mine),
                                           fault::faults_of(s, r));
         std::exception_ptr injected;
         reports.set(r, fault::run_rank(world, s, injected));

@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 #include <nccl.h>
+#include <strata/comm/nccl/bootstrap.hpp>
 #include <strata/cuda/error.hpp>
 
 #include <algorithm>
@@ -46,16 +47,20 @@ struct Stats {
   std::atomic<long> collectives{0};  // collective executions (per member)
   std::atomic<long> groups{0};       // ncclGroupEnd calls that closed an outermost group
   std::atomic<long> graph_launches{0};
+  std::atomic<long> captures{0};    // graphs instantiated
   std::atomic<long> host_syncs{0};  // stream queries that found work still pending
   std::atomic<long> aborts{0};
-  std::atomic<long> cancelled{0};  // work that reached a member after its abort
+  std::atomic<long> cancelled{0};       // work that reached a member after its abort
+  std::atomic<long> pageable_waits{0};  // copies into pageable memory that blocked the host
   void reset() {
     collectives = 0;
     groups = 0;
     graph_launches = 0;
+    captures = 0;
     host_syncs = 0;
     aborts = 0;
     cancelled = 0;
+    pageable_waits = 0;
   }
 };
 inline Stats& stats() {
@@ -65,6 +70,13 @@ inline Stats& stats() {
 
 using Task = std::function<void()>;
 
+// CUDA's current device is per host thread; the double has 16 devices.
+inline constexpr int device_count = 16;
+inline int& current_device() {
+  thread_local int device = 0;
+  return device;
+}
+
 // A CUDA stream: one worker thread runs the tasks in order.
 struct Stream {
   std::mutex m;
@@ -73,8 +85,9 @@ struct Stream {
   bool busy = false;
   bool stop = false;
   std::vector<Task>* capture = nullptr;  // non-null while capturing
-  // The thread that created it stands for its device: a rank's thread, in the tests.
-  std::thread::id device = std::this_thread::get_id();
+  bool invalidated = false;              // an unsafe call during the capture broke it
+  // A stream belongs to the device that was current when it was created.
+  int device = current_device();
   std::thread worker;
 
   Stream() : worker([this] { loop(); }) {}
@@ -166,8 +179,10 @@ struct Message {
 struct Comm;
 
 struct SplitSlot {
-  std::vector<int> color, key;
+  std::vector<int> color, key, device;
   std::vector<std::shared_ptr<Comm>> child;
+  std::vector<Comm**> out;  // where each member's handle goes on completion; null once abandoned
+  std::vector<Comm*> parent;
   int arrived = 0;
 };
 
@@ -179,6 +194,8 @@ struct Team {
   std::mutex m;
   std::condition_variable cv;
   bool member_failed = false;  // some member aborted: peers blocked on it see ncclRemoteError
+  std::vector<int> devices;    // per member, -1 until it joined
+  std::vector<Comm*> members;  // per member, for errors found once all have joined
   std::map<std::uint64_t, Slot> slots;
   std::map<std::pair<int, int>, std::deque<std::shared_ptr<Message>>> mail;  // (src, dst)
   std::map<std::uint64_t, SplitSlot> splits;
@@ -188,6 +205,10 @@ struct Comm : std::enable_shared_from_this<Comm> {
   std::shared_ptr<Comm> self;  // the handle's reference, dropped by destroy/abort
   std::shared_ptr<Team> team;  // null while a split is pending
   int rank = -1;
+  int device = 0;  // the device current when the member joined
+  // A split of this (parent) communicator that has not completed: NCCL reports the parent in
+  // progress meanwhile, and writes the child's handle only when it completes.
+  std::atomic<bool> splitting{false};
   std::atomic<bool> aborted{false};
   std::atomic<ncclResult_t> async{ncclSuccess};
   // Collectives are matched across members in the order their streams run them (NCCL's rule is
@@ -513,6 +534,22 @@ inline void launch(Pending p) {
   });
 }
 
+// Device allocations, with their device: NCCL buffers must be on the communicator's device, and
+// a copy into host memory that is neither one of these nor pinned is a copy to pageable memory.
+struct Allocation {
+  std::size_t bytes = 0;
+  int device = 0;
+  std::uint64_t id = 0;  // unique in the process, as CUDA's buffer ids are
+};
+inline std::map<const void*, Allocation>& allocations() {
+  static std::map<const void*, Allocation> a;
+  return a;
+}
+// The device of the allocation holding p, or -1 for host memory (the second with
+// streams_mutex() held).
+inline int device_of(const void* p);
+inline int device_of_locked(const void* p);
+
 inline std::mutex& registry_mutex() {
   static std::mutex m;
   return m;
@@ -555,15 +592,28 @@ struct Runtime {
     c->self = c;
     c->team = team;
     c->rank = rank;
+    c->device = current_device();
+    if (team->devices.empty()) {
+      team->devices.assign(static_cast<std::size_t>(size), -1);
+      team->members.assign(static_cast<std::size_t>(size), nullptr);
+    }
+    team->devices[static_cast<std::size_t>(rank)] = c->device;
+    team->members[static_cast<std::size_t>(rank)] = c.get();
     ++team->joined;
+    if (team->joined == team->size) refuse_duplicate_devices(*team);
     team->cv.notify_all();
     *out = c.get();
     return ncclInProgress;  // ready once every member has joined
   }
+  // As NCCL 2.28 in non-blocking mode: the call returns at once, the parent reports
+  // ncclInProgress until the split is complete, and only then is the new handle written to
+  // `*out` (by whichever member completes the split, on its thread: NCCL's own thread).
   static ncclResult_t split(comm_handle parent, int color, int key, comm_handle* out) {
+    if (parent == nullptr || out == nullptr || parent->aborted) return ncclInvalidArgument;
+    if (!parent->ready()) return ncclInvalidUsage;
     auto child = std::make_shared<Comm>();
     child->self = child;
-    *out = child.get();
+    child->device = parent->device;  // NCCL makes the child on the parent's device
     Team& t = *parent->team;
     const std::uint64_t seq = parent->next_split++;
     std::lock_guard lk(t.m);
@@ -572,12 +622,19 @@ struct Runtime {
       const auto n = static_cast<std::size_t>(t.size);
       s.color.resize(n);
       s.key.resize(n);
+      s.device.resize(n);
       s.child.resize(n);
+      s.out.assign(n, nullptr);
+      s.parent.assign(n, nullptr);
     }
     const auto r = static_cast<std::size_t>(parent->rank);
     s.color[r] = color;
     s.key[r] = key;
+    s.device[r] = child->device;
     s.child[r] = child;
+    s.out[r] = out;
+    s.parent[r] = parent;
+    parent->splitting = true;
     if (++s.arrived == t.size) {
       // Every member is in: one new team per color, ordered by key, then by parent rank.
       std::map<int, std::vector<std::pair<int, int>>> by_color;
@@ -590,15 +647,23 @@ struct Runtime {
         auto team = std::make_shared<Team>(static_cast<int>(members.size()));
         team->joined = team->size;
         for (std::size_t i = 0; i < members.size(); ++i) {
-          const auto& ch = s.child[static_cast<std::size_t>(members[i].second)];
+          const auto m = static_cast<std::size_t>(members[i].second);
+          const auto& ch = s.child[m];
           std::lock_guard lc(ch->m);
           ch->rank = static_cast<int>(i);
           ch->team = team;
+          team->devices.push_back(s.device[m]);
+          team->members.push_back(ch.get());
         }
+        refuse_duplicate_devices(*team);
+      }
+      for (std::size_t m = 0; m < s.out.size(); ++m) {
+        if (s.out[m] != nullptr) *s.out[m] = s.child[m].get();  // abandoned by an abort: no write
+        s.parent[m]->splitting = false;
       }
       t.splits.erase(seq);
     }
-    return ncclInProgress;
+    return ncclSuccess;
   }
   static ncclResult_t async_error(comm_handle c, ncclResult_t* state) {
     if (c == nullptr || state == nullptr) return ncclInvalidArgument;
@@ -611,31 +676,49 @@ struct Runtime {
         std::lock_guard lk(c->m);
         team = c->team;
       }
-      *state = (team && c->ready()) ? ncclSuccess : ncclInProgress;
+      *state = (team && c->ready() && !c->splitting) ? ncclSuccess : ncclInProgress;
     }
     return ncclSuccess;
   }
+  // Before the communicator is ready NCCL refuses to answer.
   static ncclResult_t user_rank(comm_handle c, int* rank) {
+    if (c == nullptr || !c->ready()) return ncclInvalidArgument;
     *rank = c->rank;
     return ncclSuccess;
   }
   static ncclResult_t count(comm_handle c, int* size) {
+    if (c == nullptr || !c->ready()) return ncclInvalidArgument;
     *size = c->team->size;
     return ncclSuccess;
   }
-  static ncclResult_t finalize(comm_handle) { return ncclSuccess; }
+  // Non-blocking: the finalize continues in the background; the state says when it is done.
+  static ncclResult_t finalize(comm_handle c) {
+    if (c == nullptr) return ncclInvalidArgument;
+    return ncclInProgress;
+  }
   static ncclResult_t destroy(comm_handle c) {
     c->self.reset();
     return ncclSuccess;
   }
+  // An abort joins NCCL's own work on the communicator, so it takes a while; a split still in
+  // progress is abandoned: its handle is never written.
   static ncclResult_t abort(comm_handle c) {
+    if (c == nullptr) return ncclInvalidArgument;
     stats().aborts++;
     c->aborted = true;
     if (c->team) {
       std::lock_guard lk(c->team->m);
       c->team->member_failed = true;
+      for (auto& [seq, slot] : c->team->splits) {
+        if (c->rank >= 0 && static_cast<std::size_t>(c->rank) < slot.out.size() &&
+            slot.parent[static_cast<std::size_t>(c->rank)] == c) {
+          slot.out[static_cast<std::size_t>(c->rank)] = nullptr;
+        }
+      }
       c->team->cv.notify_all();
     }
+    c->splitting = false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
     c->self.reset();
     return ncclSuccess;
   }
@@ -653,13 +736,18 @@ struct Runtime {
       if (detail::group().depth > 0) detail::group().failed = true;
       return ncclInvalidUsage;
     }
+    if (const ncclResult_t rc = check_devices(c, s, part.in, part.out); rc != ncclSuccess) {
+      if (detail::group().depth > 0) detail::group().failed = true;
+      return rc;
+    }
     if (detail::group().depth > 0) {
       detail::pending_for(c, s).collectives.push_back(part);
     } else {
       detail::Pending p{c->shared_from_this(), s, {part}, {}};
       detail::launch(std::move(p));
     }
-    return ncclSuccess;
+    // Non-blocking NCCL returns in progress while it enqueues for more than one rank.
+    return c->team->size > 1 ? ncclInProgress : ncclSuccess;
   }
   static ncclResult_t all_reduce(const void* in, void* out, std::size_t count, ncclDataType_t type,
                                  ncclRedOp_t op, comm_handle c, stream_handle s) {
@@ -684,6 +772,10 @@ struct Runtime {
     if (c->aborted || peer < 0 || peer >= c->team->size) {
       detail::group().failed = true;
       return c->aborted ? ncclInvalidUsage : ncclInvalidArgument;
+    }
+    if (const ncclResult_t rc = check_devices(c, s, data, data); rc != ncclSuccess) {
+      detail::group().failed = true;
+      return rc;
     }
     detail::pending_for(c, s).p2p.push_back(
         detail::P2p{send, const_cast<void*>(data), count, type, peer});
@@ -712,8 +804,48 @@ struct Runtime {
       if (p.comm->aborted) return ncclInvalidUsage;  // aborted inside the group: misuse
     }
     stats().groups++;
+    // Non-blocking NCCL returns in progress from a group with point-to-point work (even on one
+    // rank) or with collectives of more than one rank.
+    bool in_progress = false;
+    for (const detail::Pending& p : pending) {
+      in_progress = in_progress || !p.p2p.empty() || p.comm->team->size > 1;
+    }
     for (detail::Pending& p : pending) detail::launch(std::move(p));
-    return ncclSuccess;
+    return in_progress ? ncclInProgress : ncclSuccess;
+  }
+
+  // NCCL refuses two members of one communicator on one device, and work whose stream or
+  // buffers belong to another device than the communicator's.
+  static void refuse_duplicate_devices(Team& t) {
+    for (std::size_t a = 0; a < t.devices.size(); ++a) {
+      for (std::size_t b = a + 1; b < t.devices.size(); ++b) {
+        if (t.devices[a] != t.devices[b]) continue;
+        for (Comm* m : t.members) {
+          if (m == nullptr) continue;
+          m->set_error(ncclInvalidUsage, "Duplicate GPU detected: rank " + std::to_string(a) +
+                                             " and rank " + std::to_string(b) +
+                                             " both on CUDA device " +
+                                             std::to_string(t.devices[a]));
+        }
+        return;
+      }
+    }
+  }
+  static ncclResult_t check_devices(comm_handle c, Stream* s, const void* in, const void* out) {
+    const int din = detail::device_of(in);
+    const int dout = detail::device_of(out);
+    std::string why;
+    if (s != nullptr && s->device != c->device) {
+      why = "the stream belongs to device " + std::to_string(s->device);
+    } else if (din >= 0 && din != c->device) {
+      why = "the input is on device " + std::to_string(din);
+    } else if (dout >= 0 && dout != c->device) {
+      why = "the output is on device " + std::to_string(dout);
+    }
+    if (why.empty()) return ncclSuccess;
+    std::lock_guard lk(c->m);
+    c->last_error = why + ", the communicator on device " + std::to_string(c->device);
+    return ncclInvalidArgument;
   }
 
   // The CUDA part of the runtime policy (strata::cuda_runtime_policy).
@@ -723,9 +855,25 @@ struct Runtime {
   static void check(std::string_view call, int rank, error_type e) {
     strata::cuda_check(call, rank, e);
   }
-  static cudaError_t set_device(int) { return cudaSuccess; }
+  static cudaError_t set_device(int device) {
+    if (device < 0 || device >= device_count) return cudaErrorInvalidDevice;
+    current_device() = device;
+    return cudaSuccess;
+  }
   static cudaError_t get_device(int* device) {
-    *device = 0;
+    *device = current_device();
+    return cudaSuccess;
+  }
+  static cudaError_t buffer_id(const void* p, std::uint64_t* id) {
+    std::lock_guard lk(streams_mutex());
+    auto& a = detail::allocations();
+    auto it = a.upper_bound(p);
+    if (it == a.begin()) return cudaErrorInvalidValue;
+    --it;
+    if (static_cast<const char*>(p) >= static_cast<const char*>(it->first) + it->second.bytes) {
+      return cudaErrorInvalidValue;
+    }
+    *id = it->second.id;
     return cudaSuccess;
   }
   static cudaError_t stream_create(stream_handle* s) {
@@ -743,26 +891,42 @@ struct Runtime {
     return cudaSuccess;
   }
   static cudaError_t stream_query(stream_handle s) {
-    if (s->capturing()) return cudaErrorStreamCaptureUnsupported;
+    if (s->capturing()) {
+      // An unsafe call during a capture invalidates it, as CUDA does.
+      std::lock_guard lk(s->m);
+      s->invalidated = true;
+      return cudaErrorStreamCaptureUnsupported;
+    }
     if (s->idle()) return cudaSuccess;
     stats().host_syncs++;
     return cudaErrorNotReady;
   }
   static cudaError_t malloc(void** p, std::size_t bytes) {
-    *p = std::malloc(bytes);
-    return *p != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
+    *p = std::malloc(bytes == 0 ? 1 : bytes);
+    if (*p == nullptr) return cudaErrorMemoryAllocation;
+    static std::uint64_t next_id = 1;
+    std::lock_guard lk(streams_mutex());
+    detail::allocations()[*p] = {bytes, current_device(), next_id++};
+    return cudaSuccess;
   }
   // Like cudaFree, waits until the calling rank's device is idle: the streams its thread made
   // (bounded, so a test that leaves a stream stuck fails on its own assertions, not here).
   static cudaError_t free(void* p) {
     if (p == nullptr) return cudaSuccess;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    const std::thread::id me = std::this_thread::get_id();
+    int device = current_device();
+    {
+      std::lock_guard lk(streams_mutex());
+      auto it = detail::allocations().find(p);
+      if (it == detail::allocations().end()) return cudaErrorInvalidValue;
+      device = it->second.device;
+      detail::allocations().erase(it);
+    }
     for (;;) {
       bool idle = true;
       {
         std::lock_guard lk(streams_mutex());
-        for (Stream* s : streams()) idle = idle && (s->device != me || s->idle());
+        for (Stream* s : streams()) idle = idle && (s->device != device || s->idle());
       }
       if (idle || std::chrono::steady_clock::now() > deadline) break;
       std::this_thread::yield();
@@ -791,8 +955,27 @@ struct Runtime {
     static std::vector<void*> blocks;
     return blocks;
   }
+  // A copy into pageable host memory returns only once it is done, behind everything enqueued
+  // before it, with no deadline: CUDA stages it through a pinned buffer of its own.
   static cudaError_t memcpy_async(void* dst, const void* src, std::size_t bytes, stream_handle s) {
-    s->enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); });
+    bool pageable = false;
+    {
+      std::lock_guard lk(streams_mutex());
+      pageable = detail::device_of_locked(dst) < 0 &&
+                 std::find(pinned().begin(), pinned().end(), dst) == pinned().end() &&
+                 detail::device_of_locked(src) >= 0;
+    }
+    if (!pageable || s->capturing()) {
+      s->enqueue([dst, src, bytes] { std::memcpy(dst, src, bytes); });
+      return cudaSuccess;
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    s->enqueue([dst, src, bytes, done] {
+      std::memcpy(dst, src, bytes);
+      *done = true;
+    });
+    stats().pageable_waits++;
+    while (!*done) std::this_thread::yield();
     return cudaSuccess;
   }
   // For test "kernels": host work that runs in stream order, as a kernel launch would.
@@ -819,7 +1002,13 @@ struct Graphs {
   static cudaError_t end_capture(stream_handle s, graph_handle* g) {
     std::lock_guard lk(s->m);
     if (s->capture == nullptr) return cudaErrorIllegalState;
+    if (std::exchange(s->invalidated, false)) {
+      delete s->capture;
+      s->capture = nullptr;
+      return cudaErrorStreamCaptureInvalidated;
+    }
     *g = new Graph{std::move(*s->capture)};
+    stats().captures++;
     delete s->capture;
     s->capture = nullptr;
     return cudaSuccess;
@@ -834,5 +1023,28 @@ struct Graphs {
     return cudaSuccess;
   }
 };
+
+// Rank r of a test world on device r, as NCCL requires one device per member.
+template <class Host>
+strata::BasicNcclComm<Runtime> bootstrap(Host& host, strata::NcclOptions options) {
+  if (options.device < 0) options.device = host.rank() % device_count;
+  return strata::nccl_bootstrap<Runtime>(host, options);
+}
+
+namespace detail {
+inline int device_of_locked(const void* p) {
+  auto& a = allocations();
+  auto it = a.upper_bound(p);
+  if (it == a.begin()) return -1;
+  --it;
+  const auto* base = static_cast<const char*>(it->first);
+  const auto* q = static_cast<const char*>(p);
+  return q < base + std::max<std::size_t>(it->second.bytes, 1) ? it->second.device : -1;
+}
+inline int device_of(const void* p) {
+  std::lock_guard lk(streams_mutex());
+  return device_of_locked(p);
+}
+}  // namespace detail
 
 }  // namespace fake

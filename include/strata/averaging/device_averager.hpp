@@ -128,9 +128,10 @@ struct DeviceCache {
   Kernels<T> kernels;
   DeviceBuffer<T, Runtime> staging;
   LevelGraphs<Graphs> graphs;
-  // The in-place form's buffer and graphs.
+  // The in-place form's buffer and graphs, keyed on the buffer's address, size and allocation.
   const T* flat = nullptr;
   std::size_t flat_size = 0;
+  std::uint64_t flat_id = 0;
   LevelGraphs<Graphs> flat_graphs;
   // The stream of the last step that used the staging buffer and the table.
   std::optional<typename Runtime::stream_handle> last_stream;
@@ -198,16 +199,17 @@ class DeviceAverager : public AveragerClock<S> {
       Comm& comm = comms_.level(*level);
       auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime, Graphs>>(caches_);
       check_levels("average");
+      [[maybe_unused]] const auto on = on_device(comm);
       prepare(cache, tensors, stream);
-      const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
+      const Mean<T> mean(comm.size());
       const std::span<T> flat = cache.staging.span();
       cache.last_stream = stream;
-      verify_before_capture(comm, cache.graphs, *level, flat, stream);
+      verify_before_capture(comm, cache.graphs, *level, flat, stream, mean.op);
       run(comm, cache.graphs, *level, stream, [&](bool& issued) {
         cache.kernels.pack(flat, stream);
-        comm.all_reduce(flat, ReduceOp::sum, stream);
+        comm.all_reduce(flat, mean.op, stream);
         issued = true;
-        cache.kernels.unpack(std::span<const T>(flat), factor, stream);
+        cache.kernels.unpack(std::span<const T>(flat), mean.factor, stream);
       });
     }
     ++step_;
@@ -234,19 +236,22 @@ class DeviceAverager : public AveragerClock<S> {
     if (level) {
       Comm& comm = comms_.level(*level);
       auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime, Graphs>>(caches_);
-      if (cache.flat != flat.data() || cache.flat_size != flat.size()) {
+      const std::uint64_t id = allocation_of(flat.data());
+      if (cache.flat != flat.data() || cache.flat_size != flat.size() || cache.flat_id != id) {
         cache.flat_graphs.clear();
         cache.flat = flat.data();
         cache.flat_size = flat.size();
+        cache.flat_id = id;
       }
       check_levels("average");
-      const auto factor = static_cast<fused_factor_t<T>>(1.0 / static_cast<double>(comm.size()));
+      [[maybe_unused]] const auto on = on_device(comm);
+      const Mean<T> mean(comm.size());
       remember(stream);
-      verify_before_capture(comm, cache.flat_graphs, *level, flat, stream);
+      verify_before_capture(comm, cache.flat_graphs, *level, flat, stream, mean.op);
       run(comm, cache.flat_graphs, *level, stream, [&](bool& issued) {
-        comm.all_reduce(flat, ReduceOp::sum, stream);
+        comm.all_reduce(flat, mean.op, stream);
         issued = true;
-        cache.kernels.scale(flat, factor, stream);
+        if (mean.scales) cache.kernels.scale(flat, mean.factor, stream);
       });
     }
     ++step_;
@@ -257,6 +262,7 @@ class DeviceAverager : public AveragerClock<S> {
   //! checks every level's communicator for asynchronous errors. A failure aborts every level's
   //! communicator (a kernel stuck on one level would hold the shared stream) and throws.
   void synchronize(stream_handle stream) {
+    [[maybe_unused]] const auto on = on_device(comms_.level(0));
     try {
       for (std::size_t l = 0; l < comms_.num_levels(); ++l) comms_.level(l).synchronize(stream);
     } catch (...) {
@@ -357,10 +363,48 @@ class DeviceAverager : public AveragerClock<S> {
   // the host): the all-reduce about to be captured is compared first, outside the capture.
   template <class T>
   void verify_before_capture(Comm& comm, detail::LevelGraphs<Graphs>& graphs, std::size_t level,
-                             std::span<T> flat, stream_handle stream) {
+                             std::span<T> flat, stream_handle stream, ReduceOp op) {
     if constexpr (requires { comm.verify_only(); }) {
       if (!options_.use_graphs || graphs.at(level)) return;
-      if (auto only = comm.verify_only()) comm.all_reduce(flat, ReduceOp::sum, stream);
+      if (auto only = comm.verify_only()) comm.all_reduce(flat, op, stream);
+    }
+  }
+
+  // How a level's mean is formed. A 16-bit sum of g members overflows as soon as |x| exceeds
+  // 65504/g (half), so 16-bit floats are averaged by the collective itself (`ncclAvg` scales
+  // each input by 1/g before it is summed) and unpacked unscaled; float and double are summed
+  // and scaled by 1/g in the unpack, with the rounding of the host averagers.
+  template <class T>
+  struct Mean {
+    explicit Mean(int g)
+        : op(is_reduced_float_v<T> ? ReduceOp::average : ReduceOp::sum),
+          factor(static_cast<fused_factor_t<T>>(is_reduced_float_v<T> ? 1.0 : 1.0 / g)),
+          scales(!is_reduced_float_v<T>) {}
+    ReduceOp op;
+    fused_factor_t<T> factor;
+    bool scales;
+  };
+
+  // A captured graph holds the caller's buffer, and NCCL registers the buffers of captured
+  // collectives: a buffer freed and reallocated at the same address would replay a stale
+  // registration. The allocation's id (never reused) tells them apart where the runtime knows
+  // it; 0 where it does not, and then the address and size alone decide.
+  static std::uint64_t allocation_of(const void* p) {
+    if constexpr (requires(std::uint64_t * id) { Runtime::buffer_id(p, id); }) {
+      std::uint64_t id = 0;
+      return Runtime::buffer_id(p, &id) == Runtime::success ? id : 0;
+    } else {
+      return 0;
+    }
+  }
+
+  // Allocations and launches go to the communicator's device, whatever device the calling
+  // thread has made current; the thread's choice is restored afterwards.
+  static auto on_device(Comm& comm) {
+    if constexpr (requires { comm.device(); }) {
+      return DeviceGuard<Runtime>(comm.device(), comm.rank());
+    } else {
+      return 0;
     }
   }
 

@@ -12,6 +12,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 
 #include "strata/cuda/error.hpp"
@@ -78,10 +79,76 @@ struct CudaRuntime {
   static error_type stream_query(stream_handle s) { return cudaStreamQuery(s); }
   static error_type set_device(int device) { return cudaSetDevice(device); }
   static error_type get_device(int* device) { return cudaGetDevice(device); }
+  //! CUDA's process-wide unique id of the allocation that holds `p`, never reused for another
+  //! allocation, even at the same address (the driver's `CU_POINTER_ATTRIBUTE_BUFFER_ID`, reached
+  //! through the runtime so that nothing links the driver library). Optional in a policy: code
+  //! that caches work on a caller's buffer (a captured graph) uses it to notice a buffer freed and
+  //! reallocated at the same address.
+  static error_type buffer_id(const void* p, std::uint64_t* id) {
+    using Query = int (*)(void*, int, unsigned long long);
+    static const Query query = [] {
+      void* fn = nullptr;
+      cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+      if (cudaGetDriverEntryPointByVersion("cuPointerGetAttribute", &fn, 12000, cudaEnableDefault,
+                                           &found) != cudaSuccess ||
+          found != cudaDriverEntryPointSuccess) {
+        return Query{};
+      }
+      return reinterpret_cast<Query>(fn);
+    }();
+    if (query == nullptr) return cudaErrorNotSupported;
+    constexpr int buffer_id_attribute = 7;  // CU_POINTER_ATTRIBUTE_BUFFER_ID in cuda.h
+    unsigned long long value = 0;
+    if (query(&value, buffer_id_attribute, reinterpret_cast<unsigned long long>(p)) != 0) {
+      return cudaErrorInvalidValue;
+    }
+    *id = value;
+    return cudaSuccess;
+  }
   //! Throws `strata::cuda_error` naming `call` and `rank` unless `e` is `cudaSuccess`.
   static void check(std::string_view call, int rank, error_type e) { cuda_check(call, rank, e); }
 };
 
 static_assert(cuda_runtime_policy<CudaRuntime>);
+
+//! Makes `device` current for its lifetime and restores the device that was current before:
+//! code that allocates or launches on an object's device without changing the device the
+//! calling thread had chosen. A negative `device` keeps the current one.
+//!
+//! \code
+//! if (strata::cuda_device_present()) {
+//!   int before = -1;
+//!   cudaGetDevice(&before);
+//!   {
+//!     strata::DeviceGuard<> on(0);
+//!     void* p = nullptr;
+//!     strata::cuda_check("cudaMalloc", -1, cudaMalloc(&p, 64));  // on device 0
+//!     strata::cuda_check("cudaFree", -1, cudaFree(p));
+//!   }
+//!   int after = -1;
+//!   cudaGetDevice(&after);
+//!   assert(after == before);
+//! }
+//! \endcode
+template <cuda_runtime_policy Runtime = CudaRuntime>
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device, int rank = -1) {
+    if (device < 0) return;
+    Runtime::check("cudaGetDevice", rank, Runtime::get_device(&previous_));
+    if (previous_ == device) return;
+    Runtime::check("cudaSetDevice", rank, Runtime::set_device(device));
+    restore_ = true;
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  ~DeviceGuard() {
+    if (restore_) (void)Runtime::set_device(previous_);
+  }
+
+ private:
+  int previous_ = -1;
+  bool restore_ = false;
+};
 
 }  // namespace strata

@@ -39,6 +39,7 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -72,8 +73,9 @@ struct NcclOptions {
   //! How long creation, `split` and each `synchronize` may take before the communicator is
   //! aborted and the call throws.
   std::chrono::milliseconds timeout = detail::default_timeout;
-  //! The CUDA device of this rank, made current before the communicator is created; -1 keeps
-  //! the device that is current.
+  //! The CUDA device of this rank; -1 takes the device that is current when the communicator is
+  //! created. Whatever the calling thread's current device is later, the communicator allocates
+  //! and enqueues on this one, and leaves the thread's current device as it was.
   int device = -1;
   //! Before each collective the members exchange what they are about to do and throw the same
   //! `strata::usage_error` when a member's arguments are invalid or the calls disagree, instead
@@ -135,8 +137,11 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       throw std::invalid_argument("NcclComm: rank " + std::to_string(rank) +
                                   " is not a rank of a world of " + std::to_string(size));
     }
-    if (options.device >= 0) {
-      Runtime::check("cudaSetDevice", rank, Runtime::set_device(options.device));
+    // Everything of the communicator lives on its device; the caller's current device is left
+    // as it was.
+    const DeviceGuard<Runtime> on(options.device, rank);
+    if (options.device < 0) {
+      Runtime::check("cudaGetDevice", rank, Runtime::get_device(&options.device));
     }
     auto stream = std::make_shared<OwnedStream>();
     Runtime::check("cudaStreamCreate", rank, Runtime::stream_create(&stream->handle));
@@ -157,7 +162,8 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
         staging_(std::move(other.staging_)),
         broken_(std::move(other.broken_)),
         deferring_(std::exchange(other.deferring_, 0)),
-        verifying_(std::exchange(other.verifying_, 0)) {}
+        verifying_(std::exchange(other.verifying_, 0)),
+        abort_requested_(other.abort_requested_) {}
   BasicNcclComm& operator=(BasicNcclComm&& other) noexcept {
     if (this != &other) {
       release();
@@ -171,6 +177,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       broken_ = std::move(other.broken_);
       deferring_ = std::exchange(other.deferring_, 0);
       verifying_ = std::exchange(other.verifying_, 0);
+      abort_requested_ = other.abort_requested_;
     }
     return *this;
   }
@@ -186,6 +193,9 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   }
   [[nodiscard]] comm_handle native() const noexcept { return comm_; }
   [[nodiscard]] const NcclOptions& options() const noexcept { return options_; }
+  //! The CUDA device of the communicator: `options().device`, or the device that was current
+  //! when it was created. Its streams, scratch memory and NCCL's work live there.
+  [[nodiscard]] int device() const noexcept { return options_.device; }
   //! Why the communicator can no longer be used; empty while it can.
   [[nodiscard]] const std::string& broken() const noexcept { return broken_; }
 
@@ -224,6 +234,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
         break_and_abort("the stream failed");
         Runtime::check("cudaStreamQuery", rank_, q);
       }
+      honour_abort_request(op);
       if (deadline.passed()) {
         break_and_abort("a " + std::string(op) + " timed out");
         throw timeout_error(op, rank_,
@@ -258,8 +269,14 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   }
 
   //! Aborts the communicator now: pending work on it is cancelled and every later call throws.
-  //! For a rank that must give up without leaving its peers waiting for it.
+  //! For a rank that must give up without leaving its peers waiting for it. Like every other
+  //! member, call it from the thread that uses the communicator (one thread at a time); from
+  //! another thread, use `request_abort`.
   void abort() { break_and_abort("abort() was called"); }
+
+  //! Safe from any thread (a watchdog): the thread that uses the communicator aborts it at its
+  //! next poll, within one polling interval if it is waiting, or at its next call, which throws.
+  void request_abort() noexcept { abort_requested_->store(true); }
 
   //! Throws if the communicator cannot be used: aborted, moved from, or with an asynchronous
   //! error pending (which aborts it). Cheap (a host-side query): callers that launch work NCCL
@@ -318,10 +335,18 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     }
     Group(const Group&) = delete;
     Group& operator=(const Group&) = delete;
+    // On an error path: the group is closed, and an end still in progress is waited for
+    // (bounded by the deadline), so that the next call does not meet a half-launched group.
     ~Group() {
-      if (open_) {
-        (void)Runtime::group_end();
-        comm_.resume_aborts();
+      if (!open_) return;
+      const ncclResult_t rc = Runtime::group_end();
+      comm_.resume_aborts();
+      if (rc == ncclInProgress) {
+        try {
+          comm_.wait_ready(op_);
+        } catch (...) {
+          // the communicator was aborted; the error that unwinds here is the one to report
+        }
       }
     }
 
@@ -416,11 +441,29 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     synchronize();
   }
 
-  // The new communicator shares this one's stream and options.
+  // The new communicator shares this one's stream and options. In non-blocking mode NCCL
+  // returns from ncclCommSplit at once and completes the split on its own thread: the parent
+  // reports ncclInProgress meanwhile, and the new handle is written only at completion. So the
+  // parent is waited for first, under the deadline, and only then is the handle read and the
+  // child waited for. A parent that misses the deadline is aborted, which joins NCCL's work on
+  // it; a handle that arrived all the same is aborted too.
   BasicNcclComm transport_split(const Call&, int color, int key) {
-    BasicNcclComm child(options_, -1, 0, stream_);
-    call("split", "ncclCommSplit", Runtime::split(comm_, color, key, &child.comm_));
-    child.rank_ = rank_;  // errors while waiting name the parent rank
+    comm_handle handle{};
+    const ncclResult_t rc = Runtime::split(comm_, color, key, &handle);
+    try {
+      if (rc != ncclInProgress) call("split", "ncclCommSplit", rc);
+      wait_ready("split");
+    } catch (...) {
+      break_and_abort("a split failed");
+      if (handle != comm_handle{}) (void)Runtime::abort(handle);
+      throw;
+    }
+    if (handle == comm_handle{}) {
+      throw nccl_error("split", rank_, "ncclCommSplit completed without a new communicator",
+                       ncclInternalError);
+    }
+    BasicNcclComm child(options_, rank_, 0, stream_);  // errors while waiting name this rank
+    child.comm_ = handle;
     child.wait_ready("split");
     child.read_rank_and_size();
     return child;
@@ -465,9 +508,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       // The old buffer may still be read by enqueued work: wait for it before freeing.
       if (!scratch_.empty()) synchronize();
       // On the communicator's GPU, whichever device the calling thread last made current.
-      if (options_.device >= 0) {
-        Runtime::check("cudaSetDevice", rank_, Runtime::set_device(options_.device));
-      }
+      const DeviceGuard<Runtime> on(options_.device, rank_);
       scratch_.reserve(std::max<std::size_t>(words, 32), rank_);
     }
     return scratch_.data();
@@ -478,15 +519,21 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   // joins, and no deadline could end that wait; and a copy still queued when a wait fails must
   // land in memory that outlives the call.
   void copy_to(std::int64_t* device, std::span<const std::int64_t> host) {
-    staging_.reserve(host.size(), rank_);
+    if (host.size() > staging_.size()) {
+      const DeviceGuard<Runtime> on(options_.device, rank_);
+      staging_.reserve(host.size(), rank_);
+    }
     std::copy(host.begin(), host.end(), staging_.data());
     Runtime::check("cudaMemcpyAsync", rank_,
                    Runtime::memcpy_async(device, staging_.data(), host.size_bytes(), stream()));
   }
   void copy_back(std::span<std::int64_t> host, const std::int64_t* device) {
-    // The upload above may still read the staging words: order the download after it.
-    if (host.size() > staging_.size()) synchronize();
-    staging_.reserve(host.size(), rank_);
+    // The upload above may still read the staging words: wait for it before growing them.
+    if (host.size() > staging_.size()) {
+      synchronize();
+      const DeviceGuard<Runtime> on(options_.device, rank_);
+      staging_.reserve(host.size(), rank_);
+    }
     Runtime::check("cudaMemcpyAsync", rank_,
                    Runtime::memcpy_async(staging_.data(), device, host.size_bytes(), stream()));
     synchronize();
@@ -529,6 +576,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
         break_and_abort(std::string(op) + " failed: " + why);
         throw nccl_error(op, rank_, why + "; the communicator was aborted", state);
       }
+      honour_abort_request(op);
       if (deadline.passed()) {
         break_and_abort("a " + std::string(op) + " timed out");
         throw timeout_error(op, rank_,
@@ -549,7 +597,16 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
                      "asynchronous NCCL error: " + why + "; the communicator was aborted", state);
   }
 
+  // A watchdog's request is honoured by the thread that uses the communicator: only that thread
+  // touches the handle.
+  void honour_abort_request(std::string_view op) {
+    if (!abort_requested_->load()) return;
+    break_and_abort("request_abort() was called");
+    throw error(op, rank_, "the communicator is unusable since request_abort() was called");
+  }
+
   void ensure_usable(std::string_view op) {
+    honour_abort_request(op);
     if (!broken_.empty()) throw error(op, rank_, "the communicator is unusable since " + broken_);
     if (comm_ == comm_handle{}) throw error(op, rank_, "the communicator was moved from");
     poll_async_error(op);
@@ -607,6 +664,9 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   std::string broken_;
   int deferring_ = 0;  // open groups and deferral guards: aborts wait until they are gone
   int verifying_ = 0;  // verify_only() guards: collectives agree and enqueue nothing
+  // Set by request_abort() from any thread; shared with nothing else, kept at a stable address
+  // so that a move of the communicator cannot race with a watchdog.
+  std::shared_ptr<std::atomic<bool>> abort_requested_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 //! A collective on NCCL can fail half-way (a peer dies mid-transfer); its buffers are device
