@@ -5,7 +5,8 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all setup configure build demo explain test format-check format sanitize bench clean
+.PHONY: all setup configure build demo explain test format-check format sanitize bench clean \
+	gpu-check gpu-check-bundle
 
 all: build
 
@@ -55,6 +56,17 @@ sanitize: setup
 bench: configure
 	cmake --build $(BUILD) -j $(JOBS) --target schedule_bench
 	$(BUILD)/bench/schedule_bench
+
+# On a machine with a GPU: the GPU tests (exit 77 is a failure there), the multi-process NCCL
+# tests, the docs' device example and device_averaging_bench, within 8 minutes; a JSON summary
+# in GPU_CHECK_OUT (default $(BUILD)/gpu-check). Uses gpu-bundle/ when present, else builds.
+gpu-check:
+	@BUILD=$(BUILD) bash cmake/scripts/gpu_check.sh
+
+# On the build machine: gpu-bundle/, the prebuilt GPU programs, the MPI runtime, the vendored
+# headers and a manifest, for a GPU machine without compilers, packages or network.
+gpu-check-bundle: configure
+	@python3 cmake/scripts/gpu_check_bundle.py --build $(BUILD) --out gpu-bundle --jobs $(JOBS)
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-thread $(BUILD)-address

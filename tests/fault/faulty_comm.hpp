@@ -249,6 +249,8 @@ class FaultyComm : public FaultyTypes<Comm> {
 
   // --- what a device communicator adds ------------------------------------------------------
   auto stream() const requires is_device { return inner_.stream(); }
+  int device() const requires is_device { return inner_.device(); }
+  void request_abort() requires is_device { inner_.request_abort(); }
   template <class S>
   requires is_device void synchronize(S s) { inner_.synchronize(s); }
   void synchronize() requires is_device { inner_.synchronize(); }

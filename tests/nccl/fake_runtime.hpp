@@ -1,16 +1,27 @@
-// A host test double for strata::NcclRuntime: NCCL communicators whose members are threads of
-// one process, and CUDA streams that are worker threads running their work in order. It lets the
-// NCCL communicator's own logic (argument checks, groups, counts checking, deadlines, aborts,
-// graph capture and replay) run across 1 to 16 ranks on a machine without GPUs. "Device memory"
-// is host memory here.
+// A host test double for strata::NcclRuntime and strata::CudaGraphs: NCCL communicators whose
+// members are threads of one process, CUDA streams that are worker threads running their work in
+// order, and 16 "devices". It lets the NCCL communicator's own logic (argument checks and
+// agreement, groups, deadlines, aborts, splits, device affinity, graph capture and replay) run
+// across 1 to 16 ranks on a machine without GPUs. "Device memory" is host memory here.
 //
-// What it models of NCCL and CUDA: work is asynchronous (a call enqueues, the stream runs it
-// later); a collective completes when every member's stream has reached it; sends and receives
-// of a group are matched per peer pair in order; communicators are created non-blocking (ready
-// once every member has joined); ncclCommAbort wakes its blocked work with an error, and peers
-// blocked on an aborted member see ncclRemoteError; a captured stream records its work into a
-// graph that a launch replays. Reductions add in rank order (floating-point average is NCCL's
-// pre-multiplied sum).
+// It behaves as NCCL 2.28 in non-blocking mode and the CUDA 13 runtime do wherever strata
+// depends on them (docs/device.md lists each behaviour and what it leaves out):
+// - work is asynchronous: a call enqueues, the stream runs it later; a collective completes when
+//   every member's stream has reached it; sends and receives of a group match per peer in order;
+// - creation is non-blocking (ready once every member has joined); ncclCommSplit returns at once,
+//   the parent reports ncclInProgress until the split completes, and the child's handle is
+//   written only then; collectives return ncclInProgress with more than one rank, and
+//   ncclGroupEnd does too (with point-to-point work even on one rank); ncclCommFinalize returns
+//   ncclInProgress; ncclCommCount and ncclCommUserRank refuse a communicator not yet ready;
+// - the current device is per thread; streams and allocations belong to the device current
+//   when they were made; two members of one communicator on one device are refused ("Duplicate
+//   GPU detected"), and so is work whose stream or buffers are on another device;
+// - a copy from device memory into pageable host memory returns only once it is done (pinned
+//   memory, from malloc_host, does not wait); cudaFree waits for its device;
+// - a stream query during a capture invalidates the capture; ncclCommAbort wakes its blocked
+//   work with an error, peers blocked on the aborted member see ncclRemoteError, a pending split
+//   is abandoned, and the abort takes a moment (it joins NCCL's work);
+// - reductions add in rank order in the element type; NCCL's average pre-multiplies by 1/n.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -32,7 +32,11 @@
 namespace strata {
 
 //! A communicator over device memory whose collectives are enqueued on streams: the NCCL backend
-//! (`NcclComm`), or its host test double.
+//! (`NcclComm`), its host test double, or a wrapper around either. Besides the collectives it
+//! names its stream and its device (everything the averager allocates and launches goes there),
+//! waits for a stream under its deadline, and can be checked, aborted and told to defer aborts
+//! during a capture. A communicator that compares its members' calls before each collective
+//! offers `verify_only()` too, so that the averager can compare before it captures a graph.
 //!
 //! \code
 //! static_assert(!strata::device_communicator<int>);
@@ -42,6 +46,7 @@ concept device_communicator = communicator<C> && device_memory_v<C> &&
     requires(C& c, const C& cc, typename C::stream_handle s, std::string_view op) {
   typename C::runtime_type;
   { cc.stream() } -> std::same_as<typename C::stream_handle>;
+  { cc.device() } -> std::convertible_to<int>;
   c.synchronize(s);
   c.check_usable(op);
   c.abort();
@@ -199,7 +204,7 @@ class DeviceAverager : public AveragerClock<S> {
       Comm& comm = comms_.level(*level);
       auto& cache = std::get<detail::DeviceCache<T, Kernels, Runtime, Graphs>>(caches_);
       check_levels("average");
-      [[maybe_unused]] const auto on = on_device(comm);
+      const auto on = on_device(comm);
       prepare(cache, tensors, stream);
       const Mean<T> mean(comm.size());
       const std::span<T> flat = cache.staging.span();
@@ -244,7 +249,7 @@ class DeviceAverager : public AveragerClock<S> {
         cache.flat_id = id;
       }
       check_levels("average");
-      [[maybe_unused]] const auto on = on_device(comm);
+      const auto on = on_device(comm);
       const Mean<T> mean(comm.size());
       remember(stream);
       verify_before_capture(comm, cache.flat_graphs, *level, flat, stream, mean.op);
@@ -262,7 +267,7 @@ class DeviceAverager : public AveragerClock<S> {
   //! checks every level's communicator for asynchronous errors. A failure aborts every level's
   //! communicator (a kernel stuck on one level would hold the shared stream) and throws.
   void synchronize(stream_handle stream) {
-    [[maybe_unused]] const auto on = on_device(comms_.level(0));
+    const auto on = on_device(comms_.level(0));
     try {
       for (std::size_t l = 0; l < comms_.num_levels(); ++l) comms_.level(l).synchronize(stream);
     } catch (...) {
@@ -400,12 +405,8 @@ class DeviceAverager : public AveragerClock<S> {
 
   // Allocations and launches go to the communicator's device, whatever device the calling
   // thread has made current; the thread's choice is restored afterwards.
-  static auto on_device(Comm& comm) {
-    if constexpr (requires { comm.device(); }) {
-      return DeviceGuard<Runtime>(comm.device(), comm.rank());
-    } else {
-      return 0;
-    }
+  static DeviceGuard<Runtime> on_device(Comm& comm) {
+    return DeviceGuard<Runtime>(comm.device(), comm.rank());
   }
 
   // Every level's communicator must be usable: after a fault on any of them, the job's

@@ -54,19 +54,51 @@ inline void cuda_check(std::string_view call, int rank, cudaError_t code) {
   if (code != cudaSuccess) throw cuda_error(call, rank, code);
 }
 
-//! Whether this process sees at least one CUDA device; false (never an exception) on a machine
-//! with no driver or no GPU, so that programs and tests can choose another path.
+namespace detail {
+
+// Whether a failed `cudaGetDeviceCount` means that this machine has no GPU to use, rather than a
+// CUDA installation that cannot run: no device, or no driver installed at all. The runtime reports
+// a missing driver and a driver too old for it with the same status; `cudaDriverGetVersion` tells
+// them apart (0 only when no driver is installed).
+[[nodiscard]] constexpr bool cuda_absent(cudaError_t status, int driver_version) noexcept {
+  return status == cudaErrorNoDevice ||
+         (status == cudaErrorInsufficientDriver && driver_version == 0);
+}
+
+// "13.0" for CUDA's version number 13000.
+inline std::string cuda_version_text(int version) {
+  return std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10);
+}
+
+}  // namespace detail
+
+//! Whether this process sees at least one CUDA device: false on a machine with no GPU or no CUDA
+//! driver at all, so that programs and tests can choose another path. Any other failure (a
+//! driver too old for this runtime, a device that cannot be initialised) throws `cuda_error`
+//! naming `cudaGetDeviceCount` and both versions: a broken installation is not "no GPU".
 //!
 //! \code
-//! if (!strata::cuda_device_present()) { /* host path */ }
+//! const bool gpu = strata::cuda_device_present();
+//! int devices = 0;
+//! if (gpu) strata::cuda_check("cudaGetDeviceCount", -1, cudaGetDeviceCount(&devices));
+//! assert(gpu == (devices > 0));
 //! \endcode
-inline bool cuda_device_present() noexcept {
+inline bool cuda_device_present() {
   int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no device" status for later calls
-    return false;
-  }
-  return devices > 0;
+  const cudaError_t status = cudaGetDeviceCount(&devices);
+  if (status == cudaSuccess) return devices > 0;
+  (void)cudaGetLastError();  // cleared for later calls, where the runtime lets it be
+  int driver = -1;           // unknown, unless the query answers
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = -1;
+  (void)cudaGetLastError();
+  if (detail::cuda_absent(status, driver)) return false;
+  int runtime = 0;
+  (void)cudaRuntimeGetVersion(&runtime);
+  const std::string found = driver < 0    ? "the driver's version is unknown"
+                            : driver == 0 ? "no driver installed"
+                                          : "driver " + detail::cuda_version_text(driver);
+  throw cuda_error("cudaGetDeviceCount", -1, status,
+                   found + ", runtime " + detail::cuda_version_text(runtime));
 }
 
 }  // namespace strata

@@ -1,0 +1,526 @@
+// The NCCL communicator and the device averagers across real processes on one GPU: one process
+// per rank, started by mpirun, bootstrapped over MPI. NCCL refuses two ranks of one communicator
+// on one GPU of one host, so each process names itself a host of its own (NCCL_HOSTID) and the
+// ranks talk through NCCL's socket transport on the loopback interface, as ranks of separate
+// machines would. That runs the path of a multi-node job on one GPU: the bootstrap, the network
+// transport, every collective, splits, the fused kernels and graph replay of the averagers.
+//
+// Every rank exits 77 (skipped) when the machine has no GPU; a CUDA installation that cannot run
+// fails. The job's result is the same on every rank: 0 when every rank passed.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <strata/averaging/cuda_averager.cuh>
+#include <strata/comm/mpi.hpp>
+#include <strata/comm/nccl.hpp>
+#include <strata/cuda/device_buffer.hpp>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../averaging/averager_conformance.hpp"
+#include "../comm/conformance.hpp"
+
+// A named namespace: nvcc warns about members of unnamed ones that a concept check declares
+// but nothing calls.
+namespace multiprocess {
+
+namespace ac = averager_conformance;
+using namespace std::chrono_literals;
+
+// A rank that fails and leaves makes the others fail within this, not hang.
+constexpr std::chrono::milliseconds deadline = 60s;
+
+// What every case shares, made and destroyed by main while MPI is initialised: the world over
+// MPI, and the world over NCCL once per variant (creation over sockets costs more than most
+// cases, and every case leaves the stream idle).
+struct Job {
+  strata::MpiComm host = strata::MpiComm::world({.timeout = deadline});
+  std::map<bool, std::unique_ptr<strata::NcclComm>> worlds;
+};
+Job* the_job = nullptr;
+
+strata::MpiComm& host() { return the_job->host; }
+
+strata::NcclComm make_nccl(bool verify) {
+  strata::NcclOptions options;
+  options.device = 0;  // every rank on the one GPU
+  options.timeout = deadline;
+  options.verify_arguments = verify;
+  return strata::nccl_bootstrap(host(), options);
+}
+
+void check(std::string_view call, int rank, cudaError_t e) { strata::cuda_check(call, rank, e); }
+
+// --- the collective conformance suite over device memory -----------------------------------------
+
+// `n` elements staged between the host and the device through pinned memory, on the
+// communicator's stream: a copy from or to pageable memory would block the host behind the
+// collectives on that stream, where no deadline could end the wait.
+template <class T>
+class Staging {
+ public:
+  Staging(std::size_t n, strata::NcclComm& comm)
+      : comm_(&comm), pinned_(n, comm.rank()), device_(n, comm.rank()) {}
+  Staging(std::span<const T> values, strata::NcclComm& comm) : Staging(values.size(), comm) {
+    std::copy(values.begin(), values.end(), pinned_.data());
+    if (!values.empty()) {
+      check("cudaMemcpyAsync", comm.rank(),
+            cudaMemcpyAsync(device_.data(), pinned_.data(), device_.size_bytes(),
+                            cudaMemcpyHostToDevice, comm.stream()));
+    }
+  }
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+
+  [[nodiscard]] std::span<T> device() const { return device_.span(); }
+  [[nodiscard]] std::span<const T> input() const { return device_.span(); }
+
+  // The device elements back into `values`, once the stream has finished everything before.
+  void download(std::span<T> values) {
+    if (!values.empty()) {
+      check("cudaMemcpyAsync", comm_->rank(),
+            cudaMemcpyAsync(pinned_.data(), device_.data(), device_.size_bytes(),
+                            cudaMemcpyDeviceToHost, comm_->stream()));
+    }
+    comm_->synchronize();
+    std::copy(pinned_.data(), pinned_.data() + values.size(), values.begin());
+  }
+
+ private:
+  strata::NcclComm* comm_;
+  strata::PinnedBuffer<T> pinned_;  // declared first: freed after the device memory, whose
+  strata::DeviceBuffer<T> device_;  // release waits for the work that still reads the pinned one
+};
+
+// The conformance suite reads and writes host vectors right after each call; this communicator
+// gives NCCL device copies of them and hands the results back once the stream is done. A call
+// that throws before it is enqueued (a usage_error) writes nothing back.
+class Staged {
+ public:
+  explicit Staged(strata::NcclComm comm) : comm_(std::move(comm)) {}
+  [[nodiscard]] int rank() const { return comm_.rank(); }
+  [[nodiscard]] int size() const { return comm_.size(); }
+
+  template <class T>
+  void all_reduce(std::span<T> buf, strata::ReduceOp op) {
+    Staging<T> d{std::span<const T>(buf), comm_};
+    comm_.all_reduce(d.device(), op);
+    d.download(buf);
+  }
+  template <class T>
+  void all_reduce(std::span<const T> in, std::span<T> out, strata::ReduceOp op) {
+    Staging<T> a(in, comm_);
+    Staging<T> b(out.size(), comm_);
+    comm_.all_reduce(a.input(), b.device(), op);
+    b.download(out);
+  }
+  template <class T>
+  void broadcast(std::span<T> buf, int root) {
+    Staging<T> d{std::span<const T>(buf), comm_};
+    comm_.broadcast(d.device(), root);
+    d.download(buf);
+  }
+  template <class T>
+  void all_gather(std::span<const T> in, std::span<T> out) {
+    Staging<T> a(in, comm_);
+    Staging<T> b(out.size(), comm_);
+    comm_.all_gather(a.input(), b.device());
+    b.download(out);
+  }
+  template <class T>
+  void reduce_scatter(std::span<const T> in, std::span<T> out, strata::ReduceOp op) {
+    Staging<T> a(in, comm_);
+    Staging<T> b(out.size(), comm_);
+    comm_.reduce_scatter(a.input(), b.device(), op);
+    b.download(out);
+  }
+  template <class T>
+  void all_to_all(std::span<const T> in, std::span<T> out) {
+    Staging<T> a(in, comm_);
+    Staging<T> b(out.size(), comm_);
+    comm_.all_to_all(a.input(), b.device());
+    b.download(out);
+  }
+  template <class T>
+  void all_to_all(std::span<const T> in, std::span<const std::size_t> send, std::span<T> out,
+                  std::span<const std::size_t> recv) {
+    Staging<T> a(in, comm_);
+    Staging<T> b(out.size(), comm_);
+    comm_.all_to_all(a.input(), send, b.device(), recv);
+    b.download(out);
+  }
+  void barrier() { comm_.barrier(); }
+  Staged split(int color, int key) { return Staged(comm_.split(color, key)); }
+
+ private:
+  strata::NcclComm comm_;
+};
+static_assert(strata::communicator<Staged>);
+
+// --- the averager conformance suite on the device -------------------------------------------------
+
+template <class T>
+using DeviceMemory = strata::DeviceBuffer<T>;
+
+template <class T>
+struct DeviceApart {
+  std::vector<DeviceMemory<T>> buffers;
+  std::vector<std::span<T>> spans;
+};
+
+template <class T>
+struct DeviceTogether {
+  DeviceMemory<T> buffer;
+  std::vector<std::span<T>> spans;
+  [[nodiscard]] std::size_t elements() const noexcept { return buffer.size(); }
+};
+
+// One rank of averager_conformance.hpp's harness: `DeviceAverager` with CUDA's kernels over the
+// real NCCL, tensors in device memory written and read on the communicator's stream, and the
+// test's own exchanges over MPI.
+template <bool Graphs>
+class NcclRank {
+ public:
+  template <class T>
+  using Params = std::vector<std::vector<T>>;
+
+  explicit NcclRank(strata::NcclComm& comm) : comm_(&comm) {}
+
+  [[nodiscard]] int rank() const { return comm_->rank(); }
+  [[nodiscard]] int size() const { return comm_->size(); }
+  [[nodiscard]] strata::NcclComm& comm() { return *comm_; }
+
+  template <class S>
+  strata::DeviceAverager<S, strata::NcclComm, strata::CudaFusedKernels> averager(S schedule) {
+    strata::DeviceAveragerOptions options;
+    options.use_graphs = Graphs;
+    return {*comm_, std::move(schedule), options};
+  }
+
+  template <class T>
+  DeviceApart<T> separate(const Params<T>& p) {
+    DeviceApart<T> b;
+    for (const auto& t : p) {
+      b.buffers.emplace_back(t.size(), rank());
+      b.spans.push_back(b.buffers.back().span());
+    }
+    write(b, p);
+    return b;
+  }
+
+  template <class T>
+  DeviceTogether<T> packed(const Params<T>& p) {
+    std::size_t total = 0;
+    for (const auto& t : p) total += t.size();
+    DeviceTogether<T> b{DeviceMemory<T>(total, rank()), {}};
+    std::size_t at = 0;
+    for (const auto& t : p) {
+      b.spans.push_back(b.buffer.span().subspan(at, t.size()));
+      at += t.size();
+    }
+    write(b, p);
+    return b;
+  }
+
+  // Stream-ordered copies on the communicator's stream, complete when they return.
+  template <class B, class T>
+  void write(B& b, const Params<T>& p) {
+    for (std::size_t t = 0; t < p.size(); ++t) {
+      copy(b.spans[t].data(), p[t].data(), p[t].size() * sizeof(T), cudaMemcpyHostToDevice);
+    }
+    comm_->synchronize();
+  }
+
+  template <class B>
+  auto read(const B& b) {
+    using T = typename decltype(b.spans)::value_type::value_type;
+    Params<T> p;
+    for (const std::span<T> t : b.spans) {
+      p.emplace_back(t.size());
+      copy(p.back().data(), t.data(), t.size_bytes(), cudaMemcpyDeviceToHost);
+    }
+    comm_->synchronize();
+    return p;
+  }
+
+  template <class A, class T>
+  std::optional<std::size_t> average(A& avg, DeviceApart<T>& b) {
+    const auto level = avg.average(b.spans, comm_->stream());
+    avg.synchronize();
+    return level;
+  }
+  template <class A, class T>
+  std::optional<std::size_t> average(A& avg, DeviceTogether<T>& b) {
+    const auto level = avg.average(b.buffer.span(), comm_->stream());
+    avg.synchronize();
+    return level;
+  }
+
+  template <class T>
+  std::vector<T> gather(std::span<const T> mine) {
+    std::vector<T> all(mine.size() * static_cast<std::size_t>(host().size()));
+    host().all_gather(mine, std::span<T>(all));
+    return all;
+  }
+
+ private:
+  void copy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+    if (bytes == 0) return;
+    check("cudaMemcpyAsync", rank(), cudaMemcpyAsync(dst, src, bytes, kind, comm_->stream()));
+  }
+
+  strata::NcclComm* comm_;
+};
+
+strata::NcclComm& shared_world(bool verify) {
+  auto& w = the_job->worlds[verify];
+  if (!w) w = std::make_unique<strata::NcclComm>(make_nccl(verify));
+  return *w;
+}
+
+template <bool Graphs, bool Verify = false>
+struct GpuHarness {
+  static constexpr std::string_view name =
+      Graphs ? (Verify ? "nccl on one GPU with graphs, verify on" : "nccl on one GPU with graphs")
+             : (Verify ? "nccl on one GPU, verify on" : "nccl on one GPU");
+  using Rank = NcclRank<Graphs>;
+  static std::vector<int> world_sizes() { return {host().size()}; }
+  template <class F>
+  static void run(int n, F&& f) {
+    REQUIRE(host().size() == n);
+    Rank r(shared_world(Verify));
+    f(r);
+  }
+};
+
+using Nccl = GpuHarness<false>;
+using NcclGraphs = GpuHarness<true>;
+using NcclVerify = GpuHarness<false, true>;
+
+// Compile-time hierarchies (Level<period, group size>) for the process counts the job runs with.
+using H2 = strata::Hierarchy<strata::Level<2, 1>, strata::Level<3, 2>>;
+using H3 = strata::Hierarchy<strata::Level<1, 1>, strata::Level<4, 3>>;
+using H4 = strata::Hierarchy<strata::Level<1, 2>, strata::Level<3, 4>>;
+
+// --- the named CUDA averagers on 16-bit floats ----------------------------------------------------
+
+// Small integers, so that every sum of a group is exact in float.
+float value(int rank, std::size_t step, std::size_t tensor, std::size_t i) {
+  return static_cast<float>((rank + 1) * static_cast<int>(1 + (i + 3 * tensor + step) % 5));
+}
+
+// Whether `got` is element i of its group's mean. float is summed (exactly) and scaled by 1/g in
+// float, which the model repeats bit for bit. 16-bit floats are averaged by NCCL itself (ncclAvg
+// scales each input by 1/g in T, then sums in T, in an order of its own): within the rounding of
+// those g + 1 steps of the exact mean, and far from the mean of any other group, whose members'
+// values differ by a factor (rank + 1).
+template <class T>
+bool is_mean(T got, int rank, std::size_t g, std::size_t step, std::size_t tensor, std::size_t i) {
+  const auto first = static_cast<int>(static_cast<std::size_t>(rank) / g * g);
+  float sum = 0;
+  for (int m = first; m < first + static_cast<int>(g); ++m) sum += value(m, step, tensor, i);
+  if constexpr (std::is_same_v<T, float>) {
+    return got == sum * static_cast<float>(1.0 / static_cast<double>(g));
+  } else {
+    const double epsilon = std::is_same_v<T, __half> ? 0x1p-10 : 0x1p-7;
+    const double mean = static_cast<double>(sum) / static_cast<double>(g);
+    return std::abs(static_cast<double>(static_cast<float>(got)) - mean) <=
+           static_cast<double>(g + 1) * epsilon * std::max(1.0, mean);
+  }
+}
+
+// `steps` steps of `avg` on tensors of several sizes (one over several chunks): fresh values
+// before each step, then every element against the serial mean of its group at the level the
+// schedule rule gives.
+template <class T, class Avg>
+void named_averager(Avg& avg, strata::NcclComm& comm, std::span<const strata::LevelSpec> levels,
+                    std::size_t warmup, std::size_t origin, std::size_t steps) {
+  const std::size_t sizes[] = {1, 3, 4097, 70001};
+  std::vector<DeviceMemory<T>> buffers;
+  std::vector<std::span<T>> spans;
+  for (const std::size_t n : sizes) {
+    buffers.emplace_back(n, comm.rank());
+    spans.push_back(buffers.back().span());
+  }
+  std::size_t averaged = 0;
+  for (std::size_t step = 0; step < steps; ++step) {
+    CAPTURE(step);
+    std::vector<std::vector<T>> mine;
+    for (std::size_t t = 0; t < spans.size(); ++t) {
+      mine.emplace_back(spans[t].size());
+      for (std::size_t i = 0; i < mine[t].size(); ++i)
+        mine[t][i] = static_cast<T>(value(comm.rank(), step, t, i));
+      check("cudaMemcpyAsync", comm.rank(),
+            cudaMemcpyAsync(spans[t].data(), mine[t].data(), spans[t].size_bytes(),
+                            cudaMemcpyHostToDevice, comm.stream()));
+    }
+    const std::optional<std::size_t> level = avg.average(spans, comm.stream());
+    avg.synchronize();  // under the deadline: a copy to pageable memory would wait without one
+    for (std::size_t t = 0; t < spans.size(); ++t) {
+      check("cudaMemcpyAsync", comm.rank(),
+            cudaMemcpyAsync(mine[t].data(), spans[t].data(), spans[t].size_bytes(),
+                            cudaMemcpyDeviceToHost, comm.stream()));
+    }
+    comm.synchronize();
+    const auto expected = ac::expected_level(levels, warmup, step, origin);
+    REQUIRE(level == expected);
+    const std::size_t g = level ? levels[*level].group_size : 1;
+    averaged += level.has_value();
+    std::size_t bad = 0;
+    for (std::size_t t = 0; t < spans.size(); ++t) {
+      for (std::size_t i = 0; i < mine[t].size(); ++i) {
+        bad += !is_mean(mine[t][i], comm.rank(), g, step, t, i);
+      }
+    }
+    CHECK(bad == 0);
+  }
+  CHECK(averaged > 0);
+}
+
+template <class Hier, class T>
+void hierarchical(bool graphs) {
+  strata::NcclComm& world = shared_world(false);
+  if (static_cast<std::size_t>(world.size()) != Hier::levels.back().group_size) return;
+  const std::size_t warmup = 1;
+  strata::CudaHierarchicalAverager<Hier> avg(world, warmup, {.use_graphs = graphs});
+  named_averager<T>(avg, world, Hier::levels, warmup, 0, 9);
+  CHECK(avg.graphs() == (graphs ? Hier::levels.size() : 0u));
+}
+
+template <class T>
+void periodic(bool graphs) {
+  strata::NcclComm& world = shared_world(false);
+  const std::size_t period = 2;
+  const std::size_t warmup = 1;
+  strata::CudaPeriodicAverager<> avg(world, period, warmup, {.use_graphs = graphs});
+  const strata::LevelSpec levels[] = {{period, static_cast<std::size_t>(world.size())}};
+  named_averager<T>(avg, world, levels, warmup, /*origin=*/warmup, 7);
+  CHECK(avg.graphs() == (graphs ? 1u : 0u));
+}
+
+}  // namespace multiprocess
+
+using namespace multiprocess;
+
+TEST_CASE("nccl on one GPU: the collective conformance suite, one process per rank") {
+  conformance::for_each_world("nccl on one GPU", {host().size()}, [](int) {
+    Staged comm(make_nccl(/*verify=*/false));
+    CHECK(comm.size() == host().size());
+    CHECK(comm.rank() == host().rank());
+    conformance::run_collectives(comm);
+  });
+  // With verify_arguments, one rank's bad arguments fail every rank alike.
+  conformance::for_each_world("nccl on one GPU, verify on", {host().size()}, [](int) {
+    Staged comm(make_nccl(/*verify=*/true));
+    conformance::bad_arguments_fail_every_member(comm);
+  });
+}
+
+TEST_CASE("averagers on one GPU: the serial mean on random hierarchies") {
+  ac::random_hierarchies<Nccl>(/*seed=*/7, /*trials=*/1);
+  ac::random_hierarchies<NcclGraphs, float>(/*seed=*/8, /*trials=*/1);
+}
+
+TEST_CASE("averagers on one GPU: a failed averaging leaves the parameters and the step") {
+  ac::failed_averaging<NcclVerify>();
+}
+
+TEST_CASE("averagers on one GPU: a restored averager continues the same schedule") {
+  ac::restore<NcclGraphs>();
+}
+
+TEST_CASE("averagers on one GPU: the hierarchy is checked against the world size") {
+  ac::world_size_check<Nccl>();
+}
+
+TEST_CASE("averagers on one GPU: a warm-up-relative period counts from the end of warm-up") {
+  ac::warmup_relative<NcclGraphs>();
+}
+
+TEST_CASE("averagers on one GPU: compile-time hierarchies average like their run-time twins") {
+  ac::compile_time_hierarchy<Nccl, H2>();
+  ac::compile_time_hierarchy<Nccl, H3>();
+  ac::compile_time_hierarchy<NcclGraphs, H4>();
+}
+
+// Each world runs the hierarchy of its size; graphs on and off alternate to keep the job short.
+TEST_CASE("averagers on one GPU: CudaHierarchicalAverager and CudaPeriodicAverager, 16 bits") {
+  hierarchical<H2, __half>(/*graphs=*/true);
+  hierarchical<H2, __nv_bfloat16>(/*graphs=*/false);
+  hierarchical<H3, __half>(/*graphs=*/false);
+  hierarchical<H3, __nv_bfloat16>(/*graphs=*/true);
+  hierarchical<H4, __half>(/*graphs=*/true);
+  hierarchical<H4, __nv_bfloat16>(/*graphs=*/false);
+  periodic<__half>(/*graphs=*/false);
+  periodic<__nv_bfloat16>(/*graphs=*/true);
+  periodic<float>(/*graphs=*/true);
+}
+
+int main(int argc, char** argv) {
+  strata::MpiEnvironment env(argc, argv);
+  int rank = 0;
+  int size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  // Before any NCCL call: a host of its own per process, reached over the loopback interface.
+  const std::string host_id = "strata-gpu-test-rank-" + std::to_string(rank);
+  setenv("NCCL_HOSTID", host_id.c_str(), 1);
+  setenv("NCCL_SOCKET_IFNAME", "lo", 0);
+  setenv("NCCL_IB_DISABLE", "1", 0);
+
+  // 0: a device, 1: none (skip), 2: CUDA cannot run. Every rank acts on the worst.
+  int state = 0;
+  try {
+    state = strata::cuda_device_present() ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+    state = 2;
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &state, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (state == 1) {
+    if (rank == 0) std::printf("skipped: no CUDA device\n");
+    return 77;
+  }
+  if (state == 2) return 1;
+
+  doctest::Context context(argc, argv);
+  context.setOption("no-version", true);
+  context.setOption("no-colors", true);
+  if (rank != 0) context.setOption("minimal", true);  // one report per job, failures from all
+  int failed = 0;
+  try {
+    Job job;
+    the_job = &job;
+    failed = context.run();
+    the_job = nullptr;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+    failed = 1;
+  }
+  int any = failed != 0 ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (rank == 0 && any == 0) {
+    std::printf(
+        "%d processes on one GPU: every collective and averager agrees with the serial "
+        "model\n",
+        size);
+  }
+  return any;
+}
