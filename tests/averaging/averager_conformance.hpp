@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "../comm/conformance.hpp"
+#include "../tools/random_levels.hpp"
 
 namespace averager_conformance {
 
@@ -170,21 +171,7 @@ inline std::size_t total_elements(const std::vector<std::size_t>& sizes) {
 // A random valid hierarchy for a world of n: a chain of divisors of n ending at n, with strictly
 // increasing periods. The same seed gives the same hierarchy on every process.
 inline std::vector<strata::LevelSpec> random_levels(std::mt19937_64& rng, std::size_t n) {
-  std::vector<std::size_t> sizes{n};
-  while (sizes.front() > 1 && rng() % 3 != 0) {
-    std::vector<std::size_t> divisors;
-    for (std::size_t d = 1; d < sizes.front(); ++d) {
-      if (sizes.front() % d == 0) divisors.push_back(d);
-    }
-    sizes.insert(sizes.begin(), divisors[rng() % divisors.size()]);
-  }
-  std::vector<strata::LevelSpec> levels;
-  std::size_t period = 1 + rng() % 3;
-  for (std::size_t g : sizes) {
-    levels.push_back({period, g});
-    period += 1 + rng() % 4;
-  }
-  return levels;
+  return test_tools::random_levels(rng, n, 4);
 }
 
 // Two levels where the world allows: nodes of the smallest divisor of n above 1 (ranks alone

@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "faulty_comm.hpp"
+#include "../tools/random_levels.hpp"
 
 namespace fault {
 
@@ -174,21 +175,7 @@ constexpr std::uint64_t mix(std::uint64_t x) noexcept {
 
 // A chain of divisors of n ending at n, with strictly increasing periods.
 inline std::vector<strata::LevelSpec> random_levels(std::mt19937_64& rng, std::size_t n) {
-  std::vector<std::size_t> sizes{n};
-  while (sizes.front() > 1 && rng() % 3 != 0) {
-    std::vector<std::size_t> divisors;
-    for (std::size_t d = 1; d < sizes.front(); ++d) {
-      if (sizes.front() % d == 0) divisors.push_back(d);
-    }
-    sizes.insert(sizes.begin(), divisors[rng() % divisors.size()]);
-  }
-  std::vector<strata::LevelSpec> levels;
-  std::size_t period = 1 + rng() % 3;
-  for (std::size_t g : sizes) {
-    levels.push_back({period, g});
-    period += 1 + rng() % 3;
-  }
-  return levels;
+  return test_tools::random_levels(rng, n, 3);
 }
 
 // The scenario of `seed` on `backend`: a function of both alone, so that a run of one seed
