@@ -53,8 +53,8 @@
 #include <string_view>
 #include <vector>
 
-#include "faulty_comm.hpp"
 #include "../tools/random_levels.hpp"
+#include "faulty_comm.hpp"
 
 namespace fault {
 
