@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -22,6 +23,7 @@
 
 #include "../comm/conformance.hpp"
 #include "../nccl/fake_runtime.hpp"
+#include "device_rank.hpp"
 
 namespace averager_harness {
 
@@ -65,120 +67,16 @@ class HostStreamKernels {
 template <class S>
 using FakeDeviceAverager = strata::DeviceAverager<S, FakeNccl, HostStreamKernels, fake::Graphs>;
 
-template <class T>
-using DeviceMemory = strata::DeviceBuffer<T, fake::Runtime>;
-
-// Tensors in separate device buffers.
-template <class T>
-struct DeviceApart {
-  std::vector<DeviceMemory<T>> buffers;
-  std::vector<std::span<T>> spans;
-};
-
-// Tensors back to back in one device buffer, which the in-place path averages whole.
-template <class T>
-struct DeviceTogether {
-  DeviceMemory<T> buffer;
-  std::vector<std::span<T>> spans;
-  [[nodiscard]] std::size_t elements() const noexcept { return buffer.size(); }
-};
-
+// A rank that owns its fake communicator (the shared DeviceRank only refers to one).
 template <bool Graphs, bool Verify>
-class NcclRank {
+class NcclRank
+    : private std::unique_ptr<FakeNccl>,
+      public DeviceRank<FakeNccl, HostStreamKernels, fake::Graphs, Graphs, strata::LocalComm> {
  public:
-  template <class T>
-  using Params = std::vector<std::vector<T>>;
-
-  NcclRank(strata::LocalComm& host, FakeNccl comm) : host_(&host), comm_(std::move(comm)) {}
-
-  [[nodiscard]] int rank() const { return comm_.rank(); }
-  [[nodiscard]] int size() const { return comm_.size(); }
-  [[nodiscard]] FakeNccl& comm() { return comm_; }
-
-  template <class S>
-  FakeDeviceAverager<S> averager(S schedule) {
-    strata::DeviceAveragerOptions options;
-    options.use_graphs = Graphs;
-    return FakeDeviceAverager<S>(comm_, std::move(schedule), options);
-  }
-
-  // A user's tensors live on the communicator's device.
-  template <class T>
-  DeviceApart<T> separate(const Params<T>& p) {
-    const strata::DeviceGuard<fake::Runtime> on(comm_.device());
-    DeviceApart<T> b;
-    for (const auto& t : p) {
-      b.buffers.emplace_back(t.size(), rank());
-      b.spans.push_back(b.buffers.back().span());
-    }
-    write(b, p);
-    return b;
-  }
-
-  template <class T>
-  DeviceTogether<T> packed(const Params<T>& p) {
-    const strata::DeviceGuard<fake::Runtime> on(comm_.device());
-    std::size_t total = 0;
-    for (const auto& t : p) total += t.size();
-    DeviceTogether<T> b{DeviceMemory<T>(total, rank()), {}};
-    std::size_t at = 0;
-    for (const auto& t : p) {
-      b.spans.push_back(b.buffer.span().subspan(at, t.size()));
-      at += t.size();
-    }
-    write(b, p);
-    return b;
-  }
-
-  // Host to device on the communicator's stream, complete when it returns.
-  template <class B, class T>
-  void write(B& b, const Params<T>& p) {
-    for (std::size_t t = 0; t < p.size(); ++t) {
-      copy(b.spans[t].data(), p[t].data(), p[t].size() * sizeof(T));
-    }
-    comm_.synchronize();
-  }
-
-  template <class B>
-  auto read(const B& b) {
-    using T = typename decltype(b.spans)::value_type::value_type;
-    Params<T> p;
-    for (const std::span<T> t : b.spans) {
-      p.emplace_back(t.size());
-      copy(p.back().data(), t.data(), t.size_bytes());
-    }
-    comm_.synchronize();
-    return p;
-  }
-
-  template <class A, class T>
-  std::optional<std::size_t> average(A& avg, DeviceApart<T>& b) {
-    const auto level = avg.average(b.spans, comm_.stream());
-    avg.synchronize();
-    return level;
-  }
-  template <class A, class T>
-  std::optional<std::size_t> average(A& avg, DeviceTogether<T>& b) {
-    const auto level = avg.average(b.buffer.span(), comm_.stream());
-    avg.synchronize();
-    return level;
-  }
-
-  template <class T>
-  std::vector<T> gather(std::span<const T> mine) {
-    std::vector<T> all(mine.size() * static_cast<std::size_t>(host_->size()));
-    host_->all_gather(mine, std::span<T>(all));
-    return all;
-  }
-
- private:
-  void copy(void* dst, const void* src, std::size_t bytes) {
-    fake::Runtime::check("cudaMemcpyAsync", rank(),
-                         fake::Runtime::memcpy_async(dst, src, bytes, comm_.stream()));
-  }
-
-  strata::LocalComm* host_;
-  FakeNccl comm_;
+  NcclRank(strata::LocalComm& host, FakeNccl comm)
+      : std::unique_ptr<FakeNccl>(std::make_unique<FakeNccl>(std::move(comm))),
+        DeviceRank<FakeNccl, HostStreamKernels, fake::Graphs, Graphs, strata::LocalComm>(**this,
+                                                                                         host) {}
 };
 
 // The NCCL host double, worlds of 1 to 16. `Graphs`: the averager replays each level from a

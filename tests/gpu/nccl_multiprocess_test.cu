@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "../averaging/averager_conformance.hpp"
+#include "../averaging/device_rank.hpp"
 #include "../comm/conformance.hpp"
 
 // A named namespace: nvcc warns about members of unnamed ones that a concept check declares
@@ -176,118 +177,11 @@ static_assert(strata::communicator<Staged>);
 
 // --- the averager conformance suite on the device -------------------------------------------------
 
-template <class T>
-using DeviceMemory = strata::DeviceBuffer<T>;
-
-template <class T>
-struct DeviceApart {
-  std::vector<DeviceMemory<T>> buffers;
-  std::vector<std::span<T>> spans;
-};
-
-template <class T>
-struct DeviceTogether {
-  DeviceMemory<T> buffer;
-  std::vector<std::span<T>> spans;
-  [[nodiscard]] std::size_t elements() const noexcept { return buffer.size(); }
-};
-
 // One rank of averager_conformance.hpp's harness: `DeviceAverager` with CUDA's kernels over the
-// real NCCL, tensors in device memory written and read on the communicator's stream, and the
-// test's own exchanges over MPI.
+// real NCCL, and the test's own exchanges over MPI.
 template <bool Graphs>
-class NcclRank {
- public:
-  template <class T>
-  using Params = std::vector<std::vector<T>>;
-
-  explicit NcclRank(strata::NcclComm& comm) : comm_(&comm) {}
-
-  [[nodiscard]] int rank() const { return comm_->rank(); }
-  [[nodiscard]] int size() const { return comm_->size(); }
-  [[nodiscard]] strata::NcclComm& comm() { return *comm_; }
-
-  template <class S>
-  strata::DeviceAverager<S, strata::NcclComm, strata::CudaFusedKernels> averager(S schedule) {
-    strata::DeviceAveragerOptions options;
-    options.use_graphs = Graphs;
-    return {*comm_, std::move(schedule), options};
-  }
-
-  template <class T>
-  DeviceApart<T> separate(const Params<T>& p) {
-    DeviceApart<T> b;
-    for (const auto& t : p) {
-      b.buffers.emplace_back(t.size(), rank());
-      b.spans.push_back(b.buffers.back().span());
-    }
-    write(b, p);
-    return b;
-  }
-
-  template <class T>
-  DeviceTogether<T> packed(const Params<T>& p) {
-    std::size_t total = 0;
-    for (const auto& t : p) total += t.size();
-    DeviceTogether<T> b{DeviceMemory<T>(total, rank()), {}};
-    std::size_t at = 0;
-    for (const auto& t : p) {
-      b.spans.push_back(b.buffer.span().subspan(at, t.size()));
-      at += t.size();
-    }
-    write(b, p);
-    return b;
-  }
-
-  // Stream-ordered copies on the communicator's stream, complete when they return.
-  template <class B, class T>
-  void write(B& b, const Params<T>& p) {
-    for (std::size_t t = 0; t < p.size(); ++t) {
-      copy(b.spans[t].data(), p[t].data(), p[t].size() * sizeof(T), cudaMemcpyHostToDevice);
-    }
-    comm_->synchronize();
-  }
-
-  template <class B>
-  auto read(const B& b) {
-    using T = typename decltype(b.spans)::value_type::value_type;
-    Params<T> p;
-    for (const std::span<T> t : b.spans) {
-      p.emplace_back(t.size());
-      copy(p.back().data(), t.data(), t.size_bytes(), cudaMemcpyDeviceToHost);
-    }
-    comm_->synchronize();
-    return p;
-  }
-
-  template <class A, class T>
-  std::optional<std::size_t> average(A& avg, DeviceApart<T>& b) {
-    const auto level = avg.average(b.spans, comm_->stream());
-    avg.synchronize();
-    return level;
-  }
-  template <class A, class T>
-  std::optional<std::size_t> average(A& avg, DeviceTogether<T>& b) {
-    const auto level = avg.average(b.buffer.span(), comm_->stream());
-    avg.synchronize();
-    return level;
-  }
-
-  template <class T>
-  std::vector<T> gather(std::span<const T> mine) {
-    std::vector<T> all(mine.size() * static_cast<std::size_t>(host().size()));
-    host().all_gather(mine, std::span<T>(all));
-    return all;
-  }
-
- private:
-  void copy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
-    if (bytes == 0) return;
-    check("cudaMemcpyAsync", rank(), cudaMemcpyAsync(dst, src, bytes, kind, comm_->stream()));
-  }
-
-  strata::NcclComm* comm_;
-};
+using NcclRank = averager_harness::DeviceRank<strata::NcclComm, strata::CudaFusedKernels,
+                                              strata::CudaGraphs, Graphs, strata::MpiComm>;
 
 strata::NcclComm& shared_world(bool verify) {
   auto& w = the_job->worlds[verify];
@@ -305,7 +199,7 @@ struct GpuHarness {
   template <class F>
   static void run(int n, F&& f) {
     REQUIRE(host().size() == n);
-    Rank r(shared_world(Verify));
+    Rank r(shared_world(Verify), host());
     f(r);
   }
 };
@@ -353,7 +247,7 @@ template <class T, class Avg>
 void named_averager(Avg& avg, strata::NcclComm& comm, std::span<const strata::LevelSpec> levels,
                     std::size_t warmup, std::size_t origin, std::size_t steps) {
   const std::size_t sizes[] = {1, 3, 4097, 70001};
-  std::vector<DeviceMemory<T>> buffers;
+  std::vector<strata::DeviceBuffer<T>> buffers;
   std::vector<std::span<T>> spans;
   for (const std::size_t n : sizes) {
     buffers.emplace_back(n, comm.rank());
