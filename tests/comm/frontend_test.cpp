@@ -135,3 +135,13 @@ TEST_CASE("front end: a deadline says how long it waited") {
   CHECK(d.passed());
   CHECK(d.expired() == "timed out after 0 ms");
 }
+
+TEST_CASE("front end: a timeout too long for the clock never passes") {
+  // milliseconds::max() added to the clock overflows; it must mean "never", not "at once".
+  const strata::detail::Deadline never(std::chrono::milliseconds::max());
+  CHECK(!never.passed());
+  strata::LocalOptions options;
+  options.timeout = std::chrono::milliseconds::max();
+  strata::LocalWorld(2).run([](strata::LocalComm& comm) { comm.barrier(); });
+  strata::LocalWorld(2, options).run([](strata::LocalComm& comm) { comm.barrier(); });
+}

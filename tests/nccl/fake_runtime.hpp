@@ -721,9 +721,10 @@ struct Runtime {
       std::lock_guard lk(c->team->m);
       c->team->member_failed = true;
       for (auto& [seq, slot] : c->team->splits) {
-        if (c->rank >= 0 && static_cast<std::size_t>(c->rank) < slot.out.size() &&
-            slot.parent[static_cast<std::size_t>(c->rank)] == c) {
-          slot.out[static_cast<std::size_t>(c->rank)] = nullptr;
+        const auto r = static_cast<std::size_t>(c->rank);
+        if (c->rank >= 0 && r < slot.out.size() && slot.parent[r] == c) {
+          slot.out[r] = nullptr;
+          if (slot.child[r]) slot.child[r]->self.reset();  // nobody will ever hold the handle
         }
       }
       c->team->cv.notify_all();

@@ -153,14 +153,16 @@ using DeviceCaches = std::tuple<DeviceCache<float, Kernels, Runtime, Graphs>,
 //! Averages device tensors on a schedule, over a device communicator, on a stream. Construction
 //! is collective (one communicator per level, made by `split`, sharing the world's stream).
 //! Each `average` call is one step: when the schedule names a level, it enqueues on `stream` one
-//! fused pack of the tensors into a staging buffer, one all-reduce (sum) over the level's group,
-//! and one unpack that scales by 1/g, and returns without waiting for the device: every group of
+//! fused pack of the tensors into a staging buffer, one all-reduce over the level's group (a sum
+//! for float and double; NCCL's average for 16-bit floats, which would overflow as a sum), and
+//! one unpack that scales by 1/g (by 1 after an average), and returns without waiting for the
+//! device: every group of
 //! that level ends with the mean of its members' tensors, identical on every member, once the
 //! stream reaches that point. With `use_graphs` the three launches are captured once per level
 //! and replayed as one graph.
 //!
-//! Failures: a bad call (wrong sizes, a broken communicator) throws before anything is enqueued,
-//! leaves the tensors as they were and does not advance the step. Faults that happen on the
+//! Failures: a bad call (wrong sizes, a broken communicator, which aborts every level's) throws
+//! before anything is enqueued, leaves the tensors as they were and does not advance the step. Faults that happen on the
 //! device after the call returned (a peer that dies mid-collective) surface as an error of the
 //! next call or of `synchronize`, and the communicator is then aborted; tensors written by that
 //! step are not to be trusted (restore them from a checkpoint, as with any NCCL trainer).
@@ -209,7 +211,7 @@ class DeviceAverager : public AveragerClock<S> {
       const Mean<T> mean(comm.size());
       const std::span<T> flat = cache.staging.span();
       cache.last_stream = stream;
-      verify_before_capture(comm, cache.graphs, *level, flat, stream, mean.op);
+      verify_before_capture(comm, flat, stream, mean.op);
       run(comm, cache.graphs, *level, stream, [&](bool& issued) {
         cache.kernels.pack(flat, stream);
         comm.all_reduce(flat, mean.op, stream);
@@ -233,7 +235,8 @@ class DeviceAverager : public AveragerClock<S> {
   }
 
   //! Parameters already in one contiguous device buffer: averaged in place, one all-reduce
-  //! (sum) and one scale by 1/g, no staging copy.
+  //! (sum) and one scale by 1/g (for 16-bit floats one all-reduce with NCCL's average and no
+  //! scale), no staging copy.
   template <device_average_value T>
   requires fused_device_kernels<Kernels, T, stream_handle> std::optional<std::size_t> average(
       std::span<T> flat, stream_handle stream) {
@@ -252,7 +255,7 @@ class DeviceAverager : public AveragerClock<S> {
       const auto on = on_device(comm);
       const Mean<T> mean(comm.size());
       remember(stream);
-      verify_before_capture(comm, cache.flat_graphs, *level, flat, stream, mean.op);
+      verify_before_capture(comm, flat, stream, mean.op);
       run(comm, cache.flat_graphs, *level, stream, [&](bool& issued) {
         comm.all_reduce(flat, mean.op, stream);
         issued = true;
@@ -361,16 +364,23 @@ class DeviceAverager : public AveragerClock<S> {
     }
     // A graph launch bypasses NCCL's own checks: make sure its communicator is still alive.
     comm.check_usable("cudaGraphLaunch (averaging step)");
-    Graphs::check("cudaGraphLaunch", rank_, Graphs::launch(*graph, stream));
+    const auto launched = Graphs::launch(*graph, stream);
+    if (launched != Graphs::success) {
+      // The step's collective was not issued on this rank: the peers' would never pair.
+      comm.abort();
+      Graphs::check("cudaGraphLaunch (the communicator was aborted)", rank_, launched);
+    }
   }
 
   // A communicator that compares its members' calls cannot do so inside a capture (it waits for
   // the host): the all-reduce about to be captured is compared first, outside the capture.
+  // Every step, replays included: whether this rank captures anew is its own affair (its
+  // tensors moved), and an agreement issued by one rank only would pair with a peer's replayed
+  // collective.
   template <class T>
-  void verify_before_capture(Comm& comm, detail::LevelGraphs<Graphs>& graphs, std::size_t level,
-                             std::span<T> flat, stream_handle stream, ReduceOp op) {
+  void verify_before_capture(Comm& comm, std::span<T> flat, stream_handle stream, ReduceOp op) {
     if constexpr (requires { comm.verify_only(); }) {
-      if (!options_.use_graphs || graphs.at(level)) return;
+      if (!options_.use_graphs) return;  // eager steps compare inside the collective
       if (auto only = comm.verify_only()) comm.all_reduce(flat, op, stream);
     }
   }
@@ -412,7 +422,12 @@ class DeviceAverager : public AveragerClock<S> {
   // Every level's communicator must be usable: after a fault on any of them, the job's
   // collectives can no longer be trusted to pair up.
   void check_levels(std::string_view op) {
-    for (std::size_t l = 0; l < comms_.num_levels(); ++l) comms_.level(l).check_usable(op);
+    try {
+      for (std::size_t l = 0; l < comms_.num_levels(); ++l) comms_.level(l).check_usable(op);
+    } catch (...) {
+      abort_all();
+      throw;
+    }
   }
 
   void abort_all() noexcept {

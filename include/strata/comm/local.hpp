@@ -349,6 +349,10 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     detail::local::Group& g = *group_;
     collective(p, [&](detail::local::Group&) {
       if (rank_ != 0) return;
+      // Built aside and published whole, so that a failure part-way (out of memory) leaves every
+      // slot empty and every member fails alike.
+      std::vector<std::pair<std::shared_ptr<detail::local::Group>, int>> result(
+          g.split_result.size());
       // (color) -> [(key, rank)], then one group per color.
       std::map<int, std::vector<std::pair<int, int>>> by_color;
       for (int m = 0; m < g.size(); ++m) {
@@ -363,9 +367,10 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
         }
         auto sub = std::make_shared<detail::local::Group>(g.world, std::move(world_ranks));
         for (std::size_t i = 0; i < list.size(); ++i) {
-          g.split_result[static_cast<std::size_t>(list[i].second)] = {sub, static_cast<int>(i)};
+          result[static_cast<std::size_t>(list[i].second)] = {sub, static_cast<int>(i)};
         }
       }
+      g.split_result.swap(result);
     });
     // Each member takes its result and clears the slot, so that a build that failed on member 0
     // shows as an empty slot rather than a stale group.

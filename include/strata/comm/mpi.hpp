@@ -81,8 +81,9 @@ class mpi_error : public coded_error<int> {
 //! assert(opts.timeout.count() == 30000 && opts.verify_arguments);
 //! \endcode
 struct MpiOptions {
-  //! How long one collective may take before it fails. Generous by default: a rank may
-  //! legitimately compute for minutes between collectives.
+  //! How long each wait of a collective may take before it fails (a collective with
+  //! `verify_arguments` waits twice: for the agreement, then for the data). Generous by default:
+  //! a rank may legitimately compute for minutes between collectives.
   std::chrono::milliseconds timeout = detail::default_timeout;
   //! Call `MPI_Abort` on a timeout instead of throwing: for jobs where a stuck collective means
   //! the whole job should end now rather than unwind.
@@ -272,7 +273,18 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     c.problem = detail::check_limit(std::max(c.in, c.out), static_cast<std::size_t>(INT_MAX));
   }
 
-  void agree(const Call& c) { agree_by_exchange(c, options_.verify_arguments); }
+  void agree(const Call& c) {
+    if (c.op != Collective::split) {
+      agree_by_exchange(c, options_.verify_arguments);
+      return;
+    }
+    try {  // see transport_split
+      agree_by_exchange(c, options_.verify_arguments);
+    } catch (const timeout_error& e) {
+      std::fprintf(stderr, "%s; a split cannot be left safely: aborting the job\n", e.what());
+      abort(1);
+    }
+  }
 
   void gather_words(std::string_view op, std::span<const std::int64_t> mine,
                     std::span<std::int64_t> all) {
@@ -359,11 +371,20 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     wait("barrier", req);
   }
 
-  // MPI_Comm_split blocks with no deadline. The agreement's exchange has already shown that
-  // every member entered split; without it, a timed barrier does, so that the split itself
-  // cannot wait for a rank that never comes.
+  // MPI_Comm_split blocks with no deadline. The agreement's exchange (or, without it, a timed
+  // barrier) first shows that every member entered split. That is not proof against a member
+  // whose deadline passed just as the exchange completed elsewhere: it would give up while its
+  // peers enter MPI_Comm_split and wait for it forever. So a member that misses the deadline
+  // here ends the job (MPI_Abort) rather than leave its peers in a call that cannot time out.
   MpiComm transport_split(const Call&, int color, int key) {
-    if (!options_.verify_arguments) timed_barrier();
+    if (!options_.verify_arguments) {
+      try {
+        timed_barrier();
+      } catch (const timeout_error& e) {
+        std::fprintf(stderr, "%s; a split cannot be left safely: aborting the job\n", e.what());
+        abort(1);
+      }
+    }
     MPI_Comm sub = MPI_COMM_NULL;
     check("split", "MPI_Comm_split", MPI_Comm_split(comm_, color, key, &sub));
     return MpiComm(sub, options_, adopt_tag{});

@@ -14,8 +14,10 @@ inline constexpr std::chrono::milliseconds default_timeout = std::chrono::minute
 
 class Deadline {
  public:
+  // Saturates: a timeout too long to add to the clock (milliseconds::max() for "never") is a
+  // deadline that never passes, not one that has passed already.
   explicit Deadline(std::chrono::milliseconds timeout)
-      : timeout_(timeout), at_(std::chrono::steady_clock::now() + timeout) {}
+      : timeout_(timeout), at_(saturated(timeout)) {}
   [[nodiscard]] bool passed() const { return std::chrono::steady_clock::now() >= at_; }
   [[nodiscard]] std::chrono::steady_clock::time_point at() const noexcept { return at_; }
   [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }
@@ -25,6 +27,15 @@ class Deadline {
   }
 
  private:
+  static std::chrono::steady_clock::time_point saturated(std::chrono::milliseconds timeout) {
+    using clock = std::chrono::steady_clock;
+    const clock::time_point now = clock::now();
+    if (timeout <= std::chrono::milliseconds::zero()) return now;
+    const auto room =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock::time_point::max() - now);
+    return timeout >= room ? clock::time_point::max() : now + timeout;
+  }
+
   std::chrono::milliseconds timeout_;
   std::chrono::steady_clock::time_point at_;
 };

@@ -161,8 +161,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
         scratch_(std::move(other.scratch_)),
         staging_(std::move(other.staging_)),
         broken_(std::move(other.broken_)),
-        deferring_(std::exchange(other.deferring_, 0)),
-        verifying_(std::exchange(other.verifying_, 0)),
+        // Guards alive across a move refer to the object they were made from: their counts stay
+        // there, and the new object starts with none.
+        deferring_(0),
+        verifying_(0),
         abort_requested_(other.abort_requested_) {}
   BasicNcclComm& operator=(BasicNcclComm&& other) noexcept {
     if (this != &other) {
@@ -175,8 +177,8 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       scratch_ = std::move(other.scratch_);
       staging_ = std::move(other.staging_);
       broken_ = std::move(other.broken_);
-      deferring_ = std::exchange(other.deferring_, 0);
-      verifying_ = std::exchange(other.verifying_, 0);
+      deferring_ = 0;
+      verifying_ = 0;
       abort_requested_ = other.abort_requested_;
     }
     return *this;
@@ -247,11 +249,14 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   }
   void synchronize() { synchronize(stream()); }
 
-  //! While the returned guard lives and `verify_arguments` is on, collectives check their
+  //! While the returned guard lives and `verify_arguments` is on, the data collectives
+  //! (`all_reduce`, `broadcast`, `all_gather`, `reduce_scatter`, `all_to_all`) check their
   //! arguments and agree on them with the other members, but enqueue nothing: for a caller about
-  //! to capture a collective into a CUDA graph, where the agreement (which waits for the host)
-  //! cannot run, and which makes the same call under the guard first. The guard converts to
-  //! false when `verify_arguments` is off: there is nothing to do then.
+  //! to capture such a collective into a CUDA graph, where the agreement (which waits for the
+  //! host) cannot run, and which makes the same call under the guard first. `barrier`, `split`
+  //! and `all_reduce_many` are not affected. Inside `defer_aborts()` (a capture) nothing is
+  //! compared: take this guard before the capture. It converts to false when `verify_arguments`
+  //! is off: there is nothing to do then.
   [[nodiscard]] auto verify_only() {
     struct Guard {
       explicit Guard(BasicNcclComm* c) : comm(c) {
@@ -548,12 +553,13 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       wait_ready(op);
       return;
     }
+    // Every failure aborts, invalid arguments included: NCCL found them after the peers may have
+    // enqueued their part, and a communicator whose members are out of step pairs later calls
+    // wrongly. The arguments strata can check are checked before any NCCL call (usage_error,
+    // and the communicator stays usable).
     const std::string why = std::string(fn) + ": " + Runtime::error_string(rc, comm_);
-    if (rc != ncclInvalidArgument && rc != ncclInvalidUsage) {
-      break_and_abort(why);
-      throw nccl_error(op, rank_, why + "; the communicator was aborted", rc);
-    }
-    throw nccl_error(op, rank_, why, rc);
+    break_and_abort(why);
+    throw nccl_error(op, rank_, why + "; the communicator was aborted", rc);
   }
 
   // NCCL's asynchronous state of the communicator; a failure of the query itself counts as one.
