@@ -281,6 +281,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
 
   //! Safe from any thread (a watchdog): the thread that uses the communicator aborts it at its
   //! next poll, within one polling interval if it is waiting, or at its next call, which throws.
+  //! The communicator must not be moved or destroyed while a watchdog may still call it.
   void request_abort() noexcept { abort_requested_->store(true); }
 
   //! Throws if the communicator cannot be used: aborted, moved from, or with an asynchronous
