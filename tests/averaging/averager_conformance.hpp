@@ -199,26 +199,6 @@ std::vector<int> worlds(int min = 1) {
   return sizes;
 }
 
-// Calls `call`, which must throw strata::usage_error for `operation` on rank `rank` with exactly
-// `cause`, the same words on every member.
-template <class Call>
-void expect_usage_error(int rank, std::string_view operation, const std::string& cause,
-                        Call&& call) {
-  std::string what = "no error";
-  try {
-    call();
-  } catch (const strata::usage_error& e) {
-    what = e.what();
-    CHECK(e.operation() == operation);
-    CHECK(e.cause() == cause);
-    CHECK(e.rank() == rank);
-  } catch (const std::exception& e) {
-    what = std::string("not a usage_error: ") + e.what();
-  }
-  CAPTURE(what);
-  CHECK(what.find(cause) != std::string::npos);
-}
-
 // --- behaviours: each on one rank ---------------------------------------------------------------
 
 // `steps` steps of hierarchy `h` on elements of type T: the fused path (tensors apart) and the
@@ -287,15 +267,16 @@ void failed_averaging_changes_nothing(Rank& r) {
   auto together_longer = r.packed(longer);
 
   const std::size_t total = total_elements(tensor_sizes());
-  expect_usage_error(me, "all_reduce",
-                     "rank 0 and " + who + " disagree: rank 0 passed " + std::to_string(total) +
-                         " elements, " + who + " passed " + std::to_string(total + 1),
-                     [&] { (void)r.average(fused, me == bad ? apart_longer : apart); });
-  expect_usage_error(me, "all_reduce",
-                     "rank 0 and " + who + " disagree: rank 0 passed " +
-                         std::to_string(together.elements()) + " elements, " + who + " passed " +
-                         std::to_string(together_longer.elements()),
-                     [&] { (void)r.average(in_place, me == bad ? together_longer : together); });
+  conformance::expect_usage_error(
+      me, "all_reduce",
+      "rank 0 and " + who + " disagree: rank 0 passed " + std::to_string(total) + " elements, " +
+          who + " passed " + std::to_string(total + 1),
+      [&] { (void)r.average(fused, me == bad ? apart_longer : apart); });
+  conformance::expect_usage_error(
+      me, "all_reduce",
+      "rank 0 and " + who + " disagree: rank 0 passed " + std::to_string(together.elements()) +
+          " elements, " + who + " passed " + std::to_string(together_longer.elements()),
+      [&] { (void)r.average(in_place, me == bad ? together_longer : together); });
   CHECK(fused.step() == 0);
   CHECK(in_place.step() == 0);
   CHECK(same_bits(r.read(apart), p));

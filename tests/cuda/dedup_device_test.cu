@@ -26,23 +26,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "stream.hpp"
+
 namespace {
 
-// A non-blocking stream for one test case.
-class Stream {
- public:
-  Stream() {
-    strata::cuda_check("cudaStreamCreateWithFlags", -1,
-                       cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  ~Stream() { (void)cudaStreamDestroy(stream_); }
-  operator cudaStream_t() const noexcept { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
+using cuda_test::Stream;
 
 template <class T>
 std::span<T> span_of(thrust::device_vector<T>& v) {

@@ -32,6 +32,8 @@
 #include <utility>
 #include <vector>
 
+#include "stream.hpp"
+
 namespace {
 
 static_assert(strata::cuda::launches_for(0) == 0 && strata::cuda::launches_for(12345) == 1);
@@ -193,21 +195,7 @@ void simulate_agent() {
 
 // --- Device memory ------------------------------------------------------------------------------
 
-// A non-blocking stream for one test case.
-class Stream {
- public:
-  Stream() {
-    strata::cuda_check("cudaStreamCreateWithFlags", -1,
-                       cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  ~Stream() { (void)cudaStreamDestroy(stream_); }
-  operator cudaStream_t() const noexcept { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
+using cuda_test::Stream;
 
 // The whole buffer from `h` (of the same size), waiting for the copy.
 template <class T>

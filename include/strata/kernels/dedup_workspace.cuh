@@ -96,40 +96,6 @@ class DeviceDedupWorkspace {
  private:
   friend struct detail::DeviceDedupAccess;
 
-  // One pinned host value: the unique count comes back by an asynchronous copy into it.
-  class PinnedCount {
-   public:
-    PinnedCount() = default;
-    PinnedCount(const PinnedCount&) = delete;
-    PinnedCount& operator=(const PinnedCount&) = delete;
-    PinnedCount(PinnedCount&& other) noexcept : data_(std::exchange(other.data_, nullptr)) {}
-    PinnedCount& operator=(PinnedCount&& other) noexcept {
-      if (this != &other) {
-        release();
-        data_ = std::exchange(other.data_, nullptr);
-      }
-      return *this;
-    }
-    ~PinnedCount() { release(); }
-
-    Index* get() {
-      if (data_ == nullptr) {
-        void* p = nullptr;
-        cuda_check("cudaMallocHost", -1, cudaMallocHost(&p, sizeof(Index)));
-        data_ = static_cast<Index*>(p);
-      }
-      return data_;
-    }
-
-   private:
-    void release() noexcept {
-      if (data_ != nullptr) (void)cudaFreeHost(data_);
-      data_ = nullptr;
-    }
-
-    Index* data_ = nullptr;
-  };
-
   static void check_batch(const char* operation, std::size_t n) {
     const auto limit =
         std::min<std::size_t>(static_cast<std::size_t>(INT_MAX), std::numeric_limits<Index>::max());
@@ -162,7 +128,9 @@ class DeviceDedupWorkspace {
   DeviceBuffer<Index> order_;
   DeviceBuffer<Index> offsets_;
   DeviceBuffer<Index> count_;
-  PinnedCount host_count_;
+  // The unique count comes back by an asynchronous copy into pinned memory, allocated on first
+  // use.
+  PinnedBuffer<Index> host_count_;
   std::size_t batch_size_ = 0;
   std::optional<std::size_t> unique_count_ = 0;
 };
@@ -189,7 +157,8 @@ struct DeviceDedupAccess {
   }
   template <class W>
   static auto* host_count(W& w) {
-    return w.host_count_.get();
+    w.host_count_.reserve(1);
+    return w.host_count_.data();
   }
   template <class W>
   static void forget(W& w) noexcept {
