@@ -55,7 +55,8 @@ std::vector<std::string_view> split(std::string_view s, char sep) {
   std::size_t pos = 0;
   while (true) {
     const std::size_t end = s.find(sep, pos);
-    parts.push_back(s.substr(pos, end == std::string_view::npos ? std::string_view::npos : end - pos));
+    parts.push_back(
+        s.substr(pos, end == std::string_view::npos ? std::string_view::npos : end - pos));
     if (end == std::string_view::npos) return parts;
     pos = end + 1;
   }
@@ -176,8 +177,8 @@ template <strata::communicator Comm>
 std::vector<double> gather_to_root(Comm& comm, const std::vector<double>& mine) {
   const auto w = static_cast<std::size_t>(comm.size());
   std::vector<std::int64_t> sizes(w);
-  comm.all_gather(std::span<const std::int64_t>(std::vector<std::int64_t>{
-                      static_cast<std::int64_t>(mine.size())}),
+  comm.all_gather(std::span<const std::int64_t>(
+                      std::vector<std::int64_t>{static_cast<std::int64_t>(mine.size())}),
                   std::span<std::int64_t>(sizes));
   std::vector<std::size_t> send(w, 0), recv(w, 0);
   send[0] = mine.size();
@@ -213,7 +214,8 @@ void run_rank(Comm& comm, const Options& o, const strata::ShardingPlan& plan, Re
           const std::uint64_t x = (t + 1) * 1000003ull + (offset + s + 1) * 7919ull +
                                   (k + 1) * 104729ull + (j + 1) * 31ull;
           const std::uint64_t h = splitmix64(x);
-          ids[(j * B + s) * K + k] = static_cast<std::int64_t>((h % o.tables[j].first) >> (h >> 61));
+          ids[(j * B + s) * K + k] =
+              static_cast<std::int64_t>((h % o.tables[j].first) >> (h >> 61));
         }
       }
     }

@@ -204,8 +204,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   //! `forward`'s output, `samples × output_width()`; `update(const RowGradient<T>&)` runs where
   //! each looked-up row lives, once per row and shard or replica.
   template <class Update>
-  requires std::invocable<Update&, const RowGradient<T>&>
-  void backward(std::span<const T> grad, Update&& update) {
+  requires std::invocable < Update&, const RowGradient<T>
+  & > void backward(std::span<const T> grad, Update&& update) {
     const char* op = "EmbeddingExchange::backward";
     Problem problem;
     if (!ctx_valid_) {
@@ -301,8 +301,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
 
  private:
   static constexpr std::size_t npos = static_cast<std::size_t>(-1);
-  static constexpr std::int64_t kTables = 1, kIdCount = 2, kOutSize = 3, kBadId = 4,
-                                kNoForward = 5, kBadGrad = 6;
+  static constexpr std::int64_t kTables = 1, kIdCount = 2, kOutSize = 3, kBadId = 4, kNoForward = 5,
+                                kBadGrad = 6;
 
   struct Problem {
     std::int64_t code = 0, a = 0, b = 0, c = 0;
@@ -404,8 +404,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
         return s + "the output holds " + std::to_string(p.a) + " elements, samples x " +
                std::to_string(total_width_) + " columns need " + std::to_string(p.b);
       case kBadId:
-        return s + "table " + std::to_string(p.a) + ", lookup " + std::to_string(p.b) +
-               ": id " + std::to_string(p.c) + " is outside the table's " +
+        return s + "table " + std::to_string(p.a) + ", lookup " + std::to_string(p.b) + ": id " +
+               std::to_string(p.c) + " is outside the table's " +
                std::to_string(plan_.table(static_cast<std::size_t>(p.a)).rows) + " rows";
       case kNoForward: return s + "backward needs a forward of the same step first";
       case kBadGrad:
@@ -562,7 +562,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     for (std::size_t q = 0; q < world_; ++q) {
       walk_requests(q, [&](std::size_t, std::size_t b, auto, std::span<const std::int64_t> ids) {
         for (std::int64_t id : ids)
-          rows[tables_.block(b).group].push_back(tables_.fused_row(b, static_cast<std::size_t>(id)));
+          rows[tables_.block(b).group].push_back(
+              tables_.fused_row(b, static_cast<std::size_t>(id)));
       });
     }
     std::vector<std::vector<T>> gathered(groups);
@@ -754,9 +755,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
       std::vector<std::int64_t> unique(n);
       std::vector<std::int32_t> inverse(n), counts(n);
       const auto policy = thrust::host(owner_ws_.allocator());
-      const std::size_t m = unique_ids(policy, std::span<const std::int64_t>(keys[grp]),
-                                       std::span(unique), std::span(inverse), std::span(counts),
-                                       owner_ws_);
+      const std::size_t m =
+          unique_ids(policy, std::span<const std::int64_t>(keys[grp]), std::span(unique),
+                     std::span(inverse), std::span(counts), owner_ws_);
       std::vector<T> sums(m * w);
       segmented_sum(policy, owner_ws_, std::span<const T>(rows[grp]), w, std::span<T>(sums));
       for (std::size_t u = 0; u < m; ++u) {

@@ -104,8 +104,8 @@ class HierarchicalAllToAll {
 
   //! Equal to `world.all_to_all(in, send_counts, out, recv_counts)` (see the class).
   template <comm_value T>
-  void all_to_all(std::span<const T> in, std::span<const std::size_t> send_counts,
-                  std::span<T> out, std::span<const std::size_t> recv_counts) {
+  void all_to_all(std::span<const T> in, std::span<const std::size_t> send_counts, std::span<T> out,
+                  std::span<const std::size_t> recv_counts) {
     const std::size_t w = world_size_, g = g_, nodes = w / g;
     if (send_counts.size() != w || recv_counts.size() != w) {
       throw std::invalid_argument("HierarchicalAllToAll: needs " + std::to_string(w) +
@@ -152,8 +152,7 @@ class HierarchicalAllToAll {
     }
     auto& got1 = staging<T>(1);
     got1.resize(total1);
-    node_.template all_to_all<T>(std::span<const T>(stage1), c1_send, std::span<T>(got1),
-                                 c1_recv);
+    node_.template all_to_all<T>(std::span<const T>(stage1), c1_send, std::span<T>(got1), c1_recv);
 
     // Step 2: got1 holds, per source local index lq, the blocks for (m, l) for every m; send
     // each node m its blocks, in source order.

@@ -88,8 +88,8 @@ template <class C, class... Tables>
 inline constexpr std::array<TableSpec, sizeof...(Tables)> plan_specs{Tables::spec...};
 
 template <class C, class... Tables>
-inline constexpr PlanCheck plan_check =
-    check_plan(plan_specs<C, Tables...>, C::world_size, C::ranks_per_node);
+inline constexpr PlanCheck plan_check = check_plan(plan_specs<C, Tables...>, C::world_size,
+                                                   C::ranks_per_node);
 
 }  // namespace detail
 

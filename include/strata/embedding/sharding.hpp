@@ -200,8 +200,7 @@ class ShardingPlan {
   }
   //! How many column blocks table j's rows are split into (1 unless column-wise).
   [[nodiscard]] std::size_t column_blocks(std::size_t j) const {
-    return tables_.at(j).placement.kind == Placement::column_wise ? tables_[j].placement.shards
-                                                                  : 1;
+    return tables_.at(j).placement.kind == Placement::column_wise ? tables_[j].placement.shards : 1;
   }
 
   //! The balance of the plan under the load model it was made with.
@@ -352,9 +351,7 @@ class ShardingPlan {
       const TableSpec& t = tables_[j];
       const PlacementSpec& p = t.placement;
       switch (p.kind) {
-        case Placement::table_wise:
-          shards_.push_back({j, p.where, 0, t.rows, 0, t.width});
-          break;
+        case Placement::table_wise: shards_.push_back({j, p.where, 0, t.rows, 0, t.width}); break;
         case Placement::column_wise: {
           const std::size_t w = t.width / p.shards;
           for (std::size_t c = 0; c < p.shards; ++c)

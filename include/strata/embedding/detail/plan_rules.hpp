@@ -48,8 +48,8 @@ constexpr PlanCheck check_plan(std::span<const TableSpec> tables, std::size_t wo
                                std::size_t ranks_per_node) noexcept {
   if (world == 0 || ranks_per_node == 0 || world % ranks_per_node != 0) {
     PlanCheck r = plan_violation(PlanRule::bad_world, 0, nullptr);
-    r.message << "a world of " << world << " ranks does not divide into nodes of "
-              << ranks_per_node << " ranks";
+    r.message << "a world of " << world << " ranks does not divide into nodes of " << ranks_per_node
+              << " ranks";
     return r;
   }
   if (tables.empty()) {
@@ -72,8 +72,7 @@ constexpr PlanCheck check_plan(std::span<const TableSpec> tables, std::size_t wo
     }
     if (p.kind == Placement::column_wise && t.width % p.shards != 0) {
       PlanCheck r = plan_violation(PlanRule::width_not_divisible, j, &t);
-      r.message << "width " << t.width << " does not divide into " << p.shards
-                << " column shards";
+      r.message << "width " << t.width << " does not divide into " << p.shards << " column shards";
       return r;
     }
     if (p.kind == Placement::column_wise && p.shards > world) {
