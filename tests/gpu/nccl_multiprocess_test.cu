@@ -14,6 +14,8 @@
 #include <strata/comm/mpi.hpp>
 #include <strata/comm/nccl.hpp>
 #include <strata/cuda/device_buffer.hpp>
+#include <strata/embedding/device_exchange.cuh>
+#include <strata/embedding/exchange.hpp>
 
 #include <cuda_runtime.h>
 
@@ -21,6 +23,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -365,6 +368,98 @@ TEST_CASE("averagers on one GPU: CudaHierarchicalAverager and CudaPeriodicAverag
   periodic<__half>(/*graphs=*/false);
   periodic<__nv_bfloat16>(/*graphs=*/true);
   periodic<float>(/*graphs=*/true);
+}
+
+// --- the embedding exchange: the device path against the host path over MPI -------------------
+
+TEST_CASE("embedding exchange on one GPU: the device path gives the host path's results") {
+  const std::size_t world = static_cast<std::size_t>(host().size());
+  const auto plan = strata::ShardingPlan::parse(
+      "0: 20000x32 table; 1: 3000x32 column:" + std::to_string(world) +
+          "; 2: 500x16 row; 3: 2x16 row; 4: 300x16 table-row; 5: 100x8 dp",
+      world, world % 2 == 0 ? 2 : 1);
+  const std::size_t r = static_cast<std::size_t>(host().rank());
+  const std::size_t samples = 64 + 37 * r, hotness = 2;
+  strata::NcclComm nccl = make_nccl(/*verify=*/false);
+  strata::DeviceExchangeOptions opt;
+  opt.pooling = strata::Pooling::mean;
+  opt.max_samples = 64 + 37 * world;
+  opt.max_hotness = hotness;
+  strata::CudaEmbeddingExchange<strata::NcclComm, double> dev(nccl, plan, opt);
+  strata::EmbeddingExchange<strata::MpiComm, double> ref(host(), plan,
+                                                         {strata::Pooling::mean, true, false});
+  const auto init = [](std::size_t j, std::size_t i, std::size_t d) {
+    return std::cos(0.001 * double(i + 1) * double(d + 1) + 0.1 * double(j + 1));
+  };
+  dev.initialize(init);
+  ref.initialize(init);
+  const auto close = [](double a, double b) {
+    return std::fabs(a - b) <= 1e-12 * std::max(1.0, std::fabs(b));
+  };
+  const std::size_t width = ref.output_width();
+  for (std::size_t step = 0; step < 3; ++step) {
+    std::vector<std::int64_t> ids;
+    for (std::size_t j = 0; j < plan.num_tables(); ++j)
+      for (std::size_t x = 0; x < samples * hotness; ++x) {
+        const std::uint64_t h =
+            (x + 1 + 1000 * r + step * 7919 + j * 104729) * 0x9E3779B97F4A7C15ull;
+        ids.push_back(std::int64_t((h >> 20) % plan.table(j).rows >> ((h >> 9) % 8)));
+      }
+    std::vector<double> out(samples * width), grad(samples * width);
+    for (std::size_t i = 0; i < grad.size(); ++i) grad[i] = std::sin(0.001 * double(i + step + r));
+    ref.forward({ids, plan.num_tables(), samples, hotness}, out);
+    ref.backward(grad, strata::Sgd{0.05});
+    Staging<std::int64_t> d_ids(std::span<const std::int64_t>(ids), nccl);
+    Staging<double> d_grad(std::span<const double>(grad), nccl);
+    Staging<double> d_out(out.size(), nccl);
+    dev.forward(d_ids.input(), samples, hotness, d_out.device(), nccl.stream());
+    dev.backward(std::span<const double>(d_grad.device()), strata::DeviceSgd<double>{0.05},
+                 nccl.stream());
+    std::vector<double> got(out.size());
+    d_out.download(got);
+    bool ok = true;
+    for (std::size_t i = 0; i < out.size(); ++i) ok = ok && close(got[i], out[i]);
+    CHECK_MESSAGE(ok, "forward of step " << step);
+  }
+  for (std::size_t j = 0; j < plan.num_tables(); ++j) {
+    const auto want = ref.gather_table(j, 0);
+    const auto mine = dev.local_table(j);
+    std::vector<double> all(mine.size() * world);
+    host().all_gather(std::span<const double>(mine), std::span<double>(all));
+    if (r != 0) continue;
+    bool ok = true;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      if (plan.replicated(j)) {
+        for (std::size_t q = 0; q < world; ++q) ok = ok && close(all[q * mine.size() + i], want[i]);
+      } else {
+        double v = 0;
+        for (std::size_t q = 0; q < world; ++q) v += all[q * mine.size() + i];
+        ok = ok && close(v, want[i]);
+      }
+    }
+    CHECK_MESSAGE(ok, "table " << j << " after the updates");
+  }
+}
+
+TEST_CASE("embedding exchange on one GPU: a bad id on one rank is the same error everywhere") {
+  const std::size_t world = static_cast<std::size_t>(host().size());
+  const auto plan = strata::ShardingPlan::parse("0: 100x8 row; 1: 50x4 table; 2: 10x4 dp", world);
+  strata::NcclComm nccl = make_nccl(/*verify=*/false);
+  strata::DeviceExchangeOptions opt;
+  opt.max_samples = 4;
+  strata::CudaEmbeddingExchange<strata::NcclComm, double> dev(nccl, plan, opt);
+  std::vector<std::int64_t> ids(3 * 4, 1);
+  if (host().rank() == host().size() - 1) ids[5] = 77;  // table 1, lookup 1
+  Staging<std::int64_t> d_ids(std::span<const std::int64_t>(ids), nccl);
+  Staging<double> d_out(4 * dev.output_width(), nccl);
+  std::string what;
+  try {
+    dev.forward(d_ids.input(), 4, 1, d_out.device(), nccl.stream());
+  } catch (const strata::usage_error& e) {
+    what = e.cause();
+  }
+  CHECK(what == "rank " + std::to_string(world - 1) +
+                    ": table 1, lookup 1: id 77 is outside the table's 50 rows");
 }
 
 int main(int argc, char** argv) {
