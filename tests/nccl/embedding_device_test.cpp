@@ -240,3 +240,40 @@ TEST_CASE(
           "(DeviceExchangeOptions::ids_per_peer)");
   });
 }
+
+TEST_CASE(
+    "device embedding exchange (host double): a batch of the wrong shape on one rank is "
+    "reported on every rank") {
+  const auto plan = strata::ShardingPlan::parse("0: 100x8 row; 1: 10x4 dp", 3);
+  strata::LocalWorld(3).run([&](strata::LocalComm& host) {
+    FakeNccl comm = fake::bootstrap(host, strata::NcclOptions{});
+    strata::DeviceExchangeOptions opt;
+    opt.max_samples = 4;
+    Device dev(comm, plan, opt);
+    dev.initialize(init);
+    const auto before = dev.local_table(0);
+    const strata::DeviceGuard<fake::Runtime> on(comm.device());
+    // Rank 1 brings 6 samples: more than the exchange was built for.
+    const std::size_t samples = host.rank() == 1 ? 6 : 4;
+    const std::vector<std::int64_t> ids(2 * samples, 3);
+    Buf<std::int64_t> d_ids;
+    to_device(comm, d_ids, ids);
+    Buf<double> d_out(samples * dev.output_width());
+    std::string what;
+    try {
+      dev.forward(std::span<const std::int64_t>(d_ids.data(), ids.size()), samples, 1,
+                  std::span<double>(d_out.data(), samples * dev.output_width()), comm.stream());
+    } catch (const strata::usage_error& e) {
+      what = e.cause();
+    }
+    CHECK(what ==
+          "rank 1: the batch holds 12 ids for 6 samples of hotness 1 (12 needed, and an output "
+          "of as many samples), built for at most 4 samples of hotness 1");
+    // The backward after it updates nothing, on any rank.
+    Buf<double> d_grad;
+    to_device(comm, d_grad, std::vector<double>(samples * dev.output_width(), 1.0));
+    dev.backward(std::span<const double>(d_grad.data(), samples * dev.output_width()),
+                 strata::DeviceSgd<double>{1.0}, comm.stream());
+    CHECK(dev.local_table(0) == before);
+  });
+}

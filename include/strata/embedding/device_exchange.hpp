@@ -92,9 +92,10 @@ concept device_row_update = std::copy_constructible<U> &&
 //!   step's backward, and `check()` (after every forward with `check_each_step`) throws the same
 //!   `strata::usage_error` on every rank, naming the lowest rank with a problem, the table, the
 //!   lookup and the value.
-//! Host-side mistakes (more samples than `max_samples`, spans of the wrong size) are
-//! `std::invalid_argument` on the rank that makes them, before anything is enqueued. The
-//! hierarchical all-to-all and per-owner pooling (no de-duplication) are host-path options only.
+//! A batch of a shape it was not built for (more samples than `max_samples`, ids or output of
+//! the wrong size) is reported the same way, on every rank; a gradient of the wrong size is
+//! `std::invalid_argument` on its rank alone, before anything is enqueued (its peers then see
+//! their deadline pass). The hierarchical all-to-all and per-owner pooling (no de-duplication) are host-path options only.
 //!
 //! \code
 //! // See tests/embedding/device_exchange_test.cpp (host double of NCCL) and
@@ -169,26 +170,19 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   void forward(std::span<const i64> ids, std::size_t samples, std::size_t hotness, std::span<T> out,
                stream_handle stream) {
     const char* op = "DeviceEmbeddingExchange::forward";
-    if (samples > options_.max_samples || hotness > options_.max_hotness || hotness == 0) {
-      throw std::invalid_argument(
-          std::string(op) + ": " + std::to_string(samples) + " samples of hotness " +
-          std::to_string(hotness) + " exceed the sizes it was built for (" +
-          std::to_string(options_.max_samples) + ", " + std::to_string(options_.max_hotness) + ")");
-    }
     const std::size_t nt = plan_.num_tables();
-    if (ids.size() != nt * samples * hotness || out.size() != samples * total_width_) {
-      throw std::invalid_argument(std::string(op) + ": " + std::to_string(ids.size()) +
-                                  " ids and " + std::to_string(out.size()) + " outputs; " +
-                                  std::to_string(nt) + " tables x " + std::to_string(samples) +
-                                  " samples need " + std::to_string(nt * samples * hotness) +
-                                  " and " + std::to_string(samples * total_width_));
-    }
-    samples_ = samples;
-    hotness_ = hotness;
+    const bool shape_ok = samples <= options_.max_samples && hotness <= options_.max_hotness &&
+                          hotness != 0 && ids.size() == nt * samples * hotness &&
+                          out.size() == samples * total_width_;
+    // A shape this rank cannot take travels in its headers like a bad id, so that every rank
+    // reports it; this rank then asks for nothing and writes no output.
+    bad_shape_ = !shape_ok;
+    samples_ = shape_ok ? samples : 0;
+    hotness_ = shape_ok ? hotness : 0;
     ids_ = ids.data();
-    const i64 n = static_cast<i64>(segments_host_.size() * samples * hotness);
+    const i64 n = static_cast<i64>(segments_host_.size() * samples_ * hotness_);
     const i64 world = static_cast<i64>(world_), cap = static_cast<i64>(capacity_);
-    const i64 B = static_cast<i64>(samples), K = static_cast<i64>(hotness);
+    const i64 B = static_cast<i64>(samples_), K = static_cast<i64>(hotness_);
     detail::dev::ShardTables shards{key_base_.data(), row_begin_.data(), dest_key_start_.data(),
                                     world};
     // Requester: keys, their unique runs by destination, and the id blocks with headers.
@@ -201,9 +195,19 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       const detail::dev::Segment* segs = segments_.data();
       const i64* id = ids.data();
       const std::size_t send_words = send_ids_.size();
+      const i64 given = static_cast<i64>(ids.size()),
+                needed = static_cast<i64>(nt * samples * hotness),
+                asked = static_cast<i64>(samples), lookups = static_cast<i64>(hotness),
+                block = static_cast<i64>(id_block_);
       launcher_.launch(stream, [=](const auto& policy) {
         namespace dv = detail::dev;
         thrust::fill_n(policy, send, send_words, i64(0));
+        if (!shape_ok) {
+          const auto at = thrust::counting_iterator<i64>(0);
+          thrust::for_each(policy, at, at + world,
+                           dv::ShapeHeaders{given, needed, asked, lookups, block, send});
+          return;
+        }
         thrust::fill_n(policy, inverse, n, i64(-1));
         const auto it = thrust::counting_iterator<i64>(0);
         thrust::for_each(policy, it, it + n, dv::MakeKeys{id, segs, shards, B, K, key, pos, bad});
@@ -241,7 +245,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     comm_.all_to_all(std::span<const T>(send_rows_.data(), send_rows_.size()),
                      std::span<T>(recv_rows_.data(), recv_rows_.size()), stream);
     // Requester: pool in lookup order.
-    {
+    if (shape_ok) {
       const detail::dev::Column* cols = columns_.data();
       const T* table = table_.data();
       const T* recv = recv_rows_.data();
@@ -275,7 +279,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   void backward(std::span<const T> grad, Update update, stream_handle stream) {
     const char* op = "DeviceEmbeddingExchange::backward";
     if (!forwarded_) throw std::logic_error(std::string(op) + ": needs a forward first");
-    if (grad.size() != samples_ * total_width_) {
+    if (!bad_shape_ && grad.size() != samples_ * total_width_) {
       throw std::invalid_argument(std::string(op) + ": the gradient holds " +
                                   std::to_string(grad.size()) + " elements, the output " +
                                   std::to_string(samples_ * total_width_));
@@ -285,7 +289,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     const i64 B = static_cast<i64>(samples_), K = static_cast<i64>(hotness_);
     const i64 n = static_cast<i64>(segments_host_.size() * samples_ * hotness_);
     const i64 tw = static_cast<i64>(total_width_), wmax = static_cast<i64>(wmax_);
-    const T scale = options_.pooling == Pooling::mean ? T(1) / static_cast<T>(K) : T(1);
+    const T scale = options_.pooling == Pooling::mean && K != 0 ? T(1) / static_cast<T>(K) : T(1);
     {
       const i64 *u_start = u_start_.data(), *u_dest = u_dest_.data(), *u_slot = u_slot_.data(),
                 *pos = pos_.data(), *dfu = dest_first_u_.data(), *seg_col = seg_col_.data(),
@@ -294,6 +298,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       const T* g = grad.data();
       T* send = send_rows_.data();
       const std::size_t rows = send_rows_.size();
+      // n is 0 after a forward whose shape was refused: this rank then sends zeros.
       launcher_.launch(stream, [=](const auto& policy) {
         const auto it = thrust::counting_iterator<i64>(0);
         thrust::fill_n(policy, send, rows, T(0));
@@ -392,7 +397,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       const i64* w = status_host_.data() + q * h;
       if (w[1] == detail::dev::status_ok) continue;
       std::string why = "rank " + std::to_string(q) + ": ";
-      if (w[1] == detail::dev::status_bad_id) {
+      if (w[1] == detail::dev::status_bad_shape) {
+        why += "the batch holds " + std::to_string(w[2]) + " ids for " + std::to_string(w[4]) +
+               " samples of hotness " + std::to_string(w[5]) + " (" + std::to_string(w[3]) +
+               " needed, and an output of as many samples), built for at most " +
+               std::to_string(options_.max_samples) + " samples of hotness " +
+               std::to_string(options_.max_hotness);
+      } else if (w[1] == detail::dev::status_bad_id) {
         why += "table " + std::to_string(w[2]) + ", lookup " + std::to_string(w[3]) + ": id " +
                std::to_string(w[4]) + " is outside the table's " +
                std::to_string(plan_.table(static_cast<std::size_t>(w[2])).rows) + " rows";
@@ -598,6 +609,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   PinnedBuffer<i64, Runtime> status_host_;
 
   bool forwarded_ = false;
+  bool bad_shape_ = false;
   std::size_t samples_ = 0, hotness_ = 0;
   const i64* ids_ = nullptr;
 };

@@ -27,7 +27,7 @@ using i64 = std::int64_t;
 inline constexpr i64 invalid_key = std::numeric_limits<i64>::max();
 // Words at the head of every id block: [count, status, table, lookup, value, needed].
 inline constexpr std::size_t header_words = 6;
-inline constexpr i64 status_ok = 0, status_bad_id = 1, status_overflow = 2;
+inline constexpr i64 status_ok = 0, status_bad_id = 1, status_overflow = 2, status_bad_shape = 3;
 
 // One (table, column block) of the lookups that go to owners; the lookups of a batch are these
 // segments one after the other, each `samples * hotness` long, in (sample, lookup) order.
@@ -199,6 +199,21 @@ struct HeaderCopy {
   STRATA_HOST_DEVICE void operator()(i64 q) const {
     for (i64 w = 0; w < i64(header_words); ++w)
       status[q * i64(header_words) + w] = recv[q * block + w];
+  }
+};
+
+// A batch whose shape the exchange cannot take: no ids to anyone, and the shape in every header.
+struct ShapeHeaders {
+  i64 given, needed, samples, hotness, block;
+  i64* send;
+  STRATA_HOST_DEVICE void operator()(i64 p) const {
+    i64* h = send + p * block;
+    h[0] = 0;
+    h[1] = status_bad_shape;
+    h[2] = given;
+    h[3] = needed;
+    h[4] = samples;
+    h[5] = hotness;
   }
 };
 
