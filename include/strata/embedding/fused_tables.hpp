@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -56,6 +57,13 @@ class FusedTables {
       }
       const auto it = std::find(widths_.begin(), widths_.end(), width);
       const std::size_t g = static_cast<std::size_t>(it - widths_.begin());
+      const std::size_t before = it == widths_.end() ? 0 : rows_[g];
+      if (rows > std::numeric_limits<std::size_t>::max() / sizeof(T) / width - before) {
+        throw std::invalid_argument("FusedTables: block " + std::to_string(b) + " (" +
+                                    std::to_string(rows) + " rows of width " +
+                                    std::to_string(width) +
+                                    ") makes its width group larger than memory can address");
+      }
       if (it == widths_.end()) {
         widths_.push_back(width);
         rows_.push_back(0);

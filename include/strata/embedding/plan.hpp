@@ -55,6 +55,11 @@ struct plan_rule<PlanRule::empty_table, Detail> {
   static constexpr bool holds = true;
 };
 template <Message Detail>
+struct plan_rule<PlanRule::too_large, Detail> {
+  static_assert(plan_false<Detail>, "EmbeddingPlan: a table must fit in memory addresses");
+  static constexpr bool holds = true;
+};
+template <Message Detail>
 struct plan_rule<PlanRule::zero_shards, Detail> {
   static_assert(plan_false<Detail>, "EmbeddingPlan: a column-wise table needs at least one shard");
   static constexpr bool holds = true;

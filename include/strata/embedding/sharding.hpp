@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <span>
 #include <stdexcept>
@@ -95,8 +96,8 @@ class ShardingPlan {
   //! `ShardingPlan: entry 2 ("...")`: the rule.
   static ShardingPlan parse(std::string_view text, std::size_t world_size,
                             std::size_t ranks_per_node = 0, const LoadModel& model = {}) {
-    std::vector<TableSpec> specs;
-    std::vector<std::size_t> first_entry;  // the entry that placed each table, +1 (0: none yet)
+    // By index, so that a huge index sizes nothing; each with the entry that placed it.
+    std::map<std::size_t, std::pair<std::size_t, TableSpec>> placed;
     std::size_t entry = 0;
     std::size_t pos = 0;
     while (pos <= text.size()) {
@@ -126,24 +127,21 @@ class ShardingPlan {
       } catch (const std::invalid_argument& e) {
         fail(e.what());
       }
-      if (j >= specs.size()) {
-        specs.resize(j + 1);
-        first_entry.resize(j + 1, 0);
-      }
-      if (first_entry[j] != 0) {
+      if (const auto it = placed.find(j); it != placed.end()) {
         fail("table " + std::to_string(j) + " is placed twice (first by entry " +
-             std::to_string(first_entry[j] - 1) + ")");
+             std::to_string(it->second.first) + ")");
       }
-      first_entry[j] = entry + 1;
-      specs[j] = t;
+      placed.emplace(j, std::pair{entry, t});
       ++entry;
     }
-    for (std::size_t j = 0; j < first_entry.size(); ++j) {
-      if (first_entry[j] == 0) {
-        throw std::invalid_argument("ShardingPlan: table " + std::to_string(j) +
+    std::vector<TableSpec> specs;
+    for (const auto& [j, e] : placed) {
+      if (j != specs.size()) {
+        throw std::invalid_argument("ShardingPlan: table " + std::to_string(specs.size()) +
                                     " is placed nowhere (entries name tables 0.." +
-                                    std::to_string(first_entry.size() - 1) + ")");
+                                    std::to_string(placed.rbegin()->first) + ")");
       }
+      specs.push_back(e.second);
     }
     return make(std::move(specs), world_size, ranks_per_node, model);
   }

@@ -17,6 +17,7 @@ enum class PlanRule {
   no_tables,
   bad_world,
   empty_table,
+  too_large,
   zero_shards,
   width_not_divisible,
   too_many_shards,
@@ -63,6 +64,13 @@ constexpr PlanCheck check_plan(std::span<const TableSpec> tables, std::size_t wo
     if (t.rows == 0 || t.width == 0) {
       PlanCheck r = plan_violation(PlanRule::empty_table, j, &t);
       r.message << "rows and width must be positive";
+      return r;
+    }
+    // Ids are 64-bit signed and a table's elements must be addressable, 16 bytes each at most.
+    if (t.rows > (std::size_t(1) << 62) || t.width > (std::size_t(1) << 32) ||
+        t.rows > (std::size_t(-1) / 16) / t.width) {
+      PlanCheck r = plan_violation(PlanRule::too_large, j, &t);
+      r.message << "rows x width elements do not fit in memory addresses";
       return r;
     }
     if (p.shards == 0) {
