@@ -99,7 +99,7 @@ concept device_row_update = std::copy_constructible<U> &&
 //!
 //! \code
 //! // See tests/embedding/device_exchange_test.cpp (host double of NCCL) and
-//! // tests/gpu/embedding_gpu_test.cu (a real GPU) for complete programs.
+//! // tests/cuda/embedding_exchange_device_test.cu (a real GPU) for complete programs.
 //! static_assert(strata::device_row_update<strata::DeviceSgd<double>, double>);
 //! \endcode
 template <class Comm, class T, class Launcher>
