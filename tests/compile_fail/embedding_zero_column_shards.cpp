@@ -1,6 +1,6 @@
 // A column-wise table of no shards must not compile, and the message must name that table.
 // expect: EmbeddingPlan: table 1 (500x16, column:0): needs at least one column shard
-// expect: static assertion failed: EmbeddingPlan: a column-wise table needs at least one shard
+// expect: static assertion failed: EmbeddingPlan: a column-wise table needs at least one shard, others exactly one
 #include <strata/embedding/plan.hpp>
 
 using strata::Cluster;

@@ -98,7 +98,7 @@ concept device_row_update = std::copy_constructible<U> &&
 //! their deadline pass). The hierarchical all-to-all and per-owner pooling (no de-duplication) are host-path options only.
 //!
 //! \code
-//! // See tests/embedding/device_exchange_test.cpp (host double of NCCL) and
+//! // See tests/nccl/embedding_device_test.cpp (host double of NCCL) and
 //! // tests/cuda/embedding_exchange_device_test.cu (a real GPU) for complete programs.
 //! static_assert(strata::device_row_update<strata::DeviceSgd<double>, double>);
 //! \endcode

@@ -40,11 +40,11 @@ struct ExchangeOptions {
   bool hierarchical = false;
 };
 
-//! What the last step sent, counted on this rank: lookups of sharded tables, the ids it sent to
-//! owners (equal to the lookups, times column shards, without de-duplication), and the elements
-//! of each exchange it sent to other ranks (`request_words` are 64-bit words of ids and
-//! counts; the rest are table elements), plus the elements of the data-parallel all-reduce and
-//! the link traffic of all of them.
+//! What the last step sent, counted on this rank: `lookups` of sharded tables whose owner is
+//! another rank (once per column shard), the ids it sent those owners (as many without
+//! de-duplication, fewer with it), and the elements of each exchange it sent other ranks
+//! (`request_words` are 64-bit words of ids and counts; the rest are table elements), plus the
+//! elements of the data-parallel all-reduce and the link traffic of all of them.
 //!
 //! \code
 //! strata::ExchangeStats s{.lookups = 100, .ids_sent = 40};
@@ -59,7 +59,7 @@ struct ExchangeStats {
   std::size_t allreduce_elements = 0;
   LinkTraffic traffic{};
 
-  //! Ids sent per lookup (1 without de-duplication on tables without column shards).
+  //! Ids sent per lookup sent to another rank: 1 without de-duplication.
   [[nodiscard]] double dedup_ratio() const noexcept {
     return lookups == 0 ? 1.0 : static_cast<double>(ids_sent) / static_cast<double>(lookups);
   }
@@ -103,6 +103,10 @@ struct ExchangeStats {
 //! \endcode
 template <communicator Comm, class T = float>
 requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExchange {
+  static_assert(!device_memory_v<Comm>,
+                "EmbeddingExchange: this communicator's buffers are device memory; exchange "
+                "embeddings in device memory with DeviceEmbeddingExchange");
+
  public:
   //! Collective when `options.hierarchical` (it splits the node and strided communicators).
   //! Throws `std::invalid_argument` when the plan is made for another world size.
@@ -433,13 +437,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     shard_ids_.assign(nshards, {});
     for (std::size_t j = 0; j < plan_.num_tables(); ++j) {
       if (plan_.replicated(j)) continue;
-      stats_.lookups += samples_ * hotness_;
       for (std::size_t c = 0; c < plan_.column_blocks(j); ++c) {
         for (std::size_t s = 0; s < samples_; ++s) {
           for (std::size_t k = 0; k < hotness_; ++k) {
             const auto id = static_cast<std::size_t>(batch.id(j, s, k));
             const std::size_t sh = plan_.owner_index(j, id, c);
             const std::size_t local = id - plan_.shards()[sh].row_begin;
+            if (plan_.shards()[sh].rank != me_) ++stats_.lookups;
             entries_.push_back({sh, s, local});
           }
         }

@@ -114,6 +114,14 @@ class HierarchicalAllToAll {
     }
     const std::size_t l = rank_ % g, n = rank_ / g;
     traffic_ = {};
+    std::vector<std::size_t> offset(w + 1, 0);
+    for (std::size_t p = 0; p < w; ++p) offset[p + 1] = offset[p] + send_counts[p];
+    if (offset[w] != in.size()) {
+      // Checked here alone: the peers of a rank that throws see a timeout, not a hang.
+      throw std::invalid_argument("HierarchicalAllToAll: the send counts add up to " +
+                                  std::to_string(offset[w]) + " elements, the input holds " +
+                                  std::to_string(in.size()));
+    }
     // Step 0: each local peer l' learns how much of ours is bound for (m, l'), for every m.
     words_out_.assign(g * nodes, 0);
     for (std::size_t lp = 0; lp < g; ++lp)
@@ -123,14 +131,6 @@ class HierarchicalAllToAll {
     node_.template all_to_all<std::int64_t>(words_out_, words_in_);
 
     // Step 1: regroup our input by destination local index (then node), send inside the node.
-    std::vector<std::size_t> offset(w + 1, 0);
-    for (std::size_t p = 0; p < w; ++p) offset[p + 1] = offset[p] + send_counts[p];
-    if (offset[w] != in.size()) {
-      // Checked here alone: the peers of a rank that throws see a timeout, not a hang.
-      throw std::invalid_argument("HierarchicalAllToAll: the send counts add up to " +
-                                  std::to_string(offset[w]) + " elements, the input holds " +
-                                  std::to_string(in.size()));
-    }
     auto& stage1 = staging<T>(0);
     stage1.resize(offset[w]);
     std::vector<std::size_t> c1_send(g, 0), c1_recv(g, 0);

@@ -76,6 +76,10 @@ struct DataParallel {
 //! \endcode
 template <class Policy, std::size_t Where>
 struct Pinned {
+  static_assert(Policy::spec.kind == Placement::table_wise ||
+                    Policy::spec.kind == Placement::column_wise ||
+                    Policy::spec.kind == Placement::table_row_wise,
+                "Pinned: only TableWise, ColumnWise and TableRowWise tables have a place to pin");
   static constexpr PlacementSpec spec{Policy::spec.kind, Policy::spec.shards, Where};
 };
 

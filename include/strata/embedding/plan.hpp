@@ -61,7 +61,15 @@ struct plan_rule<PlanRule::too_large, Detail> {
 };
 template <Message Detail>
 struct plan_rule<PlanRule::zero_shards, Detail> {
-  static_assert(plan_false<Detail>, "EmbeddingPlan: a column-wise table needs at least one shard");
+  static_assert(plan_false<Detail>,
+                "EmbeddingPlan: a column-wise table needs at least one shard, others exactly one");
+  static constexpr bool holds = true;
+};
+template <Message Detail>
+struct plan_rule<PlanRule::not_pinnable, Detail> {
+  static_assert(plan_false<Detail>,
+                "EmbeddingPlan: only table-wise, column-wise and table-row-wise tables can be "
+                "pinned");
   static constexpr bool holds = true;
 };
 template <Message Detail>

@@ -150,7 +150,9 @@ class ShardingPlan {
   [[nodiscard]] std::size_t ranks_per_node() const noexcept { return node_; }
   [[nodiscard]] std::size_t num_tables() const noexcept { return tables_.size(); }
   //! Table j as placed: `where` is filled in for table-wise, column-wise and table-row tables.
-  [[nodiscard]] const TableSpec& table(std::size_t j) const { return tables_.at(j); }
+  //! Every accessor that takes a table or a rank throws `std::invalid_argument` for one that
+  //! does not exist.
+  [[nodiscard]] const TableSpec& table(std::size_t j) const { return tables_[check_table(j)]; }
   [[nodiscard]] std::span<const TableSpec> tables() const noexcept { return tables_; }
   [[nodiscard]] bool replicated(std::size_t j) const {
     return table(j).placement.kind == Placement::data_parallel;
@@ -160,15 +162,22 @@ class ShardingPlan {
   [[nodiscard]] std::span<const Shard> shards() const noexcept { return shards_; }
   //! Table j's shards (none for a data-parallel table).
   [[nodiscard]] std::span<const Shard> shards_of(std::size_t j) const {
-    return std::span<const Shard>(shards_).subspan(first_shard_.at(j),
-                                                   first_shard_.at(j + 1) - first_shard_.at(j));
+    check_table(j);
+    return std::span<const Shard>(shards_).subspan(first_shard_[j],
+                                                   first_shard_[j + 1] - first_shard_[j]);
   }
   //! The global indices of the shards on `rank`, in the order of `shards()`.
   [[nodiscard]] std::span<const std::size_t> shards_on(std::size_t rank) const {
-    return on_rank_.at(rank);
+    if (rank >= world_) {
+      throw std::invalid_argument("ShardingPlan::shards_on: rank " + std::to_string(rank) +
+                                  " is outside the world of " + std::to_string(world_));
+    }
+    return on_rank_[rank];
   }
   //! The index in `shards()` of table j's first shard.
-  [[nodiscard]] std::size_t first_shard(std::size_t j) const { return first_shard_.at(j); }
+  [[nodiscard]] std::size_t first_shard(std::size_t j) const {
+    return first_shard_[check_table(j)];
+  }
 
   //! The shard of table j's column block `column_block` that holds `row` (row-wise tables: the
   //! row block; others: the only one). Not for data-parallel tables.
@@ -179,7 +188,13 @@ class ShardingPlan {
   //! The global index of `owner(j, row, column_block)`.
   [[nodiscard]] std::size_t owner_index(std::size_t j, std::size_t row,
                                         std::size_t column_block = 0) const {
-    const TableSpec& t = tables_[j];
+    const TableSpec& t = tables_[check_table(j)];
+    if (row >= t.rows || column_block >= column_blocks(j)) {
+      throw std::invalid_argument(
+          "ShardingPlan::owner: table " + std::to_string(j) + " has " + std::to_string(t.rows) +
+          " rows and " + std::to_string(column_blocks(j)) + " column blocks; row " +
+          std::to_string(row) + ", block " + std::to_string(column_block) + " asked");
+    }
     const std::size_t first = first_shard_[j];
     switch (t.placement.kind) {
       case Placement::table_wise: return first;
@@ -194,11 +209,14 @@ class ShardingPlan {
       }
       case Placement::data_parallel: break;
     }
-    throw std::logic_error("ShardingPlan::owner: table " + std::to_string(j) + " is replicated");
+    throw std::invalid_argument("ShardingPlan::owner: table " + std::to_string(j) +
+                                " is data-parallel: every rank holds it");
   }
   //! How many column blocks table j's rows are split into (1 unless column-wise).
   [[nodiscard]] std::size_t column_blocks(std::size_t j) const {
-    return tables_.at(j).placement.kind == Placement::column_wise ? tables_[j].placement.shards : 1;
+    return tables_[check_table(j)].placement.kind == Placement::column_wise
+               ? tables_[j].placement.shards
+               : 1;
   }
 
   //! The balance of the plan under the load model it was made with.
@@ -216,6 +234,14 @@ class ShardingPlan {
   }
 
  private:
+  std::size_t check_table(std::size_t j) const {
+    if (j >= tables_.size()) {
+      throw std::invalid_argument("ShardingPlan: table " + std::to_string(j) +
+                                  " does not exist; the plan has " +
+                                  std::to_string(tables_.size()) + " tables");
+    }
+    return j;
+  }
   static std::string_view trim(std::string_view s) {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r'))
       s.remove_prefix(1);

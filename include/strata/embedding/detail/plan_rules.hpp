@@ -19,6 +19,7 @@ enum class PlanRule {
   empty_table,
   too_large,
   zero_shards,
+  not_pinnable,
   width_not_divisible,
   too_many_shards,
   rank_outside_world,
@@ -73,9 +74,16 @@ constexpr PlanCheck check_plan(std::span<const TableSpec> tables, std::size_t wo
       r.message << "rows x width elements do not fit in memory addresses";
       return r;
     }
-    if (p.shards == 0) {
+    if (p.kind == Placement::column_wise ? p.shards == 0 : p.shards != 1) {
       PlanCheck r = plan_violation(PlanRule::zero_shards, j, &t);
-      r.message << "needs at least one column shard";
+      if (p.kind == Placement::column_wise) r.message << "needs at least one column shard";
+      else r.message << "only a column-wise table has column shards (" << p.shards << " given)";
+      return r;
+    }
+    if (p.where != auto_place &&
+        (p.kind == Placement::row_wise || p.kind == Placement::data_parallel)) {
+      PlanCheck r = plan_violation(PlanRule::not_pinnable, j, &t);
+      r.message << "a row-wise or data-parallel table spans every rank and cannot be pinned";
       return r;
     }
     if (p.kind == Placement::column_wise && t.width % p.shards != 0) {
