@@ -410,3 +410,28 @@ TEST_CASE("ExchangeStats: de-duplication sends fewer ids; without it, every look
     CHECK(with[r].allreduce_elements == 5 * 3);
   }
 }
+
+TEST_CASE("EmbeddingExchange: sizes whose products wrap, and a root outside the world") {
+  const auto plan = strata::ShardingPlan::parse("0: 4x2 table@0", 2);
+  strata::LocalWorld(2).run([&](LocalComm& world) {
+    strata::EmbeddingExchange<LocalComm, double> emb(world, plan);
+    // 2^63 samples of hotness 2: tables x samples x hotness wraps to 0, which the empty id span
+    // would match; the check must see through it, on every rank.
+    const std::size_t huge = std::size_t(1) << 63;
+    std::string what;
+    try {
+      emb.forward({{}, 1, world.rank() == 1 ? huge : 0, 2}, {});
+    } catch (const strata::usage_error& e) {
+      what = e.cause();
+    }
+    CHECK(what.starts_with("rank 1: the batch holds 0 ids"));
+    for (const int root : {-1, 2}) {
+      CHECK_THROWS_WITH_AS((void)emb.gather_table(0, root),
+                           ("EmbeddingExchange::gather_table: root " + std::to_string(root) +
+                            " is outside the world of 2")
+                               .c_str(),
+                           std::invalid_argument);
+    }
+    CHECK(emb.gather_table(0, 1).size() == (world.rank() == 1 ? 8u : 0u));  // still usable
+  });
+}

@@ -277,3 +277,122 @@ TEST_CASE(
     CHECK(dev.local_table(0) == before);
   });
 }
+
+TEST_CASE(
+    "device embedding exchange (host double): a bad id in a replicated table is reported "
+    "like any other") {
+  const auto plan = strata::ShardingPlan::parse("0: 10x2 row; 1: 4x2 dp", 2);
+  for (const bool each_step : {true, false}) {
+    CAPTURE(each_step);
+    strata::LocalWorld(2).run([&](strata::LocalComm& host) {
+      FakeNccl comm = fake::bootstrap(host, strata::NcclOptions{});
+      strata::DeviceExchangeOptions opt;
+      opt.max_samples = 1;
+      opt.check_each_step = each_step;
+      Device dev(comm, plan, opt);
+      dev.initialize(init);
+      const auto before = dev.local_table(1);
+      const strata::DeviceGuard<fake::Runtime> on(comm.device());
+      const std::vector<std::int64_t> ids{3, host.rank() == 1 ? 7 : 2};
+      Buf<std::int64_t> d_ids;
+      to_device(comm, d_ids, ids);
+      Buf<double> d_out(dev.output_width()), d_grad;
+      to_device(comm, d_grad, std::vector<double>(dev.output_width(), 1.0));
+      std::string what;
+      try {
+        dev.forward(std::span<const std::int64_t>(d_ids.data(), 2), 1, 1,
+                    std::span<double>(d_out.data(), dev.output_width()), comm.stream());
+        dev.backward(std::span<const double>(d_grad.data(), dev.output_width()),
+                     strata::DeviceSgd<double>{1.0}, comm.stream());
+        dev.check(comm.stream());
+      } catch (const strata::usage_error& e) {
+        what = e.cause();
+      }
+      CHECK(what == "rank 1: table 1, lookup 0: id 7 is outside the table's 4 rows");
+      CHECK(dev.local_table(1) == before);
+    });
+  }
+}
+
+TEST_CASE(
+    "device embedding exchange (host double): check() reports a problem of any step since "
+    "the last check, once") {
+  const auto plan = strata::ShardingPlan::parse("0: 10x2 row; 1: 4x2 table@0", 2);
+  strata::LocalWorld(2).run([&](strata::LocalComm& host) {
+    FakeNccl comm = fake::bootstrap(host, strata::NcclOptions{});
+    strata::DeviceExchangeOptions opt;
+    opt.max_samples = 1;
+    opt.check_each_step = false;
+    Device dev(comm, plan, opt);
+    const strata::DeviceGuard<fake::Runtime> on(comm.device());
+    Buf<double> d_out(dev.output_width()), d_grad;
+    to_device(comm, d_grad, std::vector<double>(dev.output_width(), 1.0));
+    for (const std::int64_t bad : {std::int64_t(99), std::int64_t(1)}) {  // step 2 is clean
+      const std::vector<std::int64_t> ids{host.rank() == 1 ? bad : 0, 1};
+      Buf<std::int64_t> d_ids;
+      to_device(comm, d_ids, ids);
+      dev.forward(std::span<const std::int64_t>(d_ids.data(), 2), 1, 1,
+                  std::span<double>(d_out.data(), dev.output_width()), comm.stream());
+      dev.backward(std::span<const double>(d_grad.data(), dev.output_width()),
+                   strata::DeviceSgd<double>{1.0}, comm.stream());
+      comm.synchronize(comm.stream());
+    }
+    std::string what;
+    try {
+      dev.check(comm.stream());
+    } catch (const strata::usage_error& e) {
+      what = e.cause();
+    }
+    CHECK(what == "rank 1: table 0, lookup 0: id 99 is outside the table's 10 rows");
+    CHECK_NOTHROW(dev.check(comm.stream()));  // read once, then cleared
+  });
+}
+
+TEST_CASE(
+    "device embedding exchange (host double): steps on a stream of the caller's, and an "
+    "empty batch of hotness 0") {
+  const auto plan = strata::ShardingPlan::parse("0: 50x4 row; 1: 20x2 column:2; 2: 6x2 dp", 2);
+  strata::LocalWorld(2).run([&](strata::LocalComm& host) {
+    FakeNccl comm = fake::bootstrap(host, strata::NcclOptions{});
+    strata::EmbeddingExchange<strata::LocalComm, double> ref(host, plan);
+    strata::DeviceExchangeOptions opt;
+    opt.max_samples = 3;
+    opt.max_hotness = 2;
+    opt.check_each_step = false;
+    Device dev(comm, plan, opt);
+    ref.initialize(init);
+    dev.initialize(init);
+    const strata::DeviceGuard<fake::Runtime> on(comm.device());
+    fake::Stream* mine = nullptr;
+    fake::Runtime::check("stream", host.rank(), fake::Runtime::stream_create(&mine));
+    const bool empty = host.rank() == 1;
+    const std::size_t B = empty ? 0 : 3, K = empty ? 0 : 2, width = dev.output_width();
+    const auto ids = make_ids(plan, std::size_t(host.rank()), B, K, 0);
+    std::vector<double> out(B * width), grad(B * width, 0.25);
+    ref.forward({ids, plan.num_tables(), B, K}, out);
+    ref.backward(grad, strata::Sgd{0.5});
+    Buf<std::int64_t> d_ids;
+    to_device(comm, d_ids, ids);
+    Buf<double> d_out(std::max<std::size_t>(B * width, 1)), d_grad;
+    to_device(comm, d_grad, grad);
+    dev.forward(std::span<const std::int64_t>(d_ids.data(), ids.size()), B, K,
+                std::span<double>(d_out.data(), B * width), mine);
+    dev.backward(std::span<const double>(d_grad.data(), grad.size()),
+                 strata::DeviceSgd<double>{0.5}, mine);
+    // No wait by the caller: local_table waits for the stream the steps ran on.
+    for (std::size_t j = 0; j < plan.num_tables(); ++j) {
+      const auto full = ref.gather_table(j, 0);
+      const auto local = dev.local_table(j);
+      std::vector<double> all(local.size() * 2);
+      host.all_gather(std::span<const double>(local), std::span<double>(all));
+      if (host.rank() != 0) continue;
+      for (std::size_t i = 0; i < full.size(); ++i) {
+        const double v = plan.replicated(j) ? all[i] : all[i] + all[local.size() + i];
+        REQUIRE(v == full[i]);
+      }
+    }
+    CHECK_NOTHROW(dev.check(mine));
+    comm.synchronize(mine);
+    fake::Runtime::check("stream", host.rank(), fake::Runtime::stream_destroy(mine));
+  });
+}

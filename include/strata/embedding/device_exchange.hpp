@@ -9,6 +9,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -151,6 +152,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   template <class F>
   void initialize(F&& value) {
     const DeviceGuard<Runtime> on(comm_.device(), static_cast<int>(me_));
+    wait_last_stream();
     std::vector<T> host(table_size_);
     for (std::size_t b = 0; b < blocks_.size(); ++b) {
       const HostBlock& k = blocks_[b];
@@ -172,7 +174,10 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     const char* op = "DeviceEmbeddingExchange::forward";
     const std::size_t nt = plan_.num_tables();
     const bool shape_ok = samples <= options_.max_samples && hotness <= options_.max_hotness &&
-                          hotness != 0 && ids.size() == nt * samples * hotness &&
+                          (hotness != 0 || samples == 0) &&
+                          ids.size() / nt / std::max<std::size_t>(hotness, 1) == samples &&
+                          ids.size() == nt * samples * hotness &&
+                          out.size() / std::max<std::size_t>(total_width_, 1) == samples &&
                           out.size() == samples * total_width_;
     // A shape this rank cannot take travels in its headers like a bad id, so that every rank
     // reports it; this rank then asks for nothing and writes no output.
@@ -180,7 +185,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     samples_ = shape_ok ? samples : 0;
     hotness_ = shape_ok ? hotness : 0;
     ids_ = ids.data();
+    last_stream_ = stream;
     const i64 n = static_cast<i64>(segments_host_.size() * samples_ * hotness_);
+    const i64 positions = static_cast<i64>(nt * samples_ * hotness_);
     const i64 world = static_cast<i64>(world_), cap = static_cast<i64>(capacity_);
     const i64 B = static_cast<i64>(samples_), K = static_cast<i64>(hotness_);
     detail::dev::ShardTables shards{key_base_.data(), row_begin_.data(), dest_key_start_.data(),
@@ -194,6 +201,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       const i64* dks = dest_key_start_.data();
       const detail::dev::Segment* segs = segments_.data();
       const i64* id = ids.data();
+      const i64* rows = table_rows_.data();
       const std::size_t send_words = send_ids_.size();
       const i64 given = static_cast<i64>(ids.size()),
                 needed = static_cast<i64>(nt * samples * hotness),
@@ -210,14 +218,15 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
         }
         thrust::fill_n(policy, inverse, n, i64(-1));
         const auto it = thrust::counting_iterator<i64>(0);
-        thrust::for_each(policy, it, it + n, dv::MakeKeys{id, segs, shards, B, K, key, pos, bad});
-        thrust::inclusive_scan(policy, bad, bad + n, bad, dv::Minimum{});
+        thrust::for_each(policy, it, it + positions, dv::BadPositions{id, rows, B * K, bad});
+        thrust::inclusive_scan(policy, bad, bad + positions, bad, dv::Minimum{});
+        thrust::for_each(policy, it, it + n, dv::MakeKeys{id, segs, shards, B, K, key, pos});
         thrust::stable_sort_by_key(policy, key, key + n, pos);
         thrust::for_each(policy, it, it + n, dv::Heads{key, head});
         thrust::inclusive_scan(policy, head, head + n, uscan);
         thrust::lower_bound(policy, key, key + n, dks, dks + world + 1, dfp);
         thrust::for_each(policy, it, it + world,
-                         dv::Headers{dfp, uscan, bad, id, segs, n, B, K, cap, world, dfu, send});
+                         dv::Headers{dfp, uscan, bad, id, positions, B, K, cap, world, dfu, send});
         thrust::for_each(policy, it, it + n,
                          dv::Scatter{key, pos, head, uscan, dfu, shards, cap, inverse, u_dest,
                                      u_slot, u_start, send});
@@ -267,7 +276,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     forwarded_ = true;
     if (options_.check_each_step) {
       comm_.synchronize(stream);
-      check_status(op);
+      check_status(op, stream);
     }
   }
 
@@ -285,6 +294,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
                                   std::to_string(samples_ * total_width_));
     }
     forwarded_ = false;
+    last_stream_ = stream;
     const i64 world = static_cast<i64>(world_), cap = static_cast<i64>(capacity_);
     const i64 B = static_cast<i64>(samples_), K = static_cast<i64>(hotness_);
     const i64 n = static_cast<i64>(segments_host_.size() * samples_ * hotness_);
@@ -314,15 +324,22 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       const detail::dev::ReplicaSegment* segs = replica_segs_.data();
       const i64* row_start = replica_row_start_.data();
       const i64 nsegs = static_cast<i64>(replica_segs_host_.size());
-      const i64 replica_rows = static_cast<i64>(replica_rows_);
+      const i64 ndp = static_cast<i64>(replica_segs_host_.size() * samples_ * hotness_);
       const i64* id = ids_;
       const T* g = grad.data();
       T* dense = dense_.data();
+      const std::size_t dense_size = dense_.size();
+      i64 *key = dp_key_.data(), *pos = dp_pos_.data();
       launcher_.launch(stream, [=](const auto& policy) {
+        namespace dv = detail::dev;
         const auto it = thrust::counting_iterator<i64>(0);
+        thrust::fill_n(policy, dense, dense_size, T(0));
+        thrust::for_each(policy, it, it + ndp,
+                         dv::ReplicaKeys{id, segs, row_start, B, K, key, pos});
+        thrust::stable_sort_by_key(policy, key, key + ndp, pos);
         thrust::for_each(
-            policy, it, it + replica_rows,
-            detail::dev::ReplicaGrad<T>{id, segs, nsegs, B, K, tw, g, scale, dense, row_start});
+            policy, it, it + ndp,
+            dv::ReplicaRuns<T>{key, pos, segs, row_start, nsegs, ndp, B, K, tw, g, scale, dense});
       });
       comm_.all_reduce(std::span<T>(dense_.data(), dense_.size()), ReduceOp::sum, stream);
     }
@@ -365,14 +382,14 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   //! the capacity).
   void check(stream_handle stream) {
     comm_.synchronize(stream);
-    check_status("DeviceEmbeddingExchange::check");
+    check_status("DeviceEmbeddingExchange::check", stream);
   }
 
   //! Table j's values (row-major) as this rank holds them: its shards' rows and columns, others
   //! zero; a replica whole. Waits for the device.
   [[nodiscard]] std::vector<T> local_table(std::size_t j) {
     const DeviceGuard<Runtime> on(comm_.device(), static_cast<int>(me_));
-    comm_.synchronize(comm_.stream());
+    wait_last_stream();
     std::vector<T> host(table_size_);
     download(host, table_);
     const TableSpec& t = plan_.table(j);
@@ -391,10 +408,26 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     std::size_t table, row_begin, col_begin, rows, width, offset;
   };
 
-  void check_status(const char* op) {
+  // The steps of a caller's stream other than the communicator's may still use the tables.
+  void wait_last_stream() {
+    if (last_stream_ && *last_stream_ != comm_.stream()) comm_.synchronize(*last_stream_);
+    comm_.synchronize(comm_.stream());
+  }
+
+  // Reads the statuses the forwards since the last check kept, clears them (here and on the
+  // device, in stream order), and throws for the lowest rank with a problem.
+  void check_status(const char* op, stream_handle stream) {
     const std::size_t h = detail::dev::header_words;
+    const std::vector<i64> words(status_host_.data(), status_host_.data() + status_host_.size());
+    std::fill(status_host_.data(), status_host_.data() + status_host_.size(), i64(0));
+    {
+      i64* status = status_dev_.data();
+      const std::size_t size = status_dev_.size();
+      launcher_.launch(stream,
+                       [=](const auto& policy) { thrust::fill_n(policy, status, size, i64(0)); });
+    }
     for (std::size_t q = 0; q < world_; ++q) {
-      const i64* w = status_host_.data() + q * h;
+      const i64* w = words.data() + q * h;
       if (w[1] == detail::dev::status_ok) continue;
       std::string why = "rank " + std::to_string(q) + ": ";
       if (w[1] == detail::dev::status_bad_shape) {
@@ -508,11 +541,27 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
         columns_host_.push_back(c);
       }
     }
-    const std::size_t per_table = options_.max_samples * options_.max_hotness;
-    max_lookups_ = segments_host_.size() * per_table;
+    // Every size below is checked: a product that wraps would allocate too little.
+    const auto mul = [](std::size_t a, std::size_t b, const char* what) {
+      if (b != 0 && a > (std::size_t(1) << 62) / b) {
+        throw std::invalid_argument(std::string("DeviceEmbeddingExchange: ") + what +
+                                    " is too large to allocate");
+      }
+      return a * b;
+    };
+    const std::size_t per_table =
+        mul(options_.max_samples, options_.max_hotness, "max_samples x max_hotness");
+    max_lookups_ = mul(segments_host_.size(), per_table, "the lookups of a batch");
+    max_positions_ = mul(nt, per_table, "the ids of a batch");
+    dp_lookups_ = mul(replica_segs_host_.size(), per_table, "the replicated lookups of a batch");
     capacity_ =
         options_.ids_per_peer != 0 ? options_.ids_per_peer : std::max<std::size_t>(max_lookups_, 1);
     id_block_ = detail::dev::header_words + capacity_;
+    (void)mul(mul(world_, id_block_, "ids_per_peer"), 8, "ids_per_peer");
+    (void)mul(mul(mul(world_, capacity_, "ids_per_peer"), wmax_, "ids_per_peer"), sizeof(T),
+              "ids_per_peer");
+    (void)mul(mul(options_.max_samples, std::max<std::size_t>(total_width_, 1), "max_samples"),
+              sizeof(T), "max_samples");
   }
 
   template <class U>
@@ -542,8 +591,11 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   void allocate() {
     const int r = static_cast<int>(me_);
     const std::size_t n = std::max<std::size_t>(max_lookups_, 1);
-    for (Buffer<i64>* b : {&key_, &pos_, &bad_, &head_, &uscan_, &inverse_, &u_dest_, &u_slot_})
+    for (Buffer<i64>* b : {&key_, &pos_, &head_, &uscan_, &inverse_, &u_dest_, &u_slot_})
       b->resize(n, r);
+    bad_.resize(std::max<std::size_t>(max_positions_, 1), r);
+    dp_key_.resize(std::max<std::size_t>(dp_lookups_, 1), r);
+    dp_pos_.resize(std::max<std::size_t>(dp_lookups_, 1), r);
     // The owner side sorts one key per received slot; the same buffers serve it.
     const std::size_t slots = world_ * capacity_;
     for (Buffer<i64>* b : {&key_, &pos_, &head_}) b->resize(std::max(n, slots), r);
@@ -575,6 +627,11 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     upload(columns_, columns_host_);
     upload(replica_segs_, replica_segs_host_);
     upload(replica_row_start_, replica_row_start_host_);
+    std::vector<i64> rows(plan_.num_tables());
+    for (std::size_t j = 0; j < rows.size(); ++j) rows[j] = i64(plan_.table(j).rows);
+    upload(table_rows_, rows);
+    upload(status_dev_, std::vector<i64>(status_dev_.size(), 0));
+    std::fill(status_host_.data(), status_host_.data() + status_host_.size(), i64(0));
     upload(table_, std::vector<T>(std::max<std::size_t>(table_size_, 1), T(0)));
   }
 
@@ -583,7 +640,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   DeviceExchangeOptions options_;
   Launcher launcher_;
   std::size_t me_ = 0, world_ = 0, total_width_ = 0, wmax_ = 0, capacity_ = 0, id_block_ = 0;
-  std::size_t max_lookups_ = 0, table_size_ = 0, dense_size_ = 0, replica_rows_ = 0;
+  std::size_t max_lookups_ = 0, max_positions_ = 0, dp_lookups_ = 0, table_size_ = 0,
+              dense_size_ = 0, replica_rows_ = 0;
   std::size_t owned_host_blocks_ = 0;
   std::vector<std::size_t> col_off_;
   std::vector<HostBlock> blocks_;
@@ -604,12 +662,14 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
 
   // Work buffers, sized once.
   Buffer<i64> key_, pos_, bad_, head_, uscan_, inverse_, u_dest_, u_slot_, u_start_;
+  Buffer<i64> dp_key_, dp_pos_, table_rows_;
   Buffer<i64> dest_first_pos_, dest_first_u_, send_ids_, recv_ids_, status_dev_, flag_;
   Buffer<T> send_rows_, recv_rows_, sums_, dense_, table_;
   PinnedBuffer<i64, Runtime> status_host_;
 
   bool forwarded_ = false;
   bool bad_shape_ = false;
+  std::optional<stream_handle> last_stream_;
   std::size_t samples_ = 0, hotness_ = 0;
   const i64* ids_ = nullptr;
 };

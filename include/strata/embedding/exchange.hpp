@@ -7,6 +7,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -255,7 +256,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   }
 
   //! Collective: table j whole (row-major) on `root`, empty elsewhere.
+  //! Throws `std::invalid_argument` (on every member alike, before any exchange) for a table or
+  //! root that does not exist.
   [[nodiscard]] std::vector<T> gather_table(std::size_t j, int root = 0) {
+    if (root < 0 || static_cast<std::size_t>(root) >= world_) {
+      throw std::invalid_argument("EmbeddingExchange::gather_table: root " + std::to_string(root) +
+                                  " is outside the world of " + std::to_string(world_));
+    }
     const TableSpec& t = plan_.table(j);
     std::vector<T> full;
     if (plan_.replicated(j)) {
@@ -337,6 +344,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
       blocks.emplace_back(plan_.table(j).rows, plan_.table(j).width);
     }
     tables_ = FusedTables<T>(blocks);
+    group_blocks_.assign(tables_.num_groups(), {});
+    for (std::size_t b = 0; b < tables_.num_blocks(); ++b)
+      group_blocks_[tables_.block(b).group].push_back(b);
     // Dense keys for de-duplication: shards in destination order (rank, then global index), each
     // shard's rows consecutive, so sorted keys come grouped by destination and shard.
     key_base_.assign(plan_.shards().size(), 0);
@@ -370,12 +380,18 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     const std::size_t nt = plan_.num_tables();
     if (batch.tables != nt) return {kTables, static_cast<std::int64_t>(batch.tables), 0, 0};
     if (batch.hotness == 0 && batch.samples != 0) return {kIdCount, 0, 0, 0};
-    const std::size_t need = nt * batch.samples * batch.hotness;
+    // A product of huge sizes must not wrap into a size that fits: such a batch needs more ids
+    // than memory can address (-1 in the message's field).
+    const std::size_t per_sample = nt * batch.hotness;
+    const bool fits =
+        per_sample == 0 || batch.samples <= std::numeric_limits<std::size_t>::max() / per_sample;
+    const std::size_t need = fits ? per_sample * batch.samples : static_cast<std::size_t>(-1);
     if (batch.ids.size() != need) {
       return {kIdCount, static_cast<std::int64_t>(batch.ids.size()),
               static_cast<std::int64_t>(need), 0};
     }
-    if (out.size() != batch.samples * total_width_) {
+    if (out.size() / std::max<std::size_t>(total_width_, 1) != batch.samples ||
+        out.size() != batch.samples * total_width_) {
       return {kOutSize, static_cast<std::int64_t>(out.size()),
               static_cast<std::int64_t>(batch.samples * total_width_), 0};
     }
@@ -403,7 +419,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
       case kIdCount:
         if (p.b == 0 && p.a == 0) return s + "a batch with samples needs a hotness of at least 1";
         return s + "the batch holds " + std::to_string(p.a) + " ids, its tables x samples x " +
-               "hotness need " + std::to_string(p.b);
+               "hotness need " +
+               (p.b == -1 ? std::string("more than memory can address") : std::to_string(p.b));
       case kOutSize:
         return s + "the output holds " + std::to_string(p.a) + " elements, samples x " +
                std::to_string(total_width_) + " columns need " + std::to_string(p.b);
@@ -775,12 +792,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
 
   // The block of group `grp` that holds fused row `r`, and the row inside it.
   std::pair<std::size_t, std::size_t> locate(std::size_t grp, std::size_t r) const {
-    for (std::size_t b = 0; b < tables_.num_blocks(); ++b) {
-      const FusedBlock& k = tables_.block(b);
-      if (k.group == grp && r >= k.first_row && r < k.first_row + k.rows)
-        return {b, r - k.first_row};
-    }
-    throw std::logic_error("EmbeddingExchange: fused row outside every block");
+    // The group's blocks in order of their first row (the order they were added in).
+    const std::vector<std::size_t>& blocks = group_blocks_[grp];
+    const auto it = std::upper_bound(
+        blocks.begin(), blocks.end(), r,
+        [&](std::size_t row, std::size_t b) { return row < tables_.block(b).first_row; });
+    const std::size_t b = *(it - 1);
+    return {b, r - tables_.block(b).first_row};
   }
 
   // Dense gradients of every replicated table, concatenated, each followed by one count per row
@@ -860,6 +878,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   std::vector<std::size_t> col_off_;
   FusedTables<T> tables_;
   std::vector<std::size_t> shard_block_, block_shard_, block_table_, replica_block_;
+  std::vector<std::vector<std::size_t>> group_blocks_;
   std::vector<std::size_t> key_base_, shard_class_, class_width_;
   std::optional<HierarchicalAllToAll<Comm>> hier_;
   ExchangeStats stats_;

@@ -63,7 +63,21 @@ STRATA_HOST_DEVICE inline i64 dest_of(const i64* dest_key_start, i64 world, i64 
   return lo;
 }
 
-// key[e], pos[e] = e, and bad[e] = e when the id is outside its table (else "none").
+// bad[x] = x for each position x of the batch (table-major, as the host path counts) whose id
+// is outside its table, else "none"; a min-scan then finds the first, as the host path does.
+struct BadPositions {
+  const i64* ids;
+  const i64* table_rows;
+  i64 per_table;  // samples * hotness
+  i64* bad;
+  STRATA_HOST_DEVICE void operator()(i64 x) const {
+    const i64 id = ids[x];
+    bad[x] = id < 0 || id >= table_rows[x / per_table] ? x : invalid_key;
+  }
+};
+
+// key[e] and pos[e] = e for lookup e of the sharded segments; an id outside its table gets no
+// key (the status reports it).
 struct MakeKeys {
   const i64* ids;
   const Segment* segments;
@@ -71,7 +85,6 @@ struct MakeKeys {
   i64 samples, hotness;
   i64* key;
   i64* pos;
-  i64* bad;
   STRATA_HOST_DEVICE void operator()(i64 e) const {
     const i64 per = samples * hotness;
     const Segment g = segments[e / per];
@@ -80,10 +93,8 @@ struct MakeKeys {
     pos[e] = e;
     if (id < 0 || id >= g.rows) {
       key[e] = invalid_key;
-      bad[e] = e;
       return;
     }
-    bad[e] = invalid_key;
     const i64 shard =
         g.first_shard + (g.blocks > 1 ? row_block(g.rows, g.blocks, id) : g.column_block);
     key[e] = shards.key_base[shard] + id - shards.row_begin[shard];
@@ -108,10 +119,9 @@ struct Heads {
 struct Headers {
   const i64* dest_first_pos;  // world + 1 positions in the sorted keys
   const i64* uscan;           // inclusive scan of the heads
-  const i64* bad_scan;        // inclusive min-scan of bad; [n-1] is the first bad lookup
+  const i64* bad_scan;        // inclusive min-scan of BadPositions; [positions-1] the first
   const i64* ids;
-  const Segment* segments;
-  i64 n, samples, hotness, capacity, world;
+  i64 positions, samples, hotness, capacity, world;
   i64* dest_first_u;  // world + 1
   i64* send;          // world blocks of header_words + capacity
   STRATA_HOST_DEVICE i64 uniques_before(i64 position) const {
@@ -129,19 +139,17 @@ struct Headers {
       const i64 c = uniques_before(dest_first_pos[q + 1]) - uniques_before(dest_first_pos[q]);
       needed = c > needed ? c : needed;
     }
-    const i64 first_bad = n == 0 ? invalid_key : bad_scan[n - 1];
+    const i64 first_bad = positions == 0 ? invalid_key : bad_scan[positions - 1];
     h[0] = count < capacity ? count : capacity;
     h[1] = status_ok;
     h[2] = h[3] = h[4] = 0;
     h[5] = needed;
     if (first_bad != invalid_key) {
       const i64 per = samples * hotness;
-      const Segment g = segments[first_bad / per];
-      const i64 rem = first_bad % per;
       h[1] = status_bad_id;
-      h[2] = g.table;
-      h[3] = rem;  // sample * hotness + lookup
-      h[4] = ids[(g.table * samples + rem / hotness) * hotness + rem % hotness];
+      h[2] = first_bad / per;  // the table
+      h[3] = first_bad % per;  // sample * hotness + lookup
+      h[4] = ids[first_bad];
     } else if (needed > capacity) {
       h[1] = status_overflow;
     }
@@ -191,14 +199,16 @@ struct CloseRuns {
   }
 };
 
-// The header of the block each sender sent this rank, side by side, for the host to read.
+// The header of the block each sender sent this rank, side by side, for the host to read. A
+// sender's problem stays until the host has read it (`check`), whatever later steps send.
 struct HeaderCopy {
   const i64* recv;
   i64 block;
   i64* status;
   STRATA_HOST_DEVICE void operator()(i64 q) const {
-    for (i64 w = 0; w < i64(header_words); ++w)
-      status[q * i64(header_words) + w] = recv[q * block + w];
+    i64* mine = status + q * i64(header_words);
+    if (mine[1] != status_ok) return;
+    for (i64 w = 0; w < i64(header_words); ++w) mine[w] = recv[q * block + w];
   }
 };
 
@@ -408,32 +418,50 @@ struct ReplicaSegment {
   i64 replica = 0;  // offset of the replica in the table buffer
 };
 
-template <class T>
-struct ReplicaGrad {
+// Replicated tables, backward, from this rank's lookups sorted by (replica, row) with a stable
+// sort: key[x] = row_start[g] + id for lookup x of replica segment g (x in (segment, sample,
+// lookup) order), invalid for an id outside the table.
+struct ReplicaKeys {
   const i64* ids;
   const ReplicaSegment* segs;
-  i64 nsegs, samples, hotness, total_width;
+  const i64* row_start;
+  i64 samples, hotness;
+  i64* key;
+  i64* pos;
+  STRATA_HOST_DEVICE void operator()(i64 x) const {
+    const i64 per = samples * hotness;
+    const ReplicaSegment sg = segs[x / per];
+    const i64 id = ids[sg.table * per + x % per];
+    key[x] = id >= 0 && id < sg.rows ? row_start[x / per] + id : invalid_key;
+    pos[x] = x;
+  }
+};
+
+// For each run of one replica row: the sum of its lookups' gradients in lookup order, and the
+// run's length as the row's count, into the dense buffer (zero elsewhere).
+template <class T>
+struct ReplicaRuns {
+  const i64* key;
+  const i64* pos;
+  const ReplicaSegment* segs;
+  const i64* row_start;
+  i64 nsegs, n, samples, hotness, total_width;
   const T* grad;
   T scale;
   T* dense;
-  // x enumerates (segment, row) pairs through `row_start`: segment g's rows start at
-  // row_start[g].
-  const i64* row_start;
-  STRATA_HOST_DEVICE void operator()(i64 x) const {
+  STRATA_HOST_DEVICE void operator()(i64 i) const {
+    if (key[i] == invalid_key || (i > 0 && key[i - 1] == key[i])) return;
     i64 g = 0;
-    while (g + 1 < nsegs && row_start[g + 1] <= x) ++g;
+    while (g + 1 < nsegs && row_start[g + 1] <= key[i]) ++g;
     const ReplicaSegment sg = segs[g];
-    const i64 row = x - row_start[g];
+    const i64 row = key[i] - row_start[g], per = samples * hotness;
     T* o = dense + sg.dense + row * sg.width;
     T count = T(0);
-    for (i64 d = 0; d < sg.width; ++d) o[d] = T(0);
-    for (i64 s = 0; s < samples; ++s) {
-      for (i64 k = 0; k < hotness; ++k) {
-        if (ids[(sg.table * samples + s) * hotness + k] != row) continue;
-        const T* gs = grad + s * total_width + sg.column;
-        for (i64 d = 0; d < sg.width; ++d) o[d] = o[d] + gs[d] * scale;
-        count = count + T(1);
-      }
+    for (i64 r = i; r < n && key[r] == key[i]; ++r) {
+      const i64 s = (pos[r] % per) / hotness;
+      const T* gs = grad + s * total_width + sg.column;
+      for (i64 d = 0; d < sg.width; ++d) o[d] = o[d] + gs[d] * scale;
+      count = count + T(1);
     }
     dense[sg.dense + sg.rows * sg.width + row] = count;
   }

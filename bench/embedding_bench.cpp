@@ -1,0 +1,263 @@
+// The embedding exchange of a DLRM-like model three ways, on the local backend and over MPI, in
+// one run:
+//
+//   embedding_bench [--batch 2048] [--steps 11] [--warmup 2] [--max-rows 1000000]
+//   OMPI_MCA_mpi_yield_when_idle=1 mpirun -np 8 embedding_bench [...]
+//
+//   naive  model-parallel all-to-all without de-duplication: every lookup's id goes to the owner,
+//          which returns one pooled vector per sample and receives one gradient per sample
+//   dedup  each rank sends each distinct row it needs once per owner, gets the row back once and
+//          returns one summed gradient per row
+//   hier   dedup over the hierarchical all-to-all (nodes of 4 ranks): an exchange inside the node,
+//          then one among the ranks of the same local index across nodes
+//
+// The workload of examples/dlrm_exchange.cpp (which measures more placements): 26 float tables of
+// width 64 sized after Criteo Kaggle's categorical features, in two plans: "row", every table
+// row-wise over all ranks, and "mixed", tables of at most 2000 rows data-parallel and the rest
+// row-wise. Ids are Zipf-distributed (exponent 1.05, fixed seed per rank), batch per rank 2048,
+// one id per table per sample. A step is one forward and one backward (sparse SGD); its time is
+// the slowest rank's, between barriers, and each figure is the median over --steps steps after
+// --warmup. Bytes are what a rank sends to other ranks in the exchanges (ids, rows, gradients;
+// not the data-parallel all-reduce, reported apart), per step.
+//
+// The local backend always runs with 8 ranks (threads) in this process. Built with MPI and
+// started by mpirun, the benchmark first measures the same over the MPI world (its size must
+// divide by 4), finalizes MPI, and then rank 0 alone runs the local part, so the two never share
+// the cores; rank 0 prints both.
+#include <strata/comm/local.hpp>
+#include <strata/embedding/exchange.hpp>
+#ifdef STRATA_BENCH_HAVE_MPI
+#include <strata/comm/mpi.hpp>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr std::size_t criteo_kaggle_rows[26] = {
+    1460, 583,   10131227, 2202608, 305,  24,   12517, 633,     3,  93145, 5683,   8351593, 3194,
+    27,   14992, 5461306,  10,      5652, 2173, 4,     7046547, 18, 15,    286181, 105,     142572};
+constexpr std::size_t criteo_kaggle_largest = 10131227;
+constexpr std::size_t width = 64;
+constexpr std::size_t node_size = 4;
+constexpr std::size_t dp_rows = 2000;
+constexpr int local_ranks = 8;
+constexpr const char* plans[] = {"row", "mixed"};
+constexpr const char* modes[] = {"naive", "dedup", "hier"};
+
+struct Config {
+  std::size_t batch = 2048;
+  std::size_t steps = 11;
+  std::size_t warmup = 2;
+  std::size_t max_rows = 1'000'000;
+};
+
+class ZipfTable {
+ public:
+  ZipfTable(std::size_t rows, double exponent) : cumulative_(rows) {
+    double sum = 0;
+    for (std::size_t i = 0; i < rows; ++i) {
+      sum += std::pow(static_cast<double>(i + 1), -exponent);
+      cumulative_[i] = sum;
+    }
+    // Popularity rank i becomes row i * stride mod rows: the hot rows spread over every block.
+    stride_ = std::max<std::size_t>(1, rows * 618 / 1000);
+    while (std::gcd(stride_, rows) != 1) ++stride_;
+  }
+  std::int64_t draw(std::mt19937_64& rng) const {
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * cumulative_.back();
+    auto i = static_cast<std::size_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), u) -
+                                      cumulative_.begin());
+    i = std::min(i, cumulative_.size() - 1);
+    return static_cast<std::int64_t>(i * stride_ % cumulative_.size());
+  }
+
+ private:
+  std::vector<double> cumulative_;
+  std::size_t stride_ = 1;
+};
+
+struct Workload {
+  std::vector<std::size_t> rows;
+  std::vector<ZipfTable> zipf;
+
+  explicit Workload(const Config& c) {
+    // Scaled so the largest table has max_rows rows; tables up to 1000 rows keep their size.
+    const double scale =
+        static_cast<double>(c.max_rows) / static_cast<double>(criteo_kaggle_largest);
+    for (std::size_t real : criteo_kaggle_rows) {
+      const auto scaled = static_cast<std::size_t>(std::llround(static_cast<double>(real) * scale));
+      rows.push_back(std::max({scaled, std::min<std::size_t>(real, 1000), std::size_t{1}}));
+      zipf.emplace_back(rows.back(), 1.05);
+    }
+  }
+
+  strata::ShardingPlan plan(const std::string& name, std::size_t world) const {
+    std::vector<strata::TableSpec> specs;
+    for (std::size_t r : rows) {
+      const bool dp = name == "mixed" && r <= dp_rows;
+      specs.push_back({r, width, dp ? strata::DataParallel::spec : strata::RowWise::spec});
+    }
+    return strata::ShardingPlan::make(std::move(specs), world, node_size);
+  }
+};
+
+struct Result {
+  std::string plan, mode;
+  double bytes_max = 0, bytes_mean = 0, inter_messages = 0, allreduce_bytes = 0, ms = 0;
+};
+
+template <strata::communicator Comm>
+std::vector<Result> measure(Comm& comm, const Config& c, const Workload& w) {
+  const auto rank = static_cast<std::size_t>(comm.rank());
+  const auto world = static_cast<std::size_t>(comm.size());
+  const std::size_t J = w.rows.size(), total = c.warmup + c.steps;
+  std::mt19937_64 rng(2024 * 0x9E3779B97F4A7C15ull + rank);
+  std::vector<std::vector<std::int64_t>> ids(total, std::vector<std::int64_t>(J * c.batch));
+  for (auto& step : ids) {
+    for (std::size_t j = 0; j < J; ++j) {
+      for (std::size_t s = 0; s < c.batch; ++s) step[j * c.batch + s] = w.zipf[j].draw(rng);
+    }
+  }
+  std::vector<float> out(c.batch * J * width);
+  const std::vector<float> grad(out.size(), 1e-3f);
+  std::vector<Result> results;
+  for (const char* plan_name : plans) {
+    const strata::ShardingPlan plan = w.plan(plan_name, world);
+    for (const char* mode : modes) {
+      strata::ExchangeOptions o;
+      o.dedup = std::strcmp(mode, "naive") != 0;
+      o.hierarchical = std::strcmp(mode, "hier") == 0;
+      strata::EmbeddingExchange<Comm, float> emb(comm, plan, o);
+      std::vector<double> times(c.steps, 0.0), mine(3, 0.0);
+      for (std::size_t t = 0; t < total; ++t) {
+        comm.barrier();
+        const auto start = std::chrono::steady_clock::now();
+        emb.forward({ids[t], J, c.batch, 1}, out);
+        emb.backward(grad, strata::Sgd{0.01});
+        const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+        if (t < c.warmup) continue;
+        times[t - c.warmup] = took.count();
+        mine[0] += static_cast<double>(emb.stats().bytes_sent(sizeof(float)));
+        mine[1] += static_cast<double>(emb.stats().traffic.inter_messages);
+        mine[2] += static_cast<double>(emb.stats().allreduce_elements * sizeof(float));
+      }
+      comm.all_reduce(std::span<double>(times), strata::ReduceOp::max);
+      std::vector<double> all(3 * world);
+      comm.all_gather(std::span<const double>(mine), std::span<double>(all));
+      const double steps = static_cast<double>(c.steps), n = static_cast<double>(world);
+      Result r{plan_name, mode};
+      for (std::size_t q = 0; q < world; ++q) {
+        r.bytes_max = std::max(r.bytes_max, all[q * 3] / steps);
+        r.bytes_mean += all[q * 3] / steps / n;
+        r.inter_messages += all[q * 3 + 1] / steps / n;
+        r.allreduce_bytes += all[q * 3 + 2] / steps / n;
+      }
+      std::sort(times.begin(), times.end());
+      r.ms = times[times.size() / 2] * 1e3;
+      results.push_back(r);
+    }
+  }
+  return results;
+}
+
+void print(const char* title, const std::vector<Result>& results) {
+  std::printf("%s\n\n", title);
+  std::printf(
+      "| plan | exchange | MB/rank max | MB/rank mean | inter msgs/rank | all-reduce MB | "
+      "ms/step | bytes/naive | time/naive |\n"
+      "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  const Result* naive = nullptr;
+  for (const Result& r : results) {
+    if (r.mode == "naive") naive = &r;
+    std::printf("| %s | %s | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f |\n", r.plan.c_str(),
+                r.mode.c_str(), r.bytes_max / 1e6, r.bytes_mean / 1e6, r.inter_messages,
+                r.allreduce_bytes / 1e6, r.ms, r.bytes_mean / naive->bytes_mean, r.ms / naive->ms);
+  }
+  std::printf("\n");
+}
+
+std::size_t flag(int argc, char** argv, const char* name, std::size_t fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) return std::strtoull(argv[i + 1], nullptr, 10);
+  }
+  return fallback;
+}
+
+[[maybe_unused]] bool under_mpirun() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMI_SIZE") != nullptr ||
+         std::getenv("PMIX_RANK") != nullptr;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config c;
+  c.batch = std::max<std::size_t>(1, flag(argc, argv, "--batch", c.batch));
+  c.steps = std::max<std::size_t>(1, flag(argc, argv, "--steps", c.steps));
+  c.warmup = flag(argc, argv, "--warmup", c.warmup);
+  c.max_rows =
+      std::clamp<std::size_t>(flag(argc, argv, "--max-rows", c.max_rows), 1, criteo_kaggle_largest);
+  const Workload w(c);
+  std::size_t total_rows = 0;
+  for (std::size_t r : w.rows) total_rows += r;
+  char head[256];
+  std::snprintf(head, sizeof head,
+                "26 tables, %zu rows in all (largest %zu), width %zu, float32, batch %zu per "
+                "rank, hotness 1, Zipf 1.05; median of %zu steps after %zu",
+                total_rows, c.max_rows, width, c.batch, c.steps, c.warmup);
+
+  std::vector<Result> mpi_results;
+  int mpi_world = 0;
+  bool mpi_ran = false;
+#ifdef STRATA_BENCH_HAVE_MPI
+  if (under_mpirun()) {
+    strata::MpiEnvironment env(argc, argv);
+    {
+      auto comm = strata::MpiComm::world();
+      mpi_world = comm.size();
+      if (mpi_world % static_cast<int>(node_size) != 0) {
+        if (comm.rank() == 0) {
+          std::fprintf(stderr, "embedding_bench: the MPI world (%d) must divide by %zu\n",
+                       mpi_world, node_size);
+        }
+        return 2;
+      }
+      mpi_results = measure(comm, c, w);
+      if (comm.rank() != 0) return 0;
+    }
+    mpi_ran = true;
+  }
+#endif
+  // MPI is finalized here: the other processes have gone, and the local ranks get the cores.
+  std::vector<Result> local_results;
+  strata::LocalWorld(local_ranks).run([&](strata::LocalComm& comm) {
+    auto r = measure(comm, c, w);
+    if (comm.rank() == 0) local_results = std::move(r);
+  });
+
+  std::printf("%s\n\n", head);
+  print("local backend, 8 ranks (threads), nodes of 4", local_results);
+  if (mpi_ran) {
+    char title[96];
+    std::snprintf(title, sizeof title, "MPI, %d processes, nodes of 4", mpi_world);
+    print(title, mpi_results);
+  } else {
+#ifdef STRATA_BENCH_HAVE_MPI
+    std::printf("MPI: start under mpirun (e.g. mpirun -np 8) for the MPI figures\n");
+#else
+    std::printf("MPI: this build has no MPI\n");
+#endif
+  }
+  return 0;
+}
