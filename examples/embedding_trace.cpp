@@ -3,7 +3,8 @@
 //
 //   embedding_trace --world N --tables 1000x16,500x16,64x8 --policy table|column:S|row|table-row|dp[,...]
 //                   --batch B[,B1,...] --hotness K --steps T --lr LR [--pooling sum|mean]
-//                   [--node-size R --hierarchical] [--no-dedup] [--backend local|mpi] --out FILE
+//                   [--node-size R --hierarchical] [--no-dedup] [--frequent N]
+//                   [--backend local|mpi] --out FILE
 //   mpirun -np N embedding_trace --backend mpi ... (world size and ranks from MPI)
 //
 // In float64 on every rank, rank r owning global samples offset_r .. offset_r + B_r - 1:
@@ -13,6 +14,11 @@
 // 0.1*(j+1) + 0.001*(t+1)) (mean: times 1/K, applied by the layer); W_j[i] -= lr * sum G.
 // Rank 0 writes {"tables":[{"rows":R,"width":D,"values":[...]}...],"output_sums":[...],
 // "last_outputs":[...]} with 17 significant digits. Built with -ffp-contract=off.
+//
+// Hybrid tables (`--policy hybrid` or `hybrid:P`) replicate their N most frequent rows, counted
+// over the ids of the first min(T, 2) steps on every rank: N = min(--frequent, rows), or, without
+// --frequent, the cost model's choice (choose_frequent, printed on standard error). The result
+// does not depend on N.
 #include <strata/comm/local.hpp>
 #include <strata/embedding/exchange.hpp>
 #ifdef STRATA_EXAMPLES_HAVE_MPI
@@ -47,6 +53,7 @@ struct Options {
   std::size_t node_size = 0;
   bool hierarchical = false;
   bool dedup = true;
+  std::size_t frequent = strata::auto_place;
   std::string out = "-";
 };
 
@@ -119,6 +126,8 @@ Options parse_args(int argc, char** argv) {
       o.hierarchical = true;
     } else if (arg == "--no-dedup") {
       o.dedup = false;
+    } else if (arg == "--frequent") {
+      o.frequent = cli::parse_size(arg, value(), 0, std::size_t(1) << 40);
     } else if (arg == "--out") {
       o.out = value();
     } else {
@@ -138,6 +147,9 @@ Options parse_args(int argc, char** argv) {
   }
   for (std::size_t j = 0; j < o.tables.size(); ++j) {
     o.policies.push_back(strata::parse_placement(policies[policies.size() == 1 ? 0 : j]));
+    auto& p = o.policies.back();
+    if (p.hybrid && o.frequent != strata::auto_place)
+      p.frequent = std::min(o.frequent, o.tables[j].first);
   }
   for (std::string_view b : split(batch_text, ','))
     o.batch.push_back(cli::parse_size("--batch", b, 0, 1u << 20));
@@ -192,11 +204,55 @@ std::vector<double> gather_to_root(Comm& comm, const std::vector<double>& mine) 
   return all;
 }
 
+// The ids of rank `rank`'s samples at step t, table-major.
+void make_ids(const Options& o, std::size_t rank, std::size_t t, std::vector<std::int64_t>& ids) {
+  std::size_t offset = 0;
+  for (std::size_t r = 0; r < rank; ++r) offset += o.batch[r];
+  const std::size_t B = o.batch[rank], J = o.tables.size(), K = o.hotness;
+  ids.resize(J * B * K);
+  for (std::size_t j = 0; j < J; ++j) {
+    for (std::size_t s = 0; s < B; ++s) {
+      for (std::size_t k = 0; k < K; ++k) {
+        const std::uint64_t x = (t + 1) * 1000003ull + (offset + s + 1) * 7919ull +
+                                (k + 1) * 104729ull + (j + 1) * 31ull;
+        const std::uint64_t h = splitmix64(x);
+        ids[(j * B + s) * K + k] = static_cast<std::int64_t>((h % o.tables[j].first) >> (h >> 61));
+      }
+    }
+  }
+}
+
+// The frequent rows of the hybrid tables: counted over the first steps' ids of every rank, then
+// N as the placement names it or as the cost model chooses it (printed by rank 0).
+template <strata::communicator Comm>
+strata::FrequentSets frequent_sets(Comm& comm, const Options& o, const strata::ShardingPlan& plan) {
+  bool any = false;
+  for (std::size_t j = 0; j < plan.num_tables(); ++j) any = any || plan.hybrid(j);
+  if (!any) return {};
+  const auto rank = static_cast<std::size_t>(comm.rank());
+  strata::FrequencyCounts counts(plan);
+  std::vector<std::vector<std::int64_t>> ids(std::min<std::size_t>(o.steps, 2));
+  std::vector<strata::SparseBatch> sample;
+  for (std::size_t t = 0; t < ids.size(); ++t) {
+    make_ids(o, rank, t, ids[t]);
+    sample.push_back({ids[t], o.tables.size(), o.batch[rank], o.hotness});
+    counts.add(sample.back());
+  }
+  counts.reduce(comm);
+  strata::HybridCostModel model;
+  model.links.ranks_per_node = plan.ranks_per_node();
+  model.element_bytes = sizeof(double);
+  model.dedup = o.dedup;
+  const auto choice = strata::choose_frequent(comm, plan, counts, sample, model);
+  if (rank == 0) std::fprintf(stderr, "%s", choice.describe(plan).c_str());
+  return choice.sets;
+}
+
 template <strata::communicator Comm>
 void run_rank(Comm& comm, const Options& o, const strata::ShardingPlan& plan, Result& result) {
   const auto rank = static_cast<std::size_t>(comm.rank());
   strata::ExchangeOptions eo{o.pooling, o.dedup, o.hierarchical};
-  strata::EmbeddingExchange<Comm, double> emb(comm, plan, eo);
+  strata::EmbeddingExchange<Comm, double> emb(comm, plan, eo, frequent_sets(comm, o, plan));
   emb.initialize([](std::size_t j, std::size_t i, std::size_t d) {
     return std::cos(0.001 * static_cast<double>(i + 1) * static_cast<double>(d + 1) +
                     0.1 * static_cast<double>(j + 1));
@@ -208,17 +264,7 @@ void run_rank(Comm& comm, const Options& o, const strata::ShardingPlan& plan, Re
   std::vector<std::int64_t> ids(J * B * K);
   std::vector<double> out(B * width), grad(B * width);
   for (std::size_t t = 0; t < o.steps; ++t) {
-    for (std::size_t j = 0; j < J; ++j) {
-      for (std::size_t s = 0; s < B; ++s) {
-        for (std::size_t k = 0; k < K; ++k) {
-          const std::uint64_t x = (t + 1) * 1000003ull + (offset + s + 1) * 7919ull +
-                                  (k + 1) * 104729ull + (j + 1) * 31ull;
-          const std::uint64_t h = splitmix64(x);
-          ids[(j * B + s) * K + k] =
-              static_cast<std::int64_t>((h % o.tables[j].first) >> (h >> 61));
-        }
-      }
-    }
+    make_ids(o, rank, t, ids);
     emb.forward({ids, J, B, K}, out);
     double local = 0;
     for (double v : out) local += v;
@@ -278,8 +324,11 @@ int main(int argc, char** argv) {
         "usage: embedding_trace --world N --tables RxD[,RxD...] --policy P[,P...]\n"
         "                       --batch B[,B1,...] --hotness K --steps T --lr LR\n"
         "                       [--pooling sum|mean] [--node-size R --hierarchical] [--no-dedup]\n"
+        "                       [--frequent N]\n"
         "                       [--backend local|mpi] [--out FILE]\n"
-        "P is table, column:S, row, table-row or dp, each optionally @N (rank or node);\n"
+        "P is table, column:S, row, table-row or dp, each optionally @N (rank or node), or\n"
+        "hybrid[:P][/N] (the N most frequent rows replicated; N from --frequent or the cost "
+        "model);\n"
         "one for every table or one per table. --batch is one size for every rank or one per\n"
         "rank. With --backend mpi (under mpirun) the world size and ranks come from MPI.\n"
         "Rank 0 writes {\"tables\":[...],\"output_sums\":[...],\"last_outputs\":[...]} to FILE\n"

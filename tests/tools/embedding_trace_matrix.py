@@ -4,7 +4,8 @@ against the independent serial reference (embedding_trace_reference.py).
 
 usage: embedding_trace_matrix.py EMBEDDING_TRACE --world N [--mpi MPIEXEC] [--out-dir DIR]
 
-Per world: each policy alone and mixed, pinned placements, sum and mean pooling, with and without
+Per world: each policy alone and mixed, pinned placements, hybrid tables with frequent sets from
+none to every row and chosen by the cost model, sum and mean pooling, with and without
 de-duplication, and the hierarchical all-to-all where nodes of 2 (or 4) ranks divide the world.
 Batches are uneven and rank 1 has none. With --mpi the runs are `MPIEXEC -np N EMBEDDING_TRACE
 --backend mpi ...`. Exits 1 at the first run that fails or differs from the reference.
@@ -32,6 +33,10 @@ def cases(world):
         "table,%s,row,dp" % col,
         "table@%d,%s@0,table-row@0,row" % (world - 1, col),
         "dp,table-row,%s,table" % col,
+        # Hybrid: every frequent-set size from none to every row, and the cost model's choice.
+        "hybrid/0,hybrid:table/1,hybrid:%s/7,hybrid:table-row/5" % col,
+        "hybrid:row/1000,hybrid/64,hybrid:table/64,hybrid/5",
+        "hybrid,hybrid:%s,hybrid:table,dp" % col,
     ]
     out = []
     for i, policy in enumerate(policies):

@@ -213,6 +213,7 @@ def build_parser():
     ap.add_argument("--node-size", type=int)
     ap.add_argument("--hierarchical", action="store_true")
     ap.add_argument("--no-dedup", action="store_true")
+    ap.add_argument("--frequent", type=int, help="ignored: hybrid tables give the same result for every frequent set")
     ap.add_argument("--backend", choices=("local", "mpi"))
     ap.add_argument("--out")
     return ap

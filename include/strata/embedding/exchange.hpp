@@ -19,11 +19,14 @@
 
 #include "strata/comm/communicator.hpp"
 #include "strata/embedding/batch.hpp"
+#include "strata/embedding/frequency.hpp"
 #include "strata/embedding/fused_tables.hpp"
 #include "strata/embedding/hierarchical_all_to_all.hpp"
+#include "strata/embedding/hybrid_cost.hpp"
 #include "strata/embedding/sharding.hpp"
 #include "strata/error.hpp"
 #include "strata/kernels/dedup.hpp"
+#include "strata/kernels/fused.hpp"
 
 namespace strata {
 
@@ -45,7 +48,9 @@ struct ExchangeOptions {
 //! another rank (once per column shard), the ids it sent those owners (as many without
 //! de-duplication, fewer with it), and the elements of each exchange it sent other ranks
 //! (`request_words` are 64-bit words of ids and counts; the rest are table elements), plus the
-//! elements of the data-parallel all-reduce and the link traffic of all of them.
+//! elements the fused all-reduce carries for the replicated rows (their gradients and one count
+//! per row: data-parallel tables and the frequent rows of hybrid ones) and for the caller's dense
+//! gradients, and the link traffic of the exchanges.
 //!
 //! \code
 //! strata::ExchangeStats s{.lookups = 100, .ids_sent = 40};
@@ -58,6 +63,7 @@ struct ExchangeStats {
   std::size_t response_elements = 0;
   std::size_t gradient_elements = 0;
   std::size_t allreduce_elements = 0;
+  std::size_t dense_elements = 0;
   LinkTraffic traffic{};
 
   //! Ids sent per lookup sent to another rank: 1 without de-duplication.
@@ -110,9 +116,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
 
  public:
   //! Collective when `options.hierarchical` (it splits the node and strided communicators).
-  //! Throws `std::invalid_argument` when the plan is made for another world size.
-  EmbeddingExchange(Comm& world, ShardingPlan plan, ExchangeOptions options = {})
-      : comm_(world), plan_(std::move(plan)), options_(options) {
+  //! `frequent` holds the replicated rows of each hybrid table (`choose_frequent`, or rows of the
+  //! caller's choice; the same on every rank). Throws `std::invalid_argument` when the plan is
+  //! made for another world size, or the frequent sets do not fit the plan (rows outside a
+  //! table or repeated, rows for a table that is not hybrid, another count than the plan names).
+  EmbeddingExchange(Comm& world, ShardingPlan plan, ExchangeOptions options = {},
+                    FrequentSets frequent = {})
+      : comm_(world), plan_(std::move(plan)), options_(options), frequent_(std::move(frequent)) {
     if (plan_.world_size() != static_cast<std::size_t>(world.size())) {
       throw std::invalid_argument("EmbeddingExchange: the plan is made for " +
                                   std::to_string(plan_.world_size()) + " ranks, the world has " +
@@ -120,9 +130,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     }
     me_ = static_cast<std::size_t>(world.rank());
     world_ = plan_.world_size();
+    check_frequent();
     layout();
     if (options_.hierarchical) hier_.emplace(world, plan_.ranks_per_node());
   }
+
+  //! The rows each hybrid table replicates, slot by slot.
+  [[nodiscard]] const FrequentSets& frequent() const noexcept { return frequent_; }
 
   [[nodiscard]] const ShardingPlan& plan() const noexcept { return plan_; }
   [[nodiscard]] const ExchangeOptions& options() const noexcept { return options_; }
@@ -145,8 +159,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
       const Shard s = block_source(b);
       for (std::size_t i = 0; i < s.rows(); ++i) {
         const auto row = tables_.row(b, i);
+        const std::size_t r = block_shard_[b] == npos ? replica_row(s.table, i) : s.row_begin + i;
         for (std::size_t d = 0; d < s.width(); ++d)
-          row[d] = static_cast<T>(value(s.table, s.row_begin + i, s.col_begin + d));
+          row[d] = static_cast<T>(value(s.table, r, s.col_begin + d));
       }
     }
   }
@@ -211,6 +226,17 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   template <class Update>
   requires std::invocable < Update&, const RowGradient<T>
   & > void backward(std::span<const T> grad, Update&& update) {
+    backward(grad, std::forward<Update>(update), std::span<const std::span<T>>());
+  }
+
+  //! The backward exchange with the caller's dense gradients in the same all-reduce: `dense`
+  //! (any tensors of T) and the replicated rows' gradients are packed into one buffer and summed
+  //! by one all-reduce; `dense` comes back averaged over the world (1/world), the replicated
+  //! rows' gradients stay a sum over every sample of the world, as the sharded rows' do. Every
+  //! member passes tensors of the same sizes.
+  template <class Update>
+  requires std::invocable < Update&, const RowGradient<T>
+  & > void backward(std::span<const T> grad, Update&& update, std::span<const std::span<T>> dense) {
     const char* op = "EmbeddingExchange::backward";
     Problem problem;
     if (!ctx_valid_) {
@@ -245,14 +271,12 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     for (std::size_t c : recv) total += c;
     std::vector<T> got(total);
     exchange<T>(sends, send, got, recv, stats_.gradient_elements);
-    // Data-parallel tables: local sums of this rank's samples, one all-reduce, same update.
-    std::vector<T> dense = replica_gradients(g);
-    if (!dense.empty()) {
-      comm_.template all_reduce<T>(std::span<T>(dense), ReduceOp::sum);
-      stats_.allreduce_elements = dense.size();
-    }
+    // Replicated rows (data-parallel tables, frequent rows of hybrid ones): local sums of this
+    // rank's samples, then one all-reduce together with the caller's dense gradients.
+    std::vector<T> replicas = replica_gradients(g);
+    fused_all_reduce(dense, replicas);
     apply_sharded(got, update);
-    apply_replicated(dense, update);
+    apply_replicated(replicas, update);
   }
 
   //! Collective: table j whole (row-major) on `root`, empty elsewhere.
@@ -307,6 +331,11 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
         }
       }
     }
+    // A hybrid table's frequent rows live in the replica; their shard copies are not updated.
+    for (std::size_t i = 0; i < frequent_.count(j); ++i) {
+      std::copy_n(tables_.row(replica_block_[j], i).data(), t.width,
+                  full.data() + replica_row(j, i) * t.width);
+    }
     return full;
   }
 
@@ -337,11 +366,11 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     }
     replica_block_.assign(nt, npos);
     for (std::size_t j = 0; j < nt; ++j) {
-      if (!plan_.replicated(j)) continue;
+      if (!plan_.replicated(j) && !plan_.hybrid(j)) continue;
       replica_block_[j] = blocks.size();
       block_shard_.push_back(npos);
       block_table_.push_back(j);
-      blocks.emplace_back(plan_.table(j).rows, plan_.table(j).width);
+      blocks.emplace_back(replica_rows(j), plan_.table(j).width);
     }
     tables_ = FusedTables<T>(blocks);
     group_blocks_.assign(tables_.num_groups(), {});
@@ -371,7 +400,68 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   Shard block_source(std::size_t b) const {
     if (block_shard_[b] != npos) return plan_.shards()[block_shard_[b]];
     const std::size_t j = block_table_[b];
-    return Shard{j, me_, 0, plan_.table(j).rows, 0, plan_.table(j).width};
+    return Shard{j, me_, 0, replica_rows(j), 0, plan_.table(j).width};
+  }
+
+  // ---- replicas: data-parallel tables whole, hybrid tables' frequent rows ------------------------
+
+  void check_frequent() {
+    const std::size_t nt = plan_.num_tables();
+    if (frequent_.rows.size() > nt) {
+      throw std::invalid_argument("EmbeddingExchange: frequent sets for " +
+                                  std::to_string(frequent_.rows.size()) + " tables, the plan has " +
+                                  std::to_string(nt));
+    }
+    frequent_.rows.resize(nt);
+    std::vector<std::size_t> rows(nt);
+    for (std::size_t j = 0; j < nt; ++j) {
+      rows[j] = plan_.table(j).rows;
+      const PlacementSpec& p = plan_.table(j).placement;
+      const std::size_t n = frequent_.count(j);
+      if (!p.hybrid && n != 0) {
+        throw std::invalid_argument("EmbeddingExchange: table " + std::to_string(j) +
+                                    " is not hybrid but has " + std::to_string(n) +
+                                    " frequent rows");
+      }
+      if (p.hybrid && p.frequent != auto_place && n != std::min(p.frequent, rows[j])) {
+        throw std::invalid_argument("EmbeddingExchange: table " + std::to_string(j) +
+                                    " replicates " + std::to_string(p.frequent) +
+                                    " rows by its placement, " + std::to_string(n) +
+                                    " frequent rows given");
+      }
+    }
+    slot_ = frequent_slots(frequent_, rows);
+  }
+
+  [[nodiscard]] std::size_t replica_rows(std::size_t j) const {
+    return plan_.replicated(j) ? plan_.table(j).rows : frequent_.count(j);
+  }
+  // The table row in replica slot i of table j.
+  [[nodiscard]] std::size_t replica_row(std::size_t j, std::size_t i) const {
+    return plan_.replicated(j) ? i : static_cast<std::size_t>(frequent_.rows[j][i]);
+  }
+  // The replica slot of row `id` of table j, or -1 when the row is not replicated.
+  [[nodiscard]] std::int64_t replica_slot(std::size_t j, std::int64_t id) const {
+    if (plan_.replicated(j)) return id;
+    return slot_[j].empty() ? -1 : slot_[j][static_cast<std::size_t>(id)];
+  }
+
+  // One all-reduce for the caller's dense gradients (averaged) and the replicas' (summed).
+  void fused_all_reduce(std::span<const std::span<T>> dense, std::vector<T>& replicas) {
+    std::vector<std::span<T>> tensors(dense.begin(), dense.end());
+    std::size_t dense_elements = 0;
+    for (const auto& t : dense) dense_elements += t.size();
+    stats_.dense_elements = dense_elements;
+    stats_.allreduce_elements = replicas.size();
+    if (dense_elements == 0 && replicas.empty()) return;
+    tensors.emplace_back(replicas);
+    const FusedPlan<T> plan(tensors);
+    flat_.resize(plan.total_elements());
+    pack(thrust::host, plan, std::span<T>(flat_));
+    comm_.template all_reduce<T>(std::span<T>(flat_), ReduceOp::sum);
+    std::vector<T> factors(tensors.size(), T(1) / static_cast<T>(world_));
+    factors.back() = T(1);
+    unpack(thrust::host, std::span<const T>(flat_), plan, std::span<const T>(factors));
   }
 
   // ---- validation -----------------------------------------------------------------------------
@@ -457,6 +547,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
       for (std::size_t c = 0; c < plan_.column_blocks(j); ++c) {
         for (std::size_t s = 0; s < samples_; ++s) {
           for (std::size_t k = 0; k < hotness_; ++k) {
+            if (replica_slot(j, batch.id(j, s, k)) >= 0) continue;  // a frequent row: local
             const auto id = static_cast<std::size_t>(batch.id(j, s, k));
             const std::size_t sh = plan_.owner_index(j, id, c);
             const std::size_t local = id - plan_.shards()[sh].row_begin;
@@ -624,14 +715,16 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   void pool(const SparseBatch& batch, std::span<const T> got, std::span<T> out) {
     std::fill(out.begin(), out.end(), T(0));
     const std::size_t K = hotness_;
-    // Data-parallel tables from the local replica, in lookup order.
+    // Replicated rows from the local replica, in lookup order.
     for (std::size_t j = 0; j < plan_.num_tables(); ++j) {
-      if (!plan_.replicated(j)) continue;
+      if (replica_block_[j] == npos) continue;
       const std::size_t w = plan_.table(j).width, b = replica_block_[j];
       for (std::size_t s = 0; s < samples_; ++s) {
         T* o = out.data() + s * total_width_ + col_off_[j];
         for (std::size_t k = 0; k < K; ++k) {
-          const auto row = tables_.row(b, static_cast<std::size_t>(batch.id(j, s, k)));
+          const std::int64_t slot = replica_slot(j, batch.id(j, s, k));
+          if (slot < 0) continue;
+          const auto row = tables_.row(b, static_cast<std::size_t>(slot));
           for (std::size_t d = 0; d < w; ++d) o[d] = o[d] + row[d];
         }
       }
@@ -805,21 +898,21 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   // (how many lookups the row had), so that the update runs on the rows some rank looked up.
   std::vector<T> replica_gradients(std::span<const T> g) const {
     std::size_t total = 0;
-    for (std::size_t j = 0; j < plan_.num_tables(); ++j) {
-      if (plan_.replicated(j)) total += plan_.table(j).rows * (plan_.table(j).width + 1);
-    }
+    for (std::size_t j = 0; j < plan_.num_tables(); ++j)
+      total += replica_rows(j) * (plan_.table(j).width + 1);
     std::vector<T> dense(total, T(0));
     std::size_t base = 0;
     for (std::size_t j = 0; j < plan_.num_tables(); ++j) {
-      if (!plan_.replicated(j)) continue;
-      const std::size_t rows = plan_.table(j).rows, w = plan_.table(j).width;
+      const std::size_t rows = replica_rows(j), w = plan_.table(j).width;
+      if (rows == 0) continue;
       for (std::size_t s = 0; s < samples_; ++s) {
         const T* src = g.data() + s * total_width_ + col_off_[j];
         for (std::size_t k = 0; k < hotness_; ++k) {
-          const auto id = static_cast<std::size_t>(batch_.id(j, s, k));
-          T* dst = dense.data() + base + id * w;
+          const std::int64_t slot = replica_slot(j, batch_.id(j, s, k));
+          if (slot < 0) continue;
+          T* dst = dense.data() + base + static_cast<std::size_t>(slot) * w;
           for (std::size_t d = 0; d < w; ++d) dst[d] = dst[d] + src[d];
-          dense[base + rows * w + id] += T(1);
+          dense[base + rows * w + static_cast<std::size_t>(slot)] += T(1);
         }
       }
       base += rows * (w + 1);
@@ -831,12 +924,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   void apply_replicated(std::span<const T> dense, Update& update) {
     std::size_t base = 0;
     for (std::size_t j = 0; j < plan_.num_tables(); ++j) {
-      if (!plan_.replicated(j)) continue;
-      const std::size_t rows = plan_.table(j).rows, w = plan_.table(j).width;
+      const std::size_t rows = replica_rows(j), w = plan_.table(j).width;
+      if (rows == 0) continue;
       const std::size_t b = replica_block_[j];
       for (std::size_t i = 0; i < rows; ++i) {
         if (dense[base + rows * w + i] == T(0)) continue;
-        update(RowGradient<T>{j, i, 0, tables_.row(b, i), dense.subspan(base + i * w, w)});
+        update(RowGradient<T>{j, replica_row(j, i), 0, tables_.row(b, i),
+                              dense.subspan(base + i * w, w)});
       }
       base += rows * (w + 1);
     }
@@ -874,6 +968,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
   Comm& comm_;
   ShardingPlan plan_;
   ExchangeOptions options_;
+  FrequentSets frequent_;
+  std::vector<std::vector<std::int64_t>> slot_;
+  std::vector<T> flat_;
   std::size_t me_ = 0, world_ = 0, total_width_ = 0;
   std::vector<std::size_t> col_off_;
   FusedTables<T> tables_;

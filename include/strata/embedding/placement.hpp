@@ -26,16 +26,20 @@ enum class Placement {
 
 //! One table's placement as a value: the kind, the number of column shards (1 unless
 //! column-wise), and where: the rank of a table-wise table, the first rank of a column-wise one,
-//! the node of a table-row-wise one, or `auto_place`.
+//! the node of a table-row-wise one, or `auto_place`. A hybrid table (`hybrid`) also keeps a
+//! replica of its `frequent` most frequent rows on every rank (`auto_place`: chosen by the cost
+//! model); `kind`, `shards` and `where` then place the rest.
 //!
 //! \code
 //! constexpr strata::PlacementSpec p{strata::Placement::column_wise, 4, 8};
-//! static_assert(p.shards == 4 && p.where == 8);
+//! static_assert(p.shards == 4 && p.where == 8 && !p.hybrid);
 //! \endcode
 struct PlacementSpec {
   Placement kind = Placement::table_wise;
   std::size_t shards = 1;
   std::size_t where = auto_place;
+  bool hybrid = false;
+  std::size_t frequent = auto_place;
 
   friend constexpr bool operator==(const PlacementSpec&, const PlacementSpec&) = default;
 };
@@ -76,11 +80,33 @@ struct DataParallel {
 //! \endcode
 template <class Policy, std::size_t Where>
 struct Pinned {
+  static_assert(!Policy::spec.hybrid, "Pinned: pin the inner placement of a Hybrid table");
   static_assert(Policy::spec.kind == Placement::table_wise ||
                     Policy::spec.kind == Placement::column_wise ||
                     Policy::spec.kind == Placement::table_row_wise,
                 "Pinned: only TableWise, ColumnWise and TableRowWise tables have a place to pin");
-  static constexpr PlacementSpec spec{Policy::spec.kind, Policy::spec.shards, Where};
+  static constexpr PlacementSpec spec{Policy::spec.kind, Policy::spec.shards, Where, false,
+                                      auto_place};
+};
+
+//! Frequent rows replicated, the rest placed by `Inner` (any placement but `DataParallel`): the
+//! `Frequent` most frequent rows of the table (by counts over a sample of batches; `auto_place`:
+//! as many as the cost model of `choose_frequent` finds best) live on every rank, are looked up
+//! locally and have their gradients summed in the fused all-reduce; the others go through the
+//! exchange. `Hybrid<RowWise, 0>` is plain row-wise, `Hybrid<RowWise, Rows>` plain
+//! data-parallel, in results.
+//!
+//! \code
+//! using P = strata::Hybrid<strata::RowWise, 100>;
+//! static_assert(P::spec.hybrid && P::spec.frequent == 100 && P::spec.kind == strata::Placement::row_wise);
+//! \endcode
+template <class Inner = RowWise, std::size_t Frequent = auto_place>
+struct Hybrid {
+  static_assert(Inner::spec.kind != Placement::data_parallel && !Inner::spec.hybrid,
+                "Hybrid: the rest of a hybrid table is placed table-wise, column-wise, row-wise or "
+                "table-row-wise");
+  static constexpr PlacementSpec spec{Inner::spec.kind, Inner::spec.shards, Inner::spec.where, true,
+                                      Frequent};
 };
 
 //! A type that names a placement: one of the policies above.
@@ -109,9 +135,11 @@ constexpr std::string_view placement_word(Placement kind) noexcept {
 namespace detail {
 // The placement in the words `parse_placement` reads, for messages of both plan forms.
 constexpr void describe_placement(Message& m, const PlacementSpec& p) noexcept {
+  if (p.hybrid) m << "hybrid:";
   m << placement_word(p.kind);
   if (p.kind == Placement::column_wise) m << ":" << p.shards;
   if (p.where != auto_place) m << "@" << p.where;
+  if (p.hybrid && p.frequent != auto_place) m << "/" << p.frequent;
 }
 }  // namespace detail
 
@@ -127,7 +155,9 @@ inline std::string to_string(const PlacementSpec& p) {
 }
 
 //! Reads `table`, `column:S`, `row`, `table-row` or `dp`, each optionally followed by `@N` (the
-//! rank, first rank or node). Throws `std::invalid_argument` naming the text otherwise.
+//! rank, first rank or node); or `hybrid`, `hybrid:P` (P one of the others but `dp`; `row` when
+//! omitted), optionally followed by `/N` (the frequent rows). Throws `std::invalid_argument`
+//! naming the text otherwise.
 //!
 //! \code
 //! assert((strata::parse_placement("column:4@8") == strata::PlacementSpec{strata::Placement::column_wise, 4, 8}));
@@ -148,6 +178,25 @@ inline PlacementSpec parse_placement(std::string_view text) {
   };
   std::string_view body = text;
   PlacementSpec p;
+  if (body.starts_with("hybrid")) {
+    std::string_view rest = body.substr(6);
+    std::size_t frequent = auto_place;
+    if (const auto slash = rest.rfind('/'); slash != std::string_view::npos) {
+      frequent = number(rest.substr(slash + 1), "the frequent rows after /");
+      rest = rest.substr(0, slash);
+    }
+    if (!rest.empty() && !rest.starts_with(":")) {
+      return fail("a hybrid placement reads hybrid, hybrid:P or either with /N");
+    }
+    PlacementSpec inner = rest.empty() ? PlacementSpec{Placement::row_wise, 1, auto_place}
+                                       : parse_placement(rest.substr(1));
+    if (inner.kind == Placement::data_parallel || inner.hybrid) {
+      fail("the rest of a hybrid table is placed by table, column:S, row or table-row");
+    }
+    inner.hybrid = true;
+    inner.frequent = frequent;
+    return inner;
+  }
   if (const auto at = body.find('@'); at != std::string_view::npos) {
     p.where = number(body.substr(at + 1), "the place after @");
     body = body.substr(0, at);

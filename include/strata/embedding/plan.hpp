@@ -97,6 +97,14 @@ struct plan_rule<PlanRule::node_outside_world, Detail> {
   static constexpr bool holds = true;
 };
 
+template <Message Detail>
+struct plan_rule<PlanRule::bad_hybrid, Detail> {
+  static_assert(plan_false<Detail>,
+                "EmbeddingPlan: a hybrid table replicates at most all its rows and places the "
+                "rest table-, column-, row- or table-row-wise");
+  static constexpr bool holds = true;
+};
+
 template <class C, class... Tables>
 inline constexpr std::array<TableSpec, sizeof...(Tables)> plan_specs{Tables::spec...};
 

@@ -157,6 +157,8 @@ class ShardingPlan {
   [[nodiscard]] bool replicated(std::size_t j) const {
     return table(j).placement.kind == Placement::data_parallel;
   }
+  //! True when table j replicates its frequent rows (`Hybrid`).
+  [[nodiscard]] bool hybrid(std::size_t j) const { return table(j).placement.hybrid; }
 
   //! Every shard, in table order, each table's shards by column block, then by row block.
   [[nodiscard]] std::span<const Shard> shards() const noexcept { return shards_; }

@@ -226,6 +226,7 @@ class FusedPlan {
       count += tensor.size() / chunk_elements + (tensor.size() % chunk_elements != 0 ? 1 : 0);
     }
     chunks_.reserve(count);
+    first_chunk_.push_back(0);
     for (const std::span<T> tensor : tensors) {
       // Written as a difference, never as begin + chunk_elements, which may overflow.
       for (std::size_t begin = 0; begin < tensor.size();) {
@@ -235,6 +236,7 @@ class FusedPlan {
       }
       total_ += tensor.size();
       ++tensor_count_;
+      first_chunk_.push_back(chunks_.size());
     }
   }
 
@@ -247,9 +249,21 @@ class FusedPlan {
   [[nodiscard]] ChunkTable<T> table() const noexcept {
     return {chunks_.data(), chunks_.size(), total_};
   }
+  //! A view of the chunks of tensors `[first, last)` only, at their places in the whole flat
+  //! buffer (its size is still `total_elements()`): to pack or unpack part of the tensors, or
+  //! each part with a factor of its own. Throws `std::invalid_argument` unless
+  //! `first <= last <= tensor_count()`.
+  [[nodiscard]] ChunkTable<T> table(std::size_t first, std::size_t last) const {
+    if (first > last || last > tensor_count_) {
+      throw std::invalid_argument("FusedPlan::table: tensors [" + std::to_string(first) + ", " +
+                                  std::to_string(last) + ") of " + std::to_string(tensor_count_));
+    }
+    return {chunks_.data() + first_chunk_[first], first_chunk_[last] - first_chunk_[first], total_};
+  }
 
  private:
   std::vector<TensorChunk<T>> chunks_;
+  std::vector<std::size_t> first_chunk_;
   std::size_t total_ = 0;
   std::size_t tensor_count_ = 0;
   std::size_t chunk_elements_;
@@ -473,6 +487,40 @@ void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
                 "unpack: a FusedPlan keeps its chunks in host memory; with a device "
                 "policy, copy plan.chunks() to device memory and pass a ChunkTable");
   unpack(policy, flat, plan.table(), factor);
+}
+
+//! Unpacks with a prebuilt plan, each tensor with a factor of its own (`factors[t]` for tensor
+//! t): tensors that share a factor are unpacked together, one kernel per run of equal factors.
+//! A fused all-reduce of several kinds of gradients uses it to average some and keep the sum of
+//! others. Host policies only (see `pack`); throws `std::invalid_argument` unless there is one
+//! factor per tensor.
+//!
+//! \code
+//! std::vector<double> a(2), b(1);
+//! std::vector<std::span<double>> tensors{a, b};
+//! const strata::FusedPlan plan(tensors);
+//! const std::vector<double> flat{4, 8, 6};
+//! const std::vector<double> factors{0.25, 1.0};  // a averaged over 4 ranks, b kept a sum
+//! strata::unpack(thrust::host, flat, plan, std::span<const double>(factors));
+//! assert(a[0] == 1 && a[1] == 2 && b[0] == 6);
+//! \endcode
+template <thrust_policy Policy, fusable T>
+void unpack(const Policy& policy, std::type_identity_t<std::span<const T>> flat,
+            const FusedPlan<T>& plan, std::span<const fused_factor_t<T>> factors) {
+  static_assert(detail::host_policy<Policy>,
+                "unpack: a FusedPlan keeps its chunks in host memory; with a device "
+                "policy, copy plan.chunks() to device memory and pass a ChunkTable");
+  if (factors.size() != plan.tensor_count()) {
+    throw std::invalid_argument("unpack: " + std::to_string(factors.size()) + " factors for " +
+                                std::to_string(plan.tensor_count()) + " tensors");
+  }
+  detail::check_flat_size("unpack", flat.size(), plan.total_elements());
+  for (std::size_t first = 0; first < factors.size();) {
+    std::size_t last = first + 1;
+    while (last < factors.size() && factors[last] == factors[first]) ++last;
+    unpack(policy, flat, plan.table(first, last), factors[first]);
+    first = last;
+  }
 }
 
 //! Unpacks into a tensor list, planning it on the fly; host policies only (see `pack`).

@@ -24,6 +24,7 @@ enum class PlanRule {
   too_many_shards,
   rank_outside_world,
   node_outside_world,
+  bad_hybrid,
 };
 
 struct PlanCheck {
@@ -95,6 +96,16 @@ constexpr PlanCheck check_plan(std::span<const TableSpec> tables, std::size_t wo
       PlanCheck r = plan_violation(PlanRule::too_many_shards, j, &t);
       r.message << p.shards << " column shards need " << p.shards
                 << " distinct ranks, the world has " << world;
+      return r;
+    }
+    if (p.hybrid && (p.kind == Placement::data_parallel ||
+                     (p.frequent != auto_place && p.frequent > t.rows))) {
+      PlanCheck r = plan_violation(PlanRule::bad_hybrid, j, &t);
+      if (p.kind == Placement::data_parallel) {
+        r.message << "the rest of a hybrid table cannot be data-parallel";
+      } else {
+        r.message << p.frequent << " frequent rows exceed the table's " << t.rows << " rows";
+      }
       return r;
     }
     const bool by_rank = p.kind == Placement::table_wise || p.kind == Placement::column_wise;
