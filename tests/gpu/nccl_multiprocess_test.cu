@@ -376,7 +376,7 @@ TEST_CASE("embedding exchange on one GPU: the device path gives the host path's 
   const std::size_t world = static_cast<std::size_t>(host().size());
   const auto plan = strata::ShardingPlan::parse(
       "0: 20000x32 table; 1: 3000x32 column:" + std::to_string(world) +
-          "; 2: 500x16 row; 3: 2x16 row; 4: 300x16 table-row; 5: 100x8 dp",
+          "; 2: 500x16 row; 3: 2x16 row; 4: 300x16 table-row; 5: 100x8 dp; 6: 4000x16 hybrid/64",
       world, world % 2 == 0 ? 2 : 1);
   const std::size_t r = static_cast<std::size_t>(host().rank());
   const std::size_t samples = 64 + 37 * r, hotness = 2;
@@ -385,9 +385,13 @@ TEST_CASE("embedding exchange on one GPU: the device path gives the host path's 
   opt.pooling = strata::Pooling::mean;
   opt.max_samples = 64 + 37 * world;
   opt.max_hotness = hotness;
-  strata::CudaEmbeddingExchange<strata::NcclComm, double> dev(nccl, plan, opt);
-  strata::EmbeddingExchange<strata::MpiComm, double> ref(host(), plan,
-                                                         {strata::Pooling::mean, true, false});
+  // The 64 smallest rows of table 6 replicated (the ids below favour small rows).
+  strata::FrequentSets frequent;
+  frequent.rows.resize(plan.num_tables());
+  for (std::int64_t row = 0; row < 64; ++row) frequent.rows[6].push_back(row);
+  strata::CudaEmbeddingExchange<strata::NcclComm, double> dev(nccl, plan, opt, frequent);
+  strata::EmbeddingExchange<strata::MpiComm, double> ref(
+      host(), plan, {strata::Pooling::mean, true, false}, frequent);
   const auto init = [](std::size_t j, std::size_t i, std::size_t d) {
     return std::cos(0.001 * double(i + 1) * double(d + 1) + 0.1 * double(j + 1));
   };
@@ -408,13 +412,23 @@ TEST_CASE("embedding exchange on one GPU: the device path gives the host path's 
     std::vector<double> out(samples * width), grad(samples * width);
     for (std::size_t i = 0; i < grad.size(); ++i) grad[i] = std::sin(0.001 * double(i + step + r));
     ref.forward({ids, plan.num_tables(), samples, hotness}, out);
-    ref.backward(grad, strata::Sgd{0.05});
     Staging<std::int64_t> d_ids(std::span<const std::int64_t>(ids), nccl);
     Staging<double> d_grad(std::span<const double>(grad), nccl);
     Staging<double> d_out(out.size(), nccl);
     dev.forward(d_ids.input(), samples, hotness, d_out.device(), nccl.stream());
+    // Dense gradients in the same all-reduce on both paths.
+    std::vector<double> dense(1000, double(r + step));
+    Staging<double> d_dense(std::span<const double>(dense), nccl);
+    const std::vector<std::span<double>> dense_spans{std::span<double>(dense)};
+    ref.backward(grad, strata::Sgd{0.05}, dense_spans);
     dev.backward(std::span<const double>(d_grad.device()), strata::DeviceSgd<double>{0.05},
-                 nccl.stream());
+                 d_dense.device(), nccl.stream());
+    std::vector<double> dense_back(dense.size());
+    d_dense.download(dense_back);
+    bool dense_ok = true;
+    for (std::size_t i = 0; i < dense.size(); ++i)
+      dense_ok = dense_ok && close(dense_back[i], dense[i]);
+    CHECK_MESSAGE(dense_ok, "dense gradients averaged in the fused all-reduce, step " << step);
     std::vector<double> got(out.size());
     d_out.download(got);
     bool ok = true;
@@ -429,7 +443,8 @@ TEST_CASE("embedding exchange on one GPU: the device path gives the host path's 
     if (r != 0) continue;
     bool ok = true;
     for (std::size_t i = 0; i < want.size(); ++i) {
-      if (plan.replicated(j)) {
+      const bool frequent_row = j == 6 && i / plan.table(j).width < 64;
+      if (plan.replicated(j) || frequent_row) {
         for (std::size_t q = 0; q < world; ++q) ok = ok && close(all[q * mine.size() + i], want[i]);
       } else {
         double v = 0;

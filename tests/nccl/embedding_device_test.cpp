@@ -10,6 +10,7 @@
 #include <strata/embedding/device_exchange.hpp>
 #include <strata/embedding/exchange.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -89,7 +90,32 @@ struct Setup {
   strata::Pooling pooling;
   std::vector<std::size_t> batch;  // per rank
   std::size_t hotness;
+  std::size_t dense = 0;  // elements of the caller's dense gradients in the fused all-reduce
 };
+
+// The frequent rows of each hybrid table: every third row from the last, up to the placement's
+// count or half the rows, then the smallest rows not taken (any rows will do: results do not
+// depend on which rows are replicated).
+strata::FrequentSets some_frequent(const strata::ShardingPlan& plan) {
+  strata::FrequentSets f;
+  f.rows.resize(plan.num_tables());
+  for (std::size_t j = 0; j < plan.num_tables(); ++j) {
+    if (!plan.hybrid(j)) continue;
+    const std::size_t rows = plan.table(j).rows;
+    const std::size_t n = plan.table(j).placement.frequent == strata::auto_place
+                              ? rows / 2
+                              : std::min(plan.table(j).placement.frequent, rows);
+    std::vector<bool> taken(rows, false);
+    for (std::size_t k = 0; k * 3 < rows && f.rows[j].size() < n; ++k) {
+      f.rows[j].push_back(std::int64_t(rows - 1 - 3 * k));
+      taken[rows - 1 - 3 * k] = true;
+    }
+    for (std::size_t r = 0; f.rows[j].size() < n; ++r) {
+      if (!taken[r]) f.rows[j].push_back(std::int64_t(r));
+    }
+  }
+  return f;
+}
 
 void run_same_as_host(const Setup& setup) {
   const auto plan = strata::ShardingPlan::parse(setup.plan_text, std::size_t(setup.world),
@@ -97,19 +123,21 @@ void run_same_as_host(const Setup& setup) {
   strata::LocalWorld(setup.world).run([&](strata::LocalComm& host) {
     FakeNccl comm = fake::bootstrap(host, strata::NcclOptions{});
     const std::size_t r = std::size_t(host.rank());
+    const strata::FrequentSets frequent = some_frequent(plan);
     strata::EmbeddingExchange<strata::LocalComm, double> ref(
-        host, plan, strata::ExchangeOptions{setup.pooling, true, false});
+        host, plan, strata::ExchangeOptions{setup.pooling, true, false}, frequent);
     std::size_t max_b = 1;
     for (std::size_t b : setup.batch) max_b = std::max(max_b, b);
     strata::DeviceExchangeOptions opt;
     opt.pooling = setup.pooling;
     opt.max_samples = max_b;
     opt.max_hotness = setup.hotness;
-    Device dev(comm, plan, opt);
+    Device dev(comm, plan, opt, frequent);
     ref.initialize(init);
     dev.initialize(init);
     const strata::DeviceGuard<fake::Runtime> on(comm.device());
     const std::size_t B = setup.batch[r], K = setup.hotness, width = ref.output_width();
+    Buf<double> d_dense;
     for (std::size_t step = 0; step < 3; ++step) {
       const auto ids = make_ids(plan, r, B, K, step);
       std::vector<double> out(B * width), grad(B * width);
@@ -123,11 +151,19 @@ void run_same_as_host(const Setup& setup) {
       for (std::size_t i = 0; i < out.size(); ++i) REQUIRE(got[i] == out[i]);
       for (std::size_t i = 0; i < grad.size(); ++i)
         grad[i] = std::sin(0.01 * double(i + 1) + 0.3 * double(r + step));
-      ref.backward(grad, strata::Sgd{0.1});
+      // The caller's dense gradients ride in the same all-reduce on both paths.
+      std::vector<double> dense(setup.dense);
+      for (std::size_t i = 0; i < dense.size(); ++i) dense[i] = std::cos(double(i + 7 * r + step));
+      to_device(comm, d_dense, dense);
+      const std::vector<std::span<double>> dense_spans{std::span<double>(dense)};
+      ref.backward(grad, strata::Sgd{0.1}, dense_spans);
       to_device(comm, d_grad, grad);
       dev.backward(std::span<const double>(d_grad.data(), grad.size()),
-                   strata::DeviceSgd<double>{0.1}, comm.stream());
+                   strata::DeviceSgd<double>{0.1}, std::span<double>(d_dense.data(), setup.dense),
+                   comm.stream());
       dev.check(comm.stream());
+      const auto dense_back = to_host(comm, d_dense, setup.dense);
+      for (std::size_t i = 0; i < dense.size(); ++i) REQUIRE(dense_back[i] == dense[i]);
     }
     for (std::size_t j = 0; j < plan.num_tables(); ++j) {
       const auto full = ref.gather_table(j, 0);
@@ -135,9 +171,12 @@ void run_same_as_host(const Setup& setup) {
       std::vector<double> all(mine.size() * std::size_t(setup.world));
       host.all_gather(std::span<const double>(mine), std::span<double>(all));
       if (r != 0) continue;
-      // Each element lives on exactly one rank (others hold 0), a replica on every rank.
+      // Each element lives on exactly one rank (others hold 0), a replica on every rank: a whole
+      // data-parallel table, a hybrid table's frequent rows.
+      std::vector<bool> everywhere(plan.table(j).rows, plan.replicated(j));
+      for (std::int64_t row : frequent.rows[j]) everywhere[std::size_t(row)] = true;
       for (std::size_t i = 0; i < full.size(); ++i) {
-        if (plan.replicated(j)) {
+        if (everywhere[i / plan.table(j).width]) {
           for (int q = 0; q < setup.world; ++q)
             REQUIRE(all[std::size_t(q) * mine.size() + i] == full[i]);
         } else {
@@ -171,6 +210,19 @@ TEST_CASE("device embedding exchange (host double): the host path's results, bit
                       strata::Pooling::sum,
                       {4, 4, 1, 0, 7, 2, 3, 5},
                       2});
+  }
+  SUBCASE("hybrid tables of every inner placement, dense gradients fused, four ranks") {
+    run_same_as_host(
+        {"0: 100x8 hybrid/10; 1: 60x8 hybrid:table/60; 2: 40x8 hybrid:column:2/1; "
+         "3: 30x4 hybrid:table-row/0; 4: 10x4 dp; 5: 50x4 hybrid",
+         4,
+         strata::Pooling::mean,
+         {5, 3, 0, 6},
+         3,
+         37});
+  }
+  SUBCASE("dense gradients alone, three ranks") {
+    run_same_as_host({"0: 100x8 row", 3, strata::Pooling::sum, {2, 4, 1}, 1, 1000});
   }
 }
 

@@ -21,6 +21,8 @@
 #include "strata/cuda/runtime.hpp"
 #include "strata/embedding/batch.hpp"
 #include "strata/embedding/detail/device_steps.hpp"
+#include "strata/embedding/frequency.hpp"
+#include "strata/embedding/hybrid_cost.hpp"
 #include "strata/embedding/sharding.hpp"
 #include "strata/error.hpp"
 
@@ -118,8 +120,12 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   //! Throws `std::invalid_argument` for a plan of another world size or options without
   //! `max_samples`.
   DeviceEmbeddingExchange(Comm& world, ShardingPlan plan, DeviceExchangeOptions options,
-                          Launcher launcher = {})
-      : comm_(world), plan_(std::move(plan)), options_(options), launcher_(std::move(launcher)) {
+                          FrequentSets frequent = {}, Launcher launcher = {})
+      : comm_(world),
+        plan_(std::move(plan)),
+        options_(options),
+        frequent_(std::move(frequent)),
+        launcher_(std::move(launcher)) {
     if (plan_.world_size() != static_cast<std::size_t>(world.size())) {
       throw std::invalid_argument("DeviceEmbeddingExchange: the plan is made for " +
                                   std::to_string(plan_.world_size()) + " ranks, the world has " +
@@ -131,6 +137,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     }
     me_ = static_cast<std::size_t>(world.rank());
     world_ = plan_.world_size();
+    slots_ = check_frequent_sets(plan_, frequent_, "DeviceEmbeddingExchange");
     layout();
     const DeviceGuard<Runtime> on(comm_.device(), static_cast<int>(me_));
     allocate();
@@ -159,7 +166,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       for (std::size_t i = 0; i < k.rows; ++i)
         for (std::size_t d = 0; d < k.width; ++d)
           host[k.offset + i * k.width + d] =
-              static_cast<T>(value(k.table, k.row_begin + i, k.col_begin + d));
+              static_cast<T>(value(k.table, block_row(k, i), k.col_begin + d));
     }
     upload(table_, host);
   }
@@ -202,6 +209,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       const detail::dev::Segment* segs = segments_.data();
       const i64* id = ids.data();
       const i64* rows = table_rows_.data();
+      const i64* members = members_.data();
       const std::size_t send_words = send_ids_.size();
       const i64 given = static_cast<i64>(ids.size()),
                 needed = static_cast<i64>(nt * samples * hotness),
@@ -220,7 +228,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
         const auto it = thrust::counting_iterator<i64>(0);
         thrust::for_each(policy, it, it + positions, dv::BadPositions{id, rows, B * K, bad});
         thrust::inclusive_scan(policy, bad, bad + positions, bad, dv::Minimum{});
-        thrust::for_each(policy, it, it + n, dv::MakeKeys{id, segs, shards, B, K, key, pos});
+        thrust::for_each(policy, it, it + n,
+                         dv::MakeKeys{id, segs, members, shards, B, K, key, pos});
         thrust::stable_sort_by_key(policy, key, key + n, pos);
         thrust::for_each(policy, it, it + n, dv::Heads{key, head});
         thrust::inclusive_scan(policy, head, head + n, uscan);
@@ -256,6 +265,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     // Requester: pool in lookup order.
     if (shape_ok) {
       const detail::dev::Column* cols = columns_.data();
+      const i64* members = members_.data();
       const T* table = table_.data();
       const T* recv = recv_rows_.data();
       const i64 *inverse = inverse_.data(), *u_dest = u_dest_.data(), *u_slot = u_slot_.data();
@@ -266,8 +276,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       launcher_.launch(stream, [=](const auto& policy) {
         const auto it = thrust::counting_iterator<i64>(0);
         thrust::for_each(policy, it, it + B * tw,
-                         detail::dev::Pool<T>{id, cols, table, inverse, u_dest, u_slot, recv, B, K,
-                                              tw, cap, wmax, mean, o});
+                         detail::dev::Pool<T>{id, cols, members, table, inverse, u_dest, u_slot,
+                                              recv, B, K, tw, cap, wmax, mean, o});
       });
     }
     Runtime::check("cudaMemcpyAsync", static_cast<int>(me_),
@@ -286,6 +296,16 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   template <class Update>
   requires device_row_update<Update, T>
   void backward(std::span<const T> grad, Update update, stream_handle stream) {
+    backward(grad, update, std::span<T>(), stream);
+  }
+
+  //! The backward exchange with the caller's dense gradients (device memory, one buffer) in the
+  //! same all-reduce as the replicated rows' gradients: one collective; `dense` comes back
+  //! averaged over the world, the replicated rows' gradients stay a world sum. The buffer that
+  //! carries them grows (and waits for the last stream) only when `dense` is larger than before.
+  template <class Update>
+  requires device_row_update<Update, T>
+  void backward(std::span<const T> grad, Update update, std::span<T> dense, stream_handle stream) {
     const char* op = "DeviceEmbeddingExchange::backward";
     if (!forwarded_) throw std::logic_error(std::string(op) + ": needs a forward first");
     if (!bad_shape_ && grad.size() != samples_ * total_width_) {
@@ -320,28 +340,47 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     }
     comm_.all_to_all(std::span<const T>(send_rows_.data(), send_rows_.size()),
                      std::span<T>(recv_rows_.data(), recv_rows_.size()), stream);
-    if (dense_size_ != 0) {
+    if (dense_size_ + dense.size() != 0) {
+      if (dense_.size() < dense_size_ + dense.size()) {
+        wait_last_stream();
+        dense_.resize(dense_size_ + dense.size(), static_cast<int>(me_));
+      }
+      last_stream_ = stream;
       const detail::dev::ReplicaSegment* segs = replica_segs_.data();
       const i64* row_start = replica_row_start_.data();
+      const i64* members = members_.data();
       const i64 nsegs = static_cast<i64>(replica_segs_host_.size());
       const i64 ndp = static_cast<i64>(replica_segs_host_.size() * samples_ * hotness_);
       const i64* id = ids_;
       const T* g = grad.data();
-      T* dense = dense_.data();
-      const std::size_t dense_size = dense_.size();
+      T* fused = dense_.data();
+      const std::size_t replica_size = dense_size_;
+      const i64 caller = static_cast<i64>(dense.size());
+      T* caller_dense = dense.data();
       i64 *key = dp_key_.data(), *pos = dp_pos_.data();
       launcher_.launch(stream, [=](const auto& policy) {
         namespace dv = detail::dev;
         const auto it = thrust::counting_iterator<i64>(0);
-        thrust::fill_n(policy, dense, dense_size, T(0));
+        thrust::fill_n(policy, fused, replica_size, T(0));
         thrust::for_each(policy, it, it + ndp,
-                         dv::ReplicaKeys{id, segs, row_start, B, K, key, pos});
+                         dv::ReplicaKeys{id, segs, row_start, members, B, K, key, pos});
         thrust::stable_sort_by_key(policy, key, key + ndp, pos);
         thrust::for_each(
             policy, it, it + ndp,
-            dv::ReplicaRuns<T>{key, pos, segs, row_start, nsegs, ndp, B, K, tw, g, scale, dense});
+            dv::ReplicaRuns<T>{key, pos, segs, row_start, nsegs, ndp, B, K, tw, g, scale, fused});
+        thrust::for_each(policy, it, it + caller,
+                         dv::ScaleCopy<T>{caller_dense, fused + replica_size, T(1)});
       });
-      comm_.all_reduce(std::span<T>(dense_.data(), dense_.size()), ReduceOp::sum, stream);
+      comm_.all_reduce(std::span<T>(dense_.data(), dense_size_ + dense.size()), ReduceOp::sum,
+                       stream);
+      if (caller != 0) {
+        const T average = T(1) / static_cast<T>(world_);
+        launcher_.launch(stream, [=](const auto& policy) {
+          const auto it = thrust::counting_iterator<i64>(0);
+          thrust::for_each(policy, it, it + caller,
+                           detail::dev::ScaleCopy<T>{fused + replica_size, caller_dense, average});
+        });
+      }
     }
     {
       const i64* recv = recv_ids_.data();
@@ -355,6 +394,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       const i64 slots = world * cap;
       const detail::dev::ReplicaSegment* rsegs = replica_segs_.data();
       const i64* row_start = replica_row_start_.data();
+      const i64* slot_rows = slot_rows_.data();
       const i64 nsegs = static_cast<i64>(replica_segs_host_.size());
       const i64 replica_rows = static_cast<i64>(replica_rows_);
       const T* dense = dense_.data();
@@ -369,9 +409,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
                          dv::ApplyRuns<T, Update>{key, pos, head, flag, rows, owned, btable, brow,
                                                   bcol, slots, wmax, table, sums, update});
         if (replica_rows != 0) {
-          thrust::for_each(
-              policy, it, it + replica_rows,
-              dv::ReplicaApply<T, Update>{rsegs, row_start, nsegs, dense, flag, table, update});
+          thrust::for_each(policy, it, it + replica_rows,
+                           dv::ReplicaApply<T, Update>{rsegs, row_start, slot_rows, nsegs, dense,
+                                                       flag, table, update});
         }
       });
     }
@@ -394,11 +434,12 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     download(host, table_);
     const TableSpec& t = plan_.table(j);
     std::vector<T> full(t.rows * t.width, T(0));
+    // Shards first, then the replica: a hybrid table's frequent rows live in its replica.
     for (const HostBlock& k : blocks_) {
       if (k.table != j) continue;
       for (std::size_t i = 0; i < k.rows; ++i)
         for (std::size_t d = 0; d < k.width; ++d)
-          full[(k.row_begin + i) * t.width + k.col_begin + d] = host[k.offset + i * k.width + d];
+          full[block_row(k, i) * t.width + k.col_begin + d] = host[k.offset + i * k.width + d];
     }
     return full;
   }
@@ -406,7 +447,14 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
  private:
   struct HostBlock {
     std::size_t table, row_begin, col_begin, rows, width, offset;
+    bool hybrid_replica = false;
   };
+
+  // The table row of row i of block k (a hybrid replica's rows are its frequent rows).
+  [[nodiscard]] std::size_t block_row(const HostBlock& k, std::size_t i) const {
+    return k.hybrid_replica ? static_cast<std::size_t>(frequent_.rows[k.table][i])
+                            : k.row_begin + i;
+  }
 
   // The steps of a caller's stream other than the communicator's may still use the tables.
   void wait_last_stream() {
@@ -458,6 +506,16 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     col_off_.assign(nt + 1, 0);
     for (std::size_t j = 0; j < nt; ++j) col_off_[j + 1] = col_off_[j] + plan_.table(j).width;
     total_width_ = col_off_[nt];
+    // Membership maps of the hybrid tables, and their rows by slot, one after the other.
+    std::vector<i64> member_at(nt, -1), slot_row_at(nt, -1);
+    for (std::size_t j = 0; j < nt; ++j) {
+      if (slots_[j].empty()) continue;
+      member_at[j] = i64(members_host_.size());
+      members_host_.insert(members_host_.end(), slots_[j].begin(), slots_[j].end());
+      slot_row_at[j] = i64(slot_rows_host_.size());
+      slot_rows_host_.insert(slot_rows_host_.end(), frequent_.rows[j].begin(),
+                             frequent_.rows[j].end());
+    }
     // Segments: one per (sharded table, column block).
     std::vector<std::size_t> seg_of(nt, 0);
     for (std::size_t j = 0; j < nt; ++j) {
@@ -469,7 +527,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       for (std::size_t c = 0; c < plan_.column_blocks(j); ++c) {
         const Shard& s = plan_.shards()[plan_.first_shard(j) + c];
         segments_host_.push_back({i64(j), i64(t.rows), i64(plan_.first_shard(j)),
-                                  rows ? i64(plan_.shards_of(j).size()) : 1, i64(c)});
+                                  rows ? i64(plan_.shards_of(j).size()) : 1, i64(c), member_at[j]});
         seg_col_host_.push_back(i64(col_off_[j] + s.col_begin));
         seg_width_host_.push_back(i64(s.width()));
       }
@@ -510,16 +568,19 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     if (wmax_ == 0) wmax_ = 1;
     std::vector<std::size_t> replica_at(nt, 0);
     for (std::size_t j = 0; j < nt; ++j) {
-      if (!plan_.replicated(j)) continue;
+      const bool whole = plan_.replicated(j);
+      if (!whole && frequent_.count(j) == 0) continue;
       const TableSpec& t = plan_.table(j);
+      const std::size_t n = whole ? t.rows : frequent_.count(j);
       replica_at[j] = table_size_;
-      blocks_.push_back({j, 0, 0, t.rows, t.width, table_size_});
-      replica_segs_host_.push_back({i64(j), i64(t.rows), i64(t.width), i64(col_off_[j]),
-                                    i64(dense_size_), i64(table_size_)});
+      blocks_.push_back({j, 0, 0, n, t.width, table_size_, !whole});
+      replica_segs_host_.push_back({i64(j), i64(n), i64(t.width), i64(col_off_[j]),
+                                    i64(dense_size_), i64(table_size_), i64(t.rows), member_at[j],
+                                    slot_row_at[j]});
       replica_row_start_host_.push_back(i64(replica_rows_));
-      replica_rows_ += t.rows;
-      dense_size_ += t.rows * (t.width + 1);
-      table_size_ += t.rows * t.width;
+      replica_rows_ += n;
+      dense_size_ += n * (t.width + 1);
+      table_size_ += n * t.width;
     }
     // Output columns.
     for (std::size_t j = 0; j < nt; ++j) {
@@ -527,11 +588,13 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
       for (std::size_t d = 0; d < t.width; ++d) {
         detail::dev::Column c;
         c.table = i64(j);
+        c.replica = i64(replica_at[j]);
+        c.width = i64(t.width);
+        c.rows = i64(t.rows);
+        c.rd = i64(d);
+        c.member = member_at[j];
         if (plan_.replicated(j)) {
           c.replicated = 1;
-          c.replica = i64(replica_at[j]);
-          c.width = i64(t.width);
-          c.rows = i64(t.rows);
           c.dd = i64(d);
         } else {
           const std::size_t w = t.width / plan_.column_blocks(j);
@@ -627,6 +690,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
     upload(columns_, columns_host_);
     upload(replica_segs_, replica_segs_host_);
     upload(replica_row_start_, replica_row_start_host_);
+    upload(members_, members_host_);
+    upload(slot_rows_, slot_rows_host_);
     std::vector<i64> rows(plan_.num_tables());
     for (std::size_t j = 0; j < rows.size(); ++j) rows[j] = i64(plan_.table(j).rows);
     upload(table_rows_, rows);
@@ -638,6 +703,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   Comm& comm_;
   ShardingPlan plan_;
   DeviceExchangeOptions options_;
+  FrequentSets frequent_;
   Launcher launcher_;
   std::size_t me_ = 0, world_ = 0, total_width_ = 0, wmax_ = 0, capacity_ = 0, id_block_ = 0;
   std::size_t max_lookups_ = 0, max_positions_ = 0, dp_lookups_ = 0, table_size_ = 0,
@@ -662,7 +728,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
 
   // Work buffers, sized once.
   Buffer<i64> key_, pos_, bad_, head_, uscan_, inverse_, u_dest_, u_slot_, u_start_;
-  Buffer<i64> dp_key_, dp_pos_, table_rows_;
+  Buffer<i64> dp_key_, dp_pos_, table_rows_, members_, slot_rows_;
+  std::vector<i64> members_host_, slot_rows_host_;
+  std::vector<std::vector<i64>> slots_;
   Buffer<i64> dest_first_pos_, dest_first_u_, send_ids_, recv_ids_, status_dev_, flag_;
   Buffer<T> send_rows_, recv_rows_, sums_, dense_, table_;
   PinnedBuffer<i64, Runtime> status_host_;

@@ -405,33 +405,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
 
   // ---- replicas: data-parallel tables whole, hybrid tables' frequent rows ------------------------
 
-  void check_frequent() {
-    const std::size_t nt = plan_.num_tables();
-    if (frequent_.rows.size() > nt) {
-      throw std::invalid_argument("EmbeddingExchange: frequent sets for " +
-                                  std::to_string(frequent_.rows.size()) + " tables, the plan has " +
-                                  std::to_string(nt));
-    }
-    frequent_.rows.resize(nt);
-    std::vector<std::size_t> rows(nt);
-    for (std::size_t j = 0; j < nt; ++j) {
-      rows[j] = plan_.table(j).rows;
-      const PlacementSpec& p = plan_.table(j).placement;
-      const std::size_t n = frequent_.count(j);
-      if (!p.hybrid && n != 0) {
-        throw std::invalid_argument("EmbeddingExchange: table " + std::to_string(j) +
-                                    " is not hybrid but has " + std::to_string(n) +
-                                    " frequent rows");
-      }
-      if (p.hybrid && p.frequent != auto_place && n != std::min(p.frequent, rows[j])) {
-        throw std::invalid_argument("EmbeddingExchange: table " + std::to_string(j) +
-                                    " replicates " + std::to_string(p.frequent) +
-                                    " rows by its placement, " + std::to_string(n) +
-                                    " frequent rows given");
-      }
-    }
-    slot_ = frequent_slots(frequent_, rows);
-  }
+  void check_frequent() { slot_ = check_frequent_sets(plan_, frequent_, "EmbeddingExchange"); }
 
   [[nodiscard]] std::size_t replica_rows(std::size_t j) const {
     return plan_.replicated(j) ? plan_.table(j).rows : frequent_.count(j);

@@ -78,6 +78,45 @@ inline std::vector<std::vector<std::int64_t>> frequent_slots(const FrequentSets&
   return slot;
 }
 
+//! Checks `sets` against `plan` for an exchange (`who` names it in messages): no more tables
+//! than the plan, no rows for a table that is not hybrid, as many rows as a hybrid table's
+//! placement names (when it names a count), rows inside the table and not repeated. Pads `sets`
+//! to one entry per table and returns its membership map (`frequent_slots`). Throws
+//! `std::invalid_argument` otherwise.
+//!
+//! \code
+//! auto plan = strata::ShardingPlan::parse("0: 10x4 hybrid/2; 1: 5x4 row", 1);
+//! strata::FrequentSets sets{{{4, 1}}};
+//! const auto slots = strata::check_frequent_sets(plan, sets, "example");
+//! assert(sets.rows.size() == 2 && slots[0][1] == 1 && slots[1].empty());
+//! \endcode
+inline std::vector<std::vector<std::int64_t>> check_frequent_sets(const ShardingPlan& plan,
+                                                                  FrequentSets& sets,
+                                                                  const std::string& who) {
+  const std::size_t nt = plan.num_tables();
+  if (sets.rows.size() > nt) {
+    throw std::invalid_argument(who + ": frequent sets for " + std::to_string(sets.rows.size()) +
+                                " tables, the plan has " + std::to_string(nt));
+  }
+  sets.rows.resize(nt);
+  std::vector<std::size_t> rows(nt);
+  for (std::size_t j = 0; j < nt; ++j) {
+    rows[j] = plan.table(j).rows;
+    const PlacementSpec& p = plan.table(j).placement;
+    const std::size_t n = sets.count(j);
+    if (!p.hybrid && n != 0) {
+      throw std::invalid_argument(who + ": table " + std::to_string(j) + " is not hybrid but has " +
+                                  std::to_string(n) + " frequent rows");
+    }
+    if (p.hybrid && p.frequent != auto_place && n != std::min(p.frequent, rows[j])) {
+      throw std::invalid_argument(who + ": table " + std::to_string(j) + " replicates " +
+                                  std::to_string(p.frequent) + " rows by its placement, " +
+                                  std::to_string(n) + " frequent rows given");
+    }
+  }
+  return frequent_slots(sets, rows);
+}
+
 namespace detail {
 
 // The part of rank `me`'s exchange that table j's lookups cause, with `frequent(id)` telling

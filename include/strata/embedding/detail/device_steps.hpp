@@ -37,6 +37,7 @@ struct Segment {
   i64 first_shard = 0;  // the table's first shard (global index)
   i64 blocks = 1;       // row blocks (row-wise, table-row-wise), else 1
   i64 column_block = 0;
+  i64 member = -1;  // a hybrid table's membership map (offset in `members`), else -1
 };
 
 // Where the shards live, for the requester: the dense key of shard k's row r is
@@ -81,6 +82,7 @@ struct BadPositions {
 struct MakeKeys {
   const i64* ids;
   const Segment* segments;
+  const i64* members;  // membership maps of hybrid tables: the replica slot of a row, or -1
   ShardTables shards;
   i64 samples, hotness;
   i64* key;
@@ -91,7 +93,8 @@ struct MakeKeys {
     const i64 rem = e % per, s = rem / hotness, k = rem % hotness;
     const i64 id = ids[(g.table * samples + s) * hotness + k];
     pos[e] = e;
-    if (id < 0 || id >= g.rows) {
+    // Outside the table (reported), or a frequent row (served by the replica): no key.
+    if (id < 0 || id >= g.rows || (g.member >= 0 && members[g.member + id] >= 0)) {
       key[e] = invalid_key;
       return;
     }
@@ -199,6 +202,15 @@ struct CloseRuns {
   }
 };
 
+// out[i] = in[i] * factor: the caller's dense gradients into and out of the fused all-reduce.
+template <class T>
+struct ScaleCopy {
+  const T* in;
+  T* out;
+  T factor;
+  STRATA_HOST_DEVICE void operator()(i64 i) const { out[i] = in[i] * factor; }
+};
+
 // The header of the block each sender sent this rank, side by side, for the host to read. A
 // sender's problem stays until the host has read it (`check`), whatever later steps send.
 struct HeaderCopy {
@@ -272,12 +284,14 @@ struct Gather {
 // `width`) or column `dd` of segment `segment`'s shard.
 struct Column {
   i64 table = 0;
-  i64 replicated = 0;
-  i64 segment = 0;
-  i64 dd = 0;
-  i64 replica = 0;
-  i64 width = 0;
-  i64 rows = 0;
+  i64 replicated = 0;  // a data-parallel table: every lookup from the replica
+  i64 segment = 0;     // else: the segment of the column's shard, and
+  i64 dd = 0;          // the column inside that shard
+  i64 replica = 0;     // the replica's offset in the table buffer (data-parallel or hybrid)
+  i64 width = 0;       // the table's width, the replica's row stride
+  i64 rows = 0;        // the table's rows
+  i64 rd = 0;          // the column inside the table
+  i64 member = -1;     // a hybrid table's membership map, else -1
 };
 
 // Requester: out[s][c] = the pooled lookups of sample s in column c, in lookup order.
@@ -285,6 +299,7 @@ template <class T>
 struct Pool {
   const i64* ids;
   const Column* columns;
+  const i64* members;
   const T* table;  // replicas live in the same buffer as shards
   const i64* inverse;
   const i64* u_dest;
@@ -297,12 +312,16 @@ struct Pool {
     const i64 s = x / total_width, c = x % total_width;
     const Column col = columns[c];
     T v = T(0);
-    for (i64 k = 0; k < hotness; ++k) {
-      if (col.replicated) {
+    // Replicated rows first, then the exchanged ones, each in lookup order (the host path's order).
+    if (col.replicated || col.member >= 0) {
+      for (i64 k = 0; k < hotness; ++k) {
         const i64 id = ids[(col.table * samples + s) * hotness + k];
-        if (id >= 0 && id < col.rows) v = v + table[col.replica + id * col.width + col.dd];
-        continue;
+        if (id < 0 || id >= col.rows) continue;
+        const i64 slot = col.replicated ? id : members[col.member + id];
+        if (slot >= 0) v = v + table[col.replica + slot * col.width + col.rd];
       }
+    }
+    for (i64 k = 0; k < hotness && !col.replicated; ++k) {
       const i64 e = col.segment * samples * hotness + s * hotness + k;
       const i64 u = inverse[e];
       if (u < 0) continue;  // an invalid id: the step reports it
@@ -411,11 +430,14 @@ struct ApplyRuns {
 // deterministic without atomics.
 struct ReplicaSegment {
   i64 table = 0;
-  i64 rows = 0;
+  i64 rows = 0;  // replica rows (slots)
   i64 width = 0;
   i64 column = 0;   // first output column
   i64 dense = 0;    // offset in the dense buffer (rows * width values, then rows counts)
   i64 replica = 0;  // offset of the replica in the table buffer
+  i64 table_rows = 0;
+  i64 member = -1;    // a hybrid table's membership map (row -> slot), else -1 (slot = row)
+  i64 slot_row = -1;  // a hybrid table's rows by slot (offset in `slot_rows`), else -1
 };
 
 // Replicated tables, backward, from this rank's lookups sorted by (replica, row) with a stable
@@ -425,6 +447,7 @@ struct ReplicaKeys {
   const i64* ids;
   const ReplicaSegment* segs;
   const i64* row_start;
+  const i64* members;
   i64 samples, hotness;
   i64* key;
   i64* pos;
@@ -432,7 +455,9 @@ struct ReplicaKeys {
     const i64 per = samples * hotness;
     const ReplicaSegment sg = segs[x / per];
     const i64 id = ids[sg.table * per + x % per];
-    key[x] = id >= 0 && id < sg.rows ? row_start[x / per] + id : invalid_key;
+    i64 slot = -1;
+    if (id >= 0 && id < sg.table_rows) slot = sg.member >= 0 ? members[sg.member + id] : id;
+    key[x] = slot >= 0 ? row_start[x / per] + slot : invalid_key;
     pos[x] = x;
   }
 };
@@ -471,6 +496,7 @@ template <class T, class Update>
 struct ReplicaApply {
   const ReplicaSegment* segs;
   const i64* row_start;
+  const i64* slot_rows;
   i64 nsegs;
   const T* dense;
   const i64* flag;
@@ -483,8 +509,8 @@ struct ReplicaApply {
     const ReplicaSegment sg = segs[g];
     const i64 row = x - row_start[g];
     if (dense[sg.dense + sg.rows * sg.width + row] == T(0)) return;
-    update(sg.table, row, i64(0), table + sg.replica + row * sg.width,
-           dense + sg.dense + row * sg.width, sg.width);
+    update(sg.table, sg.slot_row >= 0 ? slot_rows[sg.slot_row + row] : row, i64(0),
+           table + sg.replica + row * sg.width, dense + sg.dense + row * sg.width, sg.width);
   }
 };
 

@@ -98,8 +98,8 @@ constexpr PlanCheck check_plan(std::span<const TableSpec> tables, std::size_t wo
                 << " distinct ranks, the world has " << world;
       return r;
     }
-    if (p.hybrid && (p.kind == Placement::data_parallel ||
-                     (p.frequent != auto_place && p.frequent > t.rows))) {
+    if (p.hybrid &&
+        (p.kind == Placement::data_parallel || (p.frequent != auto_place && p.frequent > t.rows))) {
       PlanCheck r = plan_violation(PlanRule::bad_hybrid, j, &t);
       if (p.kind == Placement::data_parallel) {
         r.message << "the rest of a hybrid table cannot be data-parallel";
