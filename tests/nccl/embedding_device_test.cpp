@@ -448,3 +448,44 @@ TEST_CASE(
     fake::Runtime::check("stream", host.rank(), fake::Runtime::stream_destroy(mine));
   });
 }
+
+TEST_CASE(
+    "device embedding exchange (host double): the statistics phase counts on the device "
+    "what the host counts") {
+  const auto plan =
+      strata::ShardingPlan::parse("0: 100x8 hybrid; 1: 30x4 row; 2: 50x4 hybrid:table", 3);
+  strata::LocalWorld(3).run([&](strata::LocalComm& host) {
+    FakeNccl comm = fake::bootstrap(host, strata::NcclOptions{});
+    const strata::DeviceGuard<fake::Runtime> on(comm.device());
+    strata::FrequencyCounts on_host(plan), on_device(plan);
+    HostStreamLauncher launcher;
+    for (std::size_t step = 0; step < 3; ++step) {
+      const std::size_t B = 4 + std::size_t(host.rank()), K = 2;
+      const auto ids = make_ids(plan, std::size_t(host.rank()), B, K, step);
+      on_host.add({ids, plan.num_tables(), B, K});
+      Buf<std::int64_t> d_ids;
+      to_device(comm, d_ids, ids);
+      strata::count_lookups_on_device(comm, launcher, on_device,
+                                      std::span<const std::int64_t>(d_ids.data(), ids.size()), B, K,
+                                      comm.stream());
+    }
+    on_host.reduce(host);
+    on_device.reduce(host);
+    for (std::size_t j : {std::size_t(0), std::size_t(2)}) {
+      for (std::size_t row = 0; row < plan.table(j).rows; ++row)
+        REQUIRE(on_device.count(j, row) == on_host.count(j, row));
+      CHECK(on_device.ranked(j) == on_host.ranked(j));
+    }
+    // An id outside its table is refused.
+    std::vector<std::int64_t> bad(plan.num_tables() * 2, 1);
+    bad[1] = 100;
+    Buf<std::int64_t> d_bad;
+    to_device(comm, d_bad, bad);
+    CHECK_THROWS_WITH_AS(
+        strata::count_lookups_on_device(comm, launcher, on_device,
+                                        std::span<const std::int64_t>(d_bad.data(), bad.size()), 2,
+                                        1, comm.stream()),
+        "FrequencyCounts::add_counts: table 0: id 100 is outside the table's 100 rows",
+        std::invalid_argument);
+  });
+}

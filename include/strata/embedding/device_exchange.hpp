@@ -16,6 +16,11 @@
 #include <utility>
 #include <vector>
 
+#include <thrust/copy.h>
+#include <thrust/iterator/constant_iterator.h>
+#include <thrust/reduce.h>
+#include <thrust/sort.h>
+
 #include "strata/comm/communicator.hpp"
 #include "strata/cuda/device_buffer.hpp"
 #include "strata/cuda/runtime.hpp"
@@ -741,5 +746,62 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class DeviceEmbeddin
   std::size_t samples_ = 0, hotness_ = 0;
   const i64* ids_ = nullptr;
 };
+
+//! The statistics phase of hybrid tables on the device: counts the lookups of every hybrid
+//! table in `ids` (device memory, `tables × samples × hotness`, table-major) with a sort and a
+//! reduction by key on `stream` (through `launcher`, as the exchange's steps), copies the
+//! distinct rows and their counts back through pinned memory, and adds them to `counts`. It waits
+//! for the stream: statistics come before training, and the steps after it never wait.
+//! Throws `std::invalid_argument` for a batch of the wrong size or an id outside its table.
+//!
+//! \code
+//! // See tests/nccl/embedding_device_test.cpp: the counts equal FrequencyCounts::add's.
+//! static_assert(sizeof(strata::FrequencyCounts) > 0);
+//! \endcode
+template <class Comm, class Launcher>
+void count_lookups_on_device(Comm& comm, Launcher& launcher, FrequencyCounts& counts,
+                             std::span<const std::int64_t> ids, std::size_t samples,
+                             std::size_t hotness, typename Comm::stream_handle stream) {
+  using i64 = std::int64_t;
+  using Runtime = typename Comm::runtime_type;
+  const ShardingPlan& plan = counts.plan();
+  const std::size_t per = samples * hotness, nt = plan.num_tables();
+  if (ids.size() != nt * per || (per != 0 && ids.size() / per != nt)) {
+    throw std::invalid_argument("count_lookups_on_device: " + std::to_string(ids.size()) +
+                                " ids for " + std::to_string(nt) + " tables x " +
+                                std::to_string(samples) + " samples x " + std::to_string(hotness) +
+                                " lookups");
+  }
+  if (per == 0) return;
+  const DeviceGuard<Runtime> on(comm.device(), comm.rank());
+  DeviceBuffer<i64, Runtime> keys(per, comm.rank()), rows(per, comm.rank()),
+      times(per, comm.rank());
+  PinnedBuffer<i64, Runtime> host_rows(per, comm.rank()), host_times(per, comm.rank());
+  for (std::size_t j = 0; j < nt; ++j) {
+    if (!plan.hybrid(j)) continue;
+    std::size_t distinct = 0;  // written by the launched work, read after the wait
+    std::size_t* out = &distinct;
+    const i64* src = ids.data() + j * per;
+    i64 *k = keys.data(), *r = rows.data(), *t = times.data();
+    const i64 n = static_cast<i64>(per);
+    launcher.launch(stream, [=](const auto& policy) {
+      thrust::copy_n(policy, src, n, k);
+      thrust::sort(policy, k, k + n);
+      const auto ends =
+          thrust::reduce_by_key(policy, k, k + n, thrust::constant_iterator<i64>(1), r, t);
+      *out = static_cast<std::size_t>(ends.first - r);
+    });
+    comm.synchronize(stream);
+    Runtime::check(
+        "cudaMemcpyAsync", comm.rank(),
+        Runtime::memcpy_async(host_rows.data(), rows.data(), distinct * sizeof(i64), stream));
+    Runtime::check(
+        "cudaMemcpyAsync", comm.rank(),
+        Runtime::memcpy_async(host_times.data(), times.data(), distinct * sizeof(i64), stream));
+    comm.synchronize(stream);
+    counts.add_counts(j, std::span<const i64>(host_rows.data(), distinct),
+                      std::span<const i64>(host_times.data(), distinct));
+  }
+}
 
 }  // namespace strata

@@ -86,6 +86,29 @@ class FrequencyCounts {
     ranked_.clear();
   }
 
+  //! Adds counts computed elsewhere (on a device, by `count_lookups_on_device`): row `rows[i]`
+  //! of table j was looked up `times[i]` more times. Throws `std::invalid_argument` before
+  //! counting anything if table j is not hybrid, the spans differ in size, or a row is outside
+  //! the table.
+  void add_counts(std::size_t j, std::span<const std::int64_t> rows,
+                  std::span<const std::int64_t> times) {
+    if (j >= counts_.size() || counts_[j].empty() || rows.size() != times.size()) {
+      throw std::invalid_argument("FrequencyCounts::add_counts: table " + std::to_string(j) +
+                                  " is not a hybrid table of the plan, or " +
+                                  std::to_string(rows.size()) + " rows come with " +
+                                  std::to_string(times.size()) + " counts");
+    }
+    for (std::int64_t r : rows) {
+      if (r < 0 || static_cast<std::size_t>(r) >= counts_[j].size()) {
+        throw std::invalid_argument("FrequencyCounts::add_counts: table " + std::to_string(j) +
+                                    ": id " + std::to_string(r) + " is outside the table's " +
+                                    std::to_string(counts_[j].size()) + " rows");
+      }
+    }
+    for (std::size_t i = 0; i < rows.size(); ++i) counts_[j][std::size_t(rows[i])] += times[i];
+    ranked_.clear();
+  }
+
   //! Collective: every rank's counts become the sum over the world (one all-reduce).
   template <communicator Comm>
   void reduce(Comm& comm) {
