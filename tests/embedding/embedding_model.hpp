@@ -3,7 +3,9 @@
 // or process) can build the whole world's workload and compute the expected outputs, gradients
 // and tables with plain loops over every sample of the world, without any of the code under test:
 // the placement of a table does not change the result, so the model knows nothing of shards. The
-// owner of a row is recomputed here from the resolved placement with its own formula.
+// owner of a row is recomputed here from the resolved placement with its own formula. Nor do the
+// frequent rows of hybrid tables change it: they only decide where each row's update runs and
+// which ids travel, which `compare` takes into account.
 #pragma once
 
 #include <strata/embedding/exchange.hpp>
@@ -165,6 +167,72 @@ inline Expected serial(const Workload& w, bool mean, double lr) {
   return e;
 }
 
+// A random plan's tables with hybrid ones among them: `random_tables`, each table that may be
+// hybrid (all but data-parallel ones) made hybrid at random, then a hybrid copy of each inner
+// placement (table, table@r, column:S, column:S@r, row, table-row, table-row@n) that none is yet.
+// A quarter of the hybrid tables name their count of frequent rows (0 to all rows).
+inline std::vector<strata::TableSpec> random_hybrid_tables(std::mt19937_64& rng, std::size_t world,
+                                                           std::size_t ranks_per_node) {
+  auto tables = random_tables(rng, world, ranks_per_node);
+  const auto inner = [](const strata::PlacementSpec& p) {
+    return 2 * static_cast<int>(p.kind) + (p.where != strata::auto_place ? 1 : 0);
+  };
+  std::set<int> hybrid_kinds;
+  const std::size_t drawn = tables.size();
+  for (std::size_t j = 0; j < drawn; ++j) {
+    if (tables[j].placement.kind == strata::Placement::data_parallel || rng() % 3 == 0) continue;
+    tables[j].placement.hybrid = true;
+    hybrid_kinds.insert(inner(tables[j].placement));
+  }
+  for (std::size_t j = 0; j < drawn; ++j) {
+    strata::TableSpec t = tables[j];
+    if (t.placement.kind == strata::Placement::data_parallel) continue;
+    if (!hybrid_kinds.insert(inner(t.placement)).second) continue;
+    t.placement.hybrid = true;
+    tables.push_back(t);
+  }
+  for (auto& t : tables) {
+    if (t.placement.hybrid && rng() % 4 == 0) t.placement.frequent = rng() % (t.rows + 1);
+  }
+  return tables;
+}
+
+// Frequent sets for the hybrid tables of `plan`, in an arbitrary order (not by frequency). The
+// size of table j's set follows `modes[j % modes.size()]`: 0 none, 1 one row, 2 a random number,
+// 3 every row, 4 the rows `random_workload` draws often (0 to 2), last first. A placement that
+// names its count gets that many random rows whatever the mode.
+inline strata::FrequentSets random_frequent(std::mt19937_64& rng, const strata::ShardingPlan& plan,
+                                            std::span<const int> modes) {
+  strata::FrequentSets f;
+  f.rows.resize(plan.num_tables());
+  for (std::size_t j = 0; j < plan.num_tables(); ++j) {
+    const auto& t = plan.table(j);
+    if (!t.placement.hybrid) continue;
+    std::vector<std::int64_t> order(t.rows);
+    for (std::size_t i = 0; i < t.rows; ++i) order[i] = static_cast<std::int64_t>(i);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::size_t n = 0;
+    if (t.placement.frequent != strata::auto_place) {
+      n = t.placement.frequent;
+    } else {
+      switch (modes[j % modes.size()]) {
+        case 0: n = 0; break;
+        case 1: n = 1; break;
+        case 2: n = static_cast<std::size_t>(rng() % (t.rows + 1)); break;
+        case 3: n = t.rows; break;
+        default:
+          order.clear();
+          for (std::size_t i = std::min<std::size_t>(t.rows, 3); i > 0; --i)
+            order.push_back(static_cast<std::int64_t>(i - 1));
+          n = order.size();
+          break;
+      }
+    }
+    f.rows[j].assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n));
+  }
+  return f;
+}
+
 // A number with every digit, for the messages.
 inline std::string num(double x) {
   char buf[32];
@@ -176,6 +244,22 @@ inline std::string num(double x) {
 // model produces, absolute near zero where sums in another order may cancel differently.
 inline bool close(double a, double b) {
   return std::abs(a - b) <= 1e-12 * std::max(1.0, std::abs(b));
+}
+
+// Whether row i of table j lives in a replica: every row of a data-parallel table, the frequent
+// rows of a hybrid one.
+inline bool in_replica(const strata::TableSpec& t, std::size_t j, std::size_t i,
+                       const strata::FrequentSets& frequent) {
+  if (t.placement.kind == strata::Placement::data_parallel) return true;
+  if (!t.placement.hybrid || j >= frequent.rows.size()) return false;
+  const auto& f = frequent.rows[j];
+  return std::find(f.begin(), f.end(), static_cast<std::int64_t>(i)) != f.end();
+}
+
+// Whether table j keeps a replica block: data-parallel and hybrid tables (the latter even when
+// they replicate nothing).
+inline bool has_replica(const strata::TableSpec& t) {
+  return t.placement.kind == strata::Placement::data_parallel || t.placement.hybrid;
 }
 
 // One call of the update: (table, row, first column) and the gradient it was handed.
@@ -205,7 +289,7 @@ struct RankResult {
   std::vector<Call> calls;                    // every update call, in order
   std::vector<strata::ExchangeStats> stats;   // per step, after backward
   std::vector<std::vector<double>> blocks;    // this rank's blocks after the run, in block order
-  std::vector<std::vector<double>> replicas;  // this rank's replica of each data-parallel table
+  std::vector<std::vector<double>> replicas;  // this rank's replica of each table that has one
   std::vector<std::vector<double>> gathered;  // gather_table(j, j % world), where this is the root
 };
 
@@ -235,10 +319,10 @@ RankResult run_rank(strata::EmbeddingExchange<Comm, double>& emb, const Workload
     }
     res.blocks.push_back(std::move(v));
   }
-  // Replicas follow the shards, in table order.
+  // Replicas follow the shards, in table order: data-parallel tables and hybrid ones.
   std::size_t b = emb.plan().shards_on(rank).size();
   for (std::size_t j = 0; j < J; ++j) {
-    if (emb.plan().table(j).placement.kind != strata::Placement::data_parallel) continue;
+    if (!has_replica(emb.plan().table(j))) continue;
     res.replicas.push_back(res.blocks.at(b++));
   }
   for (std::size_t j = 0; j < J; ++j) {
@@ -251,9 +335,10 @@ RankResult run_rank(strata::EmbeddingExchange<Comm, double>& emb, const Workload
 
 // The ids this rank sends to owners on other ranks in one step: every lookup of a sharded table
 // once per column block whose owner is another rank, or, with de-duplication, every distinct
-// (table, column block, row) among them.
+// (table, column block, row) among them. Lookups of a hybrid table's frequent rows stay local.
 inline std::size_t expected_ids_sent(const strata::ShardingPlan& plan, const RankStep& b,
-                                     std::size_t rank, bool dedup) {
+                                     std::size_t rank, bool dedup,
+                                     const strata::FrequentSets& frequent = {}) {
   std::size_t n = 0;
   std::set<std::tuple<std::size_t, std::size_t, std::int64_t>> distinct;
   for (std::size_t j = 0; j < plan.num_tables(); ++j) {
@@ -261,6 +346,7 @@ inline std::size_t expected_ids_sent(const strata::ShardingPlan& plan, const Ran
     for (std::size_t s = 0; s < b.samples; ++s) {
       for (std::size_t k = 0; k < b.hotness; ++k) {
         const auto id = b.id(j, s, k);
+        if (in_replica(plan.table(j), j, static_cast<std::size_t>(id), frequent)) continue;
         std::size_t block = 0;  // the column block counts up over the blocks that hold the row
         for (const Block& x : blocks) {
           if (static_cast<std::size_t>(id) < x.row_begin ||
@@ -279,10 +365,12 @@ inline std::size_t expected_ids_sent(const strata::ShardingPlan& plan, const Ran
 }
 
 // Checks one rank's result against the model; returns the problems found, one line each (empty
-// when everything matches). `tag` names the case in every line.
+// when everything matches). `tag` names the case in every line; `frequent` holds the rows the
+// hybrid tables replicate (the exchange's).
 inline std::vector<std::string> compare(const strata::ShardingPlan& plan, const Workload& w,
                                         const Expected& e, std::size_t rank, const RankResult& res,
-                                        bool dedup, const std::string& tag) {
+                                        bool dedup, const std::string& tag,
+                                        const strata::FrequentSets& frequent = {}) {
   std::vector<std::string> bad;
   const auto fail = [&](const std::string& what) {
     if (bad.size() < 8) bad.push_back(tag + ", rank " + std::to_string(rank) + ": " + what);
@@ -305,7 +393,8 @@ inline std::vector<std::string> compare(const strata::ShardingPlan& plan, const 
     }
   }
   // Update calls: exactly those (step, table, row, first column) that this rank owns and some
-  // sample of the world looked up, each once, with the world's summed gradient.
+  // sample of the world looked up, each once, with the world's summed gradient; every rank owns
+  // the rows of its replicas, whole.
   std::map<std::tuple<std::size_t, std::size_t, std::size_t, std::size_t>, int> want_calls;
   std::vector<std::vector<Block>> blocks(J);
   for (std::size_t j = 0; j < J; ++j)
@@ -314,7 +403,7 @@ inline std::vector<std::string> compare(const strata::ShardingPlan& plan, const 
     for (std::size_t j = 0; j < J; ++j) {
       for (std::size_t i = 0; i < w.rows[j]; ++i) {
         if (!e.touched[t][j][i]) continue;
-        if (plan.table(j).placement.kind == strata::Placement::data_parallel) {
+        if (in_replica(plan.table(j), j, i, frequent)) {
           want_calls[{t, j, i, 0}] = 0;
           continue;
         }
@@ -353,7 +442,8 @@ inline std::vector<std::string> compare(const strata::ShardingPlan& plan, const 
            ", row " + std::to_string(i) + ", column " + std::to_string(c));
     }
   }
-  // The tables after the last step: this rank's shards, then its replicas.
+  // The tables after the last step: this rank's shards (but the rows a hybrid table replicates,
+  // which live in the replica), then its replicas.
   const auto on = plan.shards_on(rank);
   if (res.blocks.size() != on.size() + res.replicas.size()) {
     fail("holds " + std::to_string(res.blocks.size()) + " blocks");
@@ -369,6 +459,7 @@ inline std::vector<std::string> compare(const strata::ShardingPlan& plan, const 
       continue;
     }
     for (std::size_t i = 0; i < s.rows(); ++i) {
+      if (in_replica(plan.table(s.table), s.table, s.row_begin + i, frequent)) continue;
       for (std::size_t d = 0; d < s.width(); ++d) {
         const double x = got[i * s.width() + d];
         const double y = want[(s.row_begin + i) * wd + s.col_begin + d];
@@ -384,9 +475,21 @@ inline std::vector<std::string> compare(const strata::ShardingPlan& plan, const 
   }
   std::size_t r = 0;
   for (std::size_t j = 0; j < J; ++j) {
-    if (plan.table(j).placement.kind != strata::Placement::data_parallel) continue;
+    if (!has_replica(plan.table(j))) continue;
     const auto& got = res.replicas.at(r++);
-    const auto& want = e.tables[j];
+    // A data-parallel table whole; a hybrid table's frequent rows, slot by slot.
+    std::vector<double> want = e.tables[j];
+    if (plan.table(j).placement.hybrid) {
+      const std::size_t wd = w.widths[j];
+      want.clear();
+      if (j < frequent.rows.size()) {
+        for (const std::int64_t row : frequent.rows[j]) {
+          const auto at = e.tables[j].begin() +
+                          static_cast<std::ptrdiff_t>(row) * static_cast<std::ptrdiff_t>(wd);
+          want.insert(want.end(), at, at + static_cast<std::ptrdiff_t>(wd));
+        }
+      }
+    }
     bool same = got.size() == want.size();
     for (std::size_t x = 0; same && x < want.size(); ++x) same = close(got[x], want[x]);
     if (!same) fail("replica of table " + std::to_string(j) + " differs from the model");
@@ -403,7 +506,7 @@ inline std::vector<std::string> compare(const strata::ShardingPlan& plan, const 
   }
   // The ids sent to other ranks, step by step.
   for (std::size_t t = 0; t < steps; ++t) {
-    const std::size_t want = expected_ids_sent(plan, w.steps[t][rank], rank, dedup);
+    const std::size_t want = expected_ids_sent(plan, w.steps[t][rank], rank, dedup, frequent);
     if (res.stats.at(t).ids_sent != want) {
       fail("step " + std::to_string(t) + ": ids_sent " + std::to_string(res.stats[t].ids_sent) +
            ", expected " + std::to_string(want));

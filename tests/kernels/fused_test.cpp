@@ -1,12 +1,15 @@
 // The fused pack / unpack / scale kernels against plain serial loops, for every element type,
-// every host policy and chunk sizes from 1 to unbounded.
+// every host policy and chunk sizes from 1 to unbounded; unpack with a factor per tensor, and the
+// chunk table of a range of tensors.
 #include <doctest/doctest.h>
 
 #include <strata/kernels/fused.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -314,4 +317,178 @@ TEST_CASE("a chunk of zero elements is refused") {
   CHECK_THROWS_AS(strata::pack(thrust::seq, tensors, flat, 1.0f, 0), std::invalid_argument);
   CHECK_THROWS_AS(strata::unpack(thrust::seq, flat, tensors, 1.0f, 0), std::invalid_argument);
   CHECK_THROWS_AS(strata::scale(thrust::seq, flat, 2.0f, 0), std::invalid_argument);
+}
+
+namespace {
+
+// Factor patterns for `count` tensors: all 1, all one other factor, all distinct, runs of equal
+// factors (the first and the last tensor in runs of their own), and a pattern that returns to an
+// earlier factor after another.
+template <class T>
+std::vector<std::vector<T>> factor_patterns(std::size_t count) {
+  const T one(1), other = test_factor<T>(), third = std::is_floating_point_v<T> ? T(0.25) : T(2);
+  std::vector<std::vector<T>> p(5, std::vector<T>(count, one));
+  for (std::size_t t = 0; t < count; ++t) {
+    p[1][t] = other;
+    p[2][t] = std::is_floating_point_v<T> ? T(1) / static_cast<T>(t + 2) : static_cast<T>(t + 2);
+    p[3][t] = t == 0 ? other : t + 1 == count ? third : (t / 2) % 2 == 0 ? one : other;
+    p[4][t] = t % 3 == 0 ? other : t % 3 == 1 ? one : other;
+  }
+  return p;
+}
+
+// unpack with a factor per tensor against plain loops: tensor t's element i is flat[offset + i]
+// times factors[t], or its exact bits when that factor is 1.
+template <class T, class Policy>
+void check_unpack_factors(const Policy& policy) {
+  for (std::size_t s = 0; s < size_sets.size(); ++s) {
+    for (const std::size_t chunk : {std::size_t{1}, std::size_t{3}, std::size_t{64},
+                                    std::numeric_limits<std::size_t>::max()}) {
+      const auto& sizes = size_sets[s];
+      for (const auto& factors : factor_patterns<T>(sizes.size())) {
+        CAPTURE(s);
+        CAPTURE(chunk);
+        Model<T> model(sizes, static_cast<std::uint32_t>(s + 5));
+        const strata::FusedPlan<T> plan(model.tensors, chunk);
+        const std::size_t total = plan.total_elements();
+        const std::vector<T> flat = Model<T>({total}, static_cast<std::uint32_t>(s + 9)).storage[0];
+        strata::unpack(policy, flat, plan, std::span<const T>(factors));
+        std::size_t offset = 0, bad = 0;
+        for (std::size_t t = 0; t < sizes.size(); ++t) {
+          for (std::size_t i = 0; i < sizes[t]; ++i) {
+            const T x = flat[offset + i];
+            const T want = factors[t] == T(1) ? x : static_cast<T>(x * factors[t]);
+            bad += std::memcmp(&model.storage[t][i], &want, sizeof(T)) != 0;
+          }
+          offset += sizes[t];
+        }
+        CHECK(bad == 0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("unpack with a factor per tensor agrees with plain loops", T, float, double,
+                   std::int32_t, std::int64_t) {
+  SUBCASE("thrust::seq") { check_unpack_factors<T>(thrust::seq); }
+  SUBCASE("thrust::host") { check_unpack_factors<T>(thrust::host); }
+  SUBCASE("thrust::cpp::par") { check_unpack_factors<T>(thrust::cpp::par); }
+}
+
+TEST_CASE("unpack with a factor per tensor: the sum kept, the mean taken, bits of factor 1 kept") {
+  // The fused all-reduce of an embedding layer: dense gradients averaged over 4 ranks, the
+  // replicas' gradients and counts kept as sums, including a signalling NaN.
+  std::vector<double> dense_a(3), dense_b(2), replicas(3);
+  std::vector<std::span<double>> tensors{dense_a, dense_b, replicas};
+  const strata::FusedPlan plan(tensors, 2);
+  const double snan = std::numeric_limits<double>::signaling_NaN();
+  const std::vector<double> flat{4, 8, 12, 2, 6, snan, -0.0, 3};
+  const std::vector<double> factors{0.25, 0.25, 1.0};
+  strata::unpack(thrust::seq, flat, plan, std::span<const double>(factors));
+  CHECK(dense_a == std::vector<double>{1, 2, 3});
+  CHECK(dense_b == std::vector<double>{0.5, 1.5});
+  CHECK(same_bits<double>(replicas, std::vector<double>(flat.begin() + 5, flat.end())));
+
+  // No tensors, no factors: nothing to do.
+  const std::vector<std::span<double>> none;
+  const strata::FusedPlan<double> empty(none);
+  strata::unpack(thrust::seq, std::span<const double>(), empty, std::span<const double>());
+  CHECK(empty.total_elements() == 0);
+}
+
+TEST_CASE("unpack with a factor per tensor refuses another number of factors or a wrong flat") {
+  std::vector<float> a{1, 2, 3}, b{4}, c{};
+  std::vector<std::span<float>> tensors{a, b, c};
+  const strata::FusedPlan plan(tensors);
+  const std::vector<float> flat{5, 6, 7, 8};
+  const auto message = [&](std::span<const float> f, std::span<const float> factors) {
+    try {
+      strata::unpack(thrust::seq, f, plan, factors);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::vector<float> two{1, 2}, four{1, 2, 3, 4}, three{0.5f, 2, 1};
+  CHECK(message(flat, two) == "unpack: 2 factors for 3 tensors");
+  CHECK(message(flat, four) == "unpack: 4 factors for 3 tensors");
+  CHECK(message(std::span<const float>(flat).first(3), three) ==
+        "unpack: the flat buffer holds 3 elements but the tensors hold 4");
+  CHECK((a == std::vector<float>{1, 2, 3} && b == std::vector<float>{4}));
+  CHECK(message(flat, three) == "no error");
+  CHECK((a == std::vector<float>{2.5f, 3, 3.5f} && b == std::vector<float>{16}));
+}
+
+TEST_CASE("FusedPlan::table(first, last): the chunks of some tensors, at their flat places") {
+  for (const auto& sizes : size_sets) {
+    for (const std::size_t chunk : {std::size_t{1}, std::size_t{3}, std::size_t{64},
+                                    std::numeric_limits<std::size_t>::max()}) {
+      Model<std::int32_t> model(sizes, 7);
+      const strata::FusedPlan plan(model.tensors, chunk);
+      const std::size_t count = sizes.size();
+      // The tensor of every chunk, from the offsets: tensor t covers [begin[t], begin[t + 1]).
+      std::vector<std::size_t> begin{0};
+      for (const std::size_t n : sizes) begin.push_back(begin.back() + n);
+      std::vector<std::size_t> tensor_of;
+      for (const auto& c : plan.chunks()) {
+        std::size_t t = 0;
+        while (!(c.offset >= begin[t] && c.offset < begin[t + 1])) ++t;
+        tensor_of.push_back(t);
+      }
+      std::size_t bad = 0;
+      for (std::size_t first = 0; first <= count; ++first) {
+        for (std::size_t last = first; last <= count; ++last) {
+          const auto table = plan.table(first, last);
+          std::size_t from = 0;
+          while (from < tensor_of.size() && tensor_of[from] < first) ++from;
+          std::size_t n = 0;
+          while (from + n < tensor_of.size() && tensor_of[from + n] < last) ++n;
+          bad += table.chunk_count != n;
+          bad += n != 0 && table.chunks != plan.chunks().data() + from;
+          bad += table.total_elements != plan.total_elements();
+        }
+      }
+      CAPTURE(chunk);
+      CHECK(bad == 0);
+      const auto whole = plan.table(0, count);
+      CHECK(whole.chunks == plan.table().chunks);
+      CHECK(whole.chunk_count == plan.table().chunk_count);
+      CHECK(plan.table(count, count).chunk_count == 0);
+    }
+  }
+  // Out of order or past the end.
+  std::vector<float> a(3), b(1), c(0), d(5);
+  std::vector<std::span<float>> tensors{a, b, c, d};
+  const strata::FusedPlan plan(tensors);
+  CHECK_THROWS_WITH_AS((void)plan.table(3, 2), "FusedPlan::table: tensors [3, 2) of 4",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)plan.table(0, 5), "FusedPlan::table: tensors [0, 5) of 4",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)plan.table(5, 5), "FusedPlan::table: tensors [5, 5) of 4",
+                       std::invalid_argument);
+}
+
+TEST_CASE("FusedPlan::table(first, last): pack and unpack only those tensors") {
+  Model<double> model({4, 0, 3, 6, 2}, 11);
+  const strata::FusedPlan plan(model.tensors, 2);
+  const std::vector<std::vector<double>> original = model.storage;
+  // Tensors 2 and 3 are flat[4, 13).
+  std::vector<double> flat(plan.total_elements(), -1.0);
+  strata::pack(thrust::seq, plan.table(2, 4), flat, 2.0);
+  for (std::size_t i = 0; i < flat.size(); ++i) {
+    CAPTURE(i);
+    const double want =
+        i < 4 || i >= 13 ? -1.0 : 2.0 * (i < 7 ? original[2][i - 4] : original[3][i - 7]);
+    CHECK(flat[i] == want);
+  }
+  // Unpack tensor 0 alone, times 3: the others keep their values.
+  std::iota(flat.begin(), flat.end(), 1.0);
+  strata::unpack(thrust::seq, flat, plan.table(0, 1), 3.0);
+  CHECK(model.storage[0] == std::vector<double>{3, 6, 9, 12});
+  for (std::size_t t = 1; t < original.size(); ++t) CHECK(model.storage[t] == original[t]);
+  // An empty range writes nothing.
+  strata::unpack(thrust::seq, flat, plan.table(1, 1), 5.0);
+  CHECK(model.storage[0] == std::vector<double>{3, 6, 9, 12});
 }

@@ -1,12 +1,16 @@
 // The embedding exchange over MPI with real processes, against the serial model the local suite
 // uses: each process builds the whole world's workload from the same seed and checks its own
 // outputs, update calls and blocks; replicas are compared bitwise across processes. The world
-// size is the process count.
+// size is the process count. Hybrid tables replicate the frequent rows that FrequencyCounts and
+// choose_frequent find over MPI.
 #include <doctest/doctest.h>
 
 #include <strata/comm/mpi.hpp>
 #include <strata/embedding/exchange.hpp>
+#include <strata/embedding/frequency.hpp>
+#include <strata/embedding/hybrid_cost.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -49,16 +53,17 @@ strata::ShardingPlan mixed_plan(std::size_t n, std::size_t g) {
       n, g);
 }
 
-// The run of `w` with `o` on this process, checked against the model; replicas bitwise equal on
-// every process.
+// The run of `w` with `o` (and the frequent rows `f` of the hybrid tables) on this process,
+// checked against the model; replicas bitwise equal on every process.
 void check_run(strata::MpiComm& world, const strata::ShardingPlan& plan, const em::Workload& w,
-               const strata::ExchangeOptions& o, const std::string& tag) {
+               const strata::ExchangeOptions& o, const std::string& tag,
+               const strata::FrequentSets& f = {}) {
   const auto me = static_cast<std::size_t>(world.rank());
   const std::size_t n = plan.world_size();
   const auto e = em::serial(w, o.pooling == strata::Pooling::mean, lr);
-  Exchange emb(world, plan, o);
+  Exchange emb(world, plan, o, f);
   const auto res = em::run_rank(emb, w, me, lr);
-  const auto bad = em::compare(plan, w, e, me, res, o.dedup, tag);
+  const auto bad = em::compare(plan, w, e, me, res, o.dedup, tag, f);
   std::string all;
   for (const auto& line : bad) all += line + "\n";
   CAPTURE(all);
@@ -159,5 +164,104 @@ TEST_CASE("embedding exchange: a bad id on one process fails on every process al
     for (const auto& line : problems) all += line + "\n";
     CAPTURE(all);
     CHECK(problems.empty());
+  });
+}
+
+namespace {
+
+// Every hybrid placement, pinned and not, with a data-parallel and a row-wise table among them.
+strata::ShardingPlan hybrid_plan(std::size_t n, std::size_t g) {
+  const std::string column = n >= 2 ? "column:2" : "column:1";
+  const std::string pinned_column = n >= 3 ? "column:3@" + std::to_string(n - 3) : "column:1@0";
+  return strata::ShardingPlan::parse(
+      "0: 37x4 hybrid:table; 1: 20x6 hybrid:" + column + "; 2: 50x3 hybrid; 3: 5x2 row; 4: 30x4 " +
+          "hybrid:table-row; 5: 9x2 dp; 6: 12x4 hybrid:table@" + std::to_string(n - 1) +
+          "/3; 7: 3x3 hybrid:table-row@" + std::to_string(n / g - 1) +
+          "; 8: 15x6 hybrid:" + pinned_column + "/15",
+      n, g);
+}
+
+// The same value on every process: gathers `mine` and compares each process's copy bitwise.
+bool same_everywhere(strata::MpiComm& world, const std::vector<std::int64_t>& mine) {
+  const auto n = static_cast<std::size_t>(world.size());
+  const std::vector<std::int64_t> size{static_cast<std::int64_t>(mine.size())};
+  std::vector<std::int64_t> sizes(n);
+  world.all_gather(std::span<const std::int64_t>(size), std::span<std::int64_t>(sizes));
+  for (const auto s : sizes)
+    if (s != size[0]) return false;
+  std::vector<std::int64_t> all(mine.size() * n);
+  world.all_gather(std::span<const std::int64_t>(mine), std::span<std::int64_t>(all));
+  for (std::size_t r = 0; r < n; ++r) {
+    if (!std::equal(mine.begin(), mine.end(),
+                    all.begin() + static_cast<std::ptrdiff_t>(r * mine.size())))
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("embedding exchange: hybrid tables, frequent rows chosen over the world (mpi)") {
+  const std::size_t n = process_count();
+  conformance::for_each_world("mpi", {static_cast<int>(n)}, [&](int) {
+    auto world = world_comm();
+    const auto me = static_cast<std::size_t>(world.rank());
+    std::vector<std::size_t> node_sizes{1};
+    if (n % 2 == 0 && n > 2) node_sizes.push_back(2);
+    if (n > 1) node_sizes.push_back(n);
+    for (std::size_t g : node_sizes) {
+      std::mt19937_64 rng(77 + n + g);  // the same on every process
+      const auto fixed = hybrid_plan(n, g);
+      const auto random = strata::ShardingPlan::make(em::random_hybrid_tables(rng, n, g), n, g);
+      for (const auto* plan : {&fixed, &random}) {
+        const auto w = em::random_workload(rng, plan->tables(), n, 3);
+        // This process's batches of the first two steps are the sample.
+        strata::FrequencyCounts counts(*plan);
+        std::vector<strata::SparseBatch> sample;
+        for (std::size_t t = 0; t < 2; ++t) {
+          const em::RankStep& b = w.steps[t][me];
+          sample.push_back({b.ids, plan->num_tables(), b.samples, b.hotness});
+          counts.add(sample.back());
+        }
+        counts.reduce(world);
+        for (const strata::ExchangeOptions& o :
+             {strata::ExchangeOptions{strata::Pooling::sum, true, false},
+              strata::ExchangeOptions{strata::Pooling::mean, false, true}}) {
+          // The cost model's choice, on slow links so that some rows pay off; and the two most
+          // frequent rows of every table that does not name its count.
+          strata::HybridCostModel model;
+          model.dedup = o.dedup;
+          model.element_bytes = sizeof(double);
+          model.links.intra_node = {1e6, 0.0};
+          model.links.inter_node = {1e6, 0.0};
+          const auto choice = strata::choose_frequent(world, *plan, counts, sample, model);
+          strata::FrequentSets top2;
+          top2.rows.resize(plan->num_tables());
+          for (std::size_t j = 0; j < plan->num_tables(); ++j) {
+            const auto& p = plan->table(j).placement;
+            if (!p.hybrid) continue;
+            top2.rows[j] = counts.frequent(j, p.frequent != strata::auto_place ? p.frequent : 2);
+          }
+          // The counts and the choice are the world's, the same on every process.
+          std::vector<std::int64_t> flat;
+          for (std::size_t j = 0; j < plan->num_tables(); ++j) {
+            flat.push_back(static_cast<std::int64_t>(choice.frequent[j]));
+            flat.insert(flat.end(), choice.sets.rows[j].begin(), choice.sets.rows[j].end());
+            for (std::size_t i = 0; plan->hybrid(j) && i < plan->table(j).rows; ++i)
+              flat.push_back(counts.count(j, i));
+          }
+          CHECK(same_everywhere(world, flat));
+          const strata::FrequentSets* sets[] = {&choice.sets, &top2};
+          for (const auto* f : sets) {
+            const std::string tag = "mpi, world " + std::to_string(n) + ", nodes of " +
+                                    std::to_string(g) + (o.dedup ? ", dedup" : ", no dedup") +
+                                    (o.hierarchical ? ", hierarchical" : ", flat") +
+                                    (f == &top2 ? ", top two" : ", chosen") + ", plan " +
+                                    plan->describe();
+            check_run(world, *plan, w, o, tag, *f);
+          }
+        }
+      }
+    }
   });
 }

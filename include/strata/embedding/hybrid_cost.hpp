@@ -18,6 +18,7 @@
 #include "strata/embedding/batch.hpp"
 #include "strata/embedding/frequency.hpp"
 #include "strata/embedding/sharding.hpp"
+#include "strata/error.hpp"
 #include "strata/sim/cost.hpp"
 
 namespace strata {
@@ -165,6 +166,30 @@ ExchangeBytes table_exchange_bytes(const ShardingPlan& plan, std::size_t j,
   return b;
 }
 
+// A batch the cost model reads must fit the plan: its shape, and every id inside its table.
+inline void check_sample(const ShardingPlan& plan, const SparseBatch& batch, const char* who) {
+  const std::size_t per = batch.samples * batch.hotness;
+  if (batch.tables != plan.num_tables() || batch.ids.size() != batch.tables * per ||
+      (per != 0 && batch.ids.size() / per != batch.tables)) {
+    throw std::invalid_argument(
+        std::string(who) + ": a batch of " + std::to_string(batch.ids.size()) + " ids for " +
+        std::to_string(batch.tables) + " tables x " + std::to_string(batch.samples) +
+        " samples x " + std::to_string(batch.hotness) + " lookups; the plan has " +
+        std::to_string(plan.num_tables()) + " tables");
+  }
+  for (std::size_t j = 0; j < batch.tables; ++j) {
+    for (std::size_t x = 0; x < per; ++x) {
+      const std::int64_t id = batch.ids[j * per + x];
+      if (id < 0 || static_cast<std::size_t>(id) >= plan.table(j).rows) {
+        throw std::invalid_argument(std::string(who) + ": table " + std::to_string(j) +
+                                    ", lookup " + std::to_string(x) + ": id " + std::to_string(id) +
+                                    " is outside the table's " +
+                                    std::to_string(plan.table(j).rows) + " rows");
+      }
+    }
+  }
+}
+
 // The words every request to another rank carries whatever the ids: one count per shard with
 // de-duplication; the batch size and one count per shard and sample without.
 inline ExchangeBytes request_overhead(const ShardingPlan& plan, std::size_t me, std::size_t samples,
@@ -183,9 +208,13 @@ inline ExchangeBytes request_overhead(const ShardingPlan& plan, std::size_t me, 
 
 }  // namespace detail
 
-//! What rank `me` sends in the exchange of `batch` when the frequent rows of each hybrid table
-//! (`slots`, as `frequent_slots` makes them) stay local: exactly what `EmbeddingExchange` with
-//! these options counts in its `ExchangeStats`.
+//! What rank `me`'s lookups in `batch` make the exchange move when the frequent rows of each
+//! hybrid table (`slots`, as `frequent_slots` makes them) stay local: the requests and gradients
+//! it sends, exactly as its `ExchangeStats` counts them, and the responses to its requests, which
+//! the owners send (an owner's `ExchangeStats` counts those). Summed over the ranks, every figure
+//! is the world's `ExchangeStats` total, so the mean over ranks is the mean `bytes_sent`. Link
+//! bytes split the same way by the node of the owner. Throws `std::invalid_argument` for a batch
+//! that does not fit the plan or an id outside its table.
 //!
 //! \code
 //! auto plan = strata::ShardingPlan::parse("0: 8x2 hybrid:row", 2);
@@ -198,6 +227,7 @@ inline ExchangeBytes predict_exchange(const ShardingPlan& plan,
                                       const std::vector<std::vector<std::int64_t>>& slots,
                                       const SparseBatch& batch, std::size_t me, bool dedup,
                                       std::size_t element_bytes) {
+  detail::check_sample(plan, batch, "predict_exchange");
   ExchangeBytes total = detail::request_overhead(plan, me, batch.samples, dedup);
   for (std::size_t j = 0; j < plan.num_tables(); ++j) {
     const auto& slot = j < slots.size() ? slots[j] : std::vector<std::int64_t>{};
@@ -264,9 +294,11 @@ struct HybridChoice {
 };
 
 //! Collective: chooses each hybrid table's frequent rows from `counts` (reduced over the world)
-//! and this rank's `sample` of batches. A table whose placement names its count keeps it; for the
-//! others the candidates are 0, every power of two below the row count, and all rows, within the
-//! replica cap (tables in order, each taking what the ones before left). For each candidate the
+//! and this rank's `sample` of batches. A table whose placement names its count keeps it (and
+//! uses up the replica cap for the tables after it); for the others the candidates are 0, every
+//! power of two below the row count, and all rows, within the replica cap (tables in order, each
+//! taking what the ones before left). A sample batch that does not fit the plan is a
+//! `strata::usage_error` on every rank, naming the rank. For each candidate the
 //! exchange bytes of the table's lookups are counted exactly on the sample (as
 //! `predict_exchange`), averaged over the ranks (one all-reduce), and priced with the links:
 //! `intra / intra bandwidth + inter / inter bandwidth` for the exchange, a ring all-reduce of the
@@ -278,6 +310,24 @@ HybridChoice choose_frequent(Comm& comm, const ShardingPlan& plan, const Frequen
                              std::span<const SparseBatch> sample, const HybridCostModel& model) {
   model.links.validate();
   const std::size_t me = static_cast<std::size_t>(comm.rank());
+  // Every rank's sample is checked, and a bad one reported on every rank, before any work.
+  std::string problem;
+  for (const SparseBatch& batch : sample) {
+    try {
+      detail::check_sample(plan, batch, "choose_frequent");
+    } catch (const std::invalid_argument& e) {
+      problem = e.what();
+      break;
+    }
+  }
+  std::vector<std::int64_t> bad{problem.empty() ? std::int64_t(0) : std::int64_t(me) + 1};
+  comm.all_reduce(std::span<std::int64_t>(bad), ReduceOp::max);
+  if (bad[0] != 0) {
+    const std::string who = "rank " + std::to_string(bad[0] - 1);
+    throw usage_error(
+        "choose_frequent", static_cast<int>(me),
+        problem.empty() ? who + ": a sample batch does not fit the plan" : who + ": " + problem);
+  }
   const std::size_t world = plan.world_size(), e = model.element_bytes;
   const double steps = double(std::max<std::size_t>(sample.size(), 1));
   const bool spans_nodes = world > plan.ranks_per_node();
@@ -331,7 +381,9 @@ HybridChoice choose_frequent(Comm& comm, const ShardingPlan& plan, const Frequen
       const double* w = &words[at];
       at += 5;
       const double replica = double(n) * width * double(e);
-      if (replica > budget && n != 0) continue;
+      // A count the placement names is kept whatever the cap; it still uses the cap up.
+      const bool fixed = plan.table(j).placement.frequent != auto_place;
+      if (replica > budget && n != 0 && !fixed) continue;
       const double seconds =
           w[0] / model.links.intra_node.bandwidth_bytes_per_s +
           w[1] / model.links.inter_node.bandwidth_bytes_per_s +
