@@ -1,5 +1,5 @@
 // An EmbeddingPlan that breaks a rule must not compile, and must name the table and the numbers.
-// expect: EmbeddingPlan: table 1 (500x16, hybrid:row/600): 600 frequent rows exceed the table's 500 rows
+// expect: EmbeddingPlan: table 1 (500x16, hybrid:row/600): 600 frequent rows exceed the 500 rows of the table
 // expect: static assertion failed: EmbeddingPlan: a hybrid table replicates at most all its rows and places the rest table-, column-, row- or table-row-wise
 #include <strata/embedding/plan.hpp>
 

@@ -608,11 +608,11 @@ TEST_CASE("hybrid placements: the types and the text") {
 TEST_CASE("hybrid plans: the rules, the shards of the inner placement, describe() read back") {
   // The plan rules name the table and the placement as written.
   CHECK(parse_error("0: 10x4 row; 1: 10x4 hybrid/11", 4) ==
-        "EmbeddingPlan: table 1 (10x4, hybrid:row/11): 11 frequent rows exceed the table's 10 "
-        "rows");
+        "EmbeddingPlan: table 1 (10x4, hybrid:row/11): 11 frequent rows exceed the 10 rows "
+        "of the table");
   CHECK(parse_error("0: 6x4 hybrid:column:2@1/7", 4) ==
-        "EmbeddingPlan: table 0 (6x4, hybrid:column:2@1/7): 7 frequent rows exceed the table's 6 "
-        "rows");
+        "EmbeddingPlan: table 0 (6x4, hybrid:column:2@1/7): 7 frequent rows exceed the 6 rows "
+        "of the table");
   CHECK(parse_error("0: 6x6 hybrid:column:4", 4) ==
         "EmbeddingPlan: table 0 (6x6, hybrid:column:4): width 6 does not divide into 4 column "
         "shards");
@@ -628,8 +628,8 @@ TEST_CASE("hybrid plans: the rules, the shards of the inner placement, describe(
   CHECK(rejection([] {
           (void)ShardingPlan::make({{3, 2, strata::Hybrid<strata::RowWise, 4>::spec}}, 2);
         }) ==
-        "EmbeddingPlan: table 0 (3x2, hybrid:row/4): 4 frequent rows exceed the table's 3 "
-        "rows");
+        "EmbeddingPlan: table 0 (3x2, hybrid:row/4): 4 frequent rows exceed the 3 rows "
+        "of the table");
   // As many frequent rows as rows is fine.
   CHECK(parse_error("0: 10x4 hybrid/10", 4) == "no error");
 

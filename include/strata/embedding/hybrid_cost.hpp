@@ -56,7 +56,8 @@ struct ExchangeBytes {
 //!
 //! \code
 //! strata::FrequentSets f{{{}, {7, 2}}};
-//! const auto slots = strata::frequent_slots(f, {5, 10});
+//! const std::vector<std::size_t> rows{5, 10};
+//! const auto slots = strata::frequent_slots(f, rows);
 //! assert(slots[1][7] == 0 && slots[1][2] == 1 && slots[1][3] == -1 && slots[0].empty());
 //! \endcode
 inline std::vector<std::vector<std::int64_t>> frequent_slots(const FrequentSets& sets,

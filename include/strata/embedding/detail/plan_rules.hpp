@@ -104,7 +104,7 @@ constexpr PlanCheck check_plan(std::span<const TableSpec> tables, std::size_t wo
       if (p.kind == Placement::data_parallel) {
         r.message << "the rest of a hybrid table cannot be data-parallel";
       } else {
-        r.message << p.frequent << " frequent rows exceed the table's " << t.rows << " rows";
+        r.message << p.frequent << " frequent rows exceed the " << t.rows << " rows of the table";
       }
       return r;
     }
