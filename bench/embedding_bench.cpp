@@ -56,12 +56,14 @@
 #include <string>
 #include <vector>
 
+#include "../examples/dlrm_data.hpp"
+
 namespace {
 
-constexpr std::size_t criteo_kaggle_rows[26] = {
-    1460, 583,   10131227, 2202608, 305,  24,   12517, 633,     3,  93145, 5683,   8351593, 3194,
-    27,   14992, 5461306,  10,      5652, 2173, 4,     7046547, 18, 15,    286181, 105,     142572};
-constexpr std::size_t criteo_kaggle_largest = 10131227;
+using dlrm::criteo_kaggle_largest;
+using dlrm::criteo_kaggle_rows;
+using dlrm::ZipfTable;
+
 constexpr std::size_t width = 64;
 constexpr std::size_t node_size = 4;
 constexpr std::size_t dp_rows = 2000;
@@ -85,45 +87,13 @@ struct Config {
   std::size_t max_rows = 1'000'000;
 };
 
-class ZipfTable {
- public:
-  ZipfTable(std::size_t rows, double exponent) : cumulative_(rows) {
-    double sum = 0;
-    for (std::size_t i = 0; i < rows; ++i) {
-      sum += std::pow(static_cast<double>(i + 1), -exponent);
-      cumulative_[i] = sum;
-    }
-    // Popularity rank i becomes row i * stride mod rows: the hot rows spread over every block.
-    stride_ = std::max<std::size_t>(1, rows * 618 / 1000);
-    while (std::gcd(stride_, rows) != 1) ++stride_;
-  }
-  std::int64_t draw(std::mt19937_64& rng) const {
-    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * cumulative_.back();
-    auto i = static_cast<std::size_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), u) -
-                                      cumulative_.begin());
-    i = std::min(i, cumulative_.size() - 1);
-    return static_cast<std::int64_t>(i * stride_ % cumulative_.size());
-  }
-
- private:
-  std::vector<double> cumulative_;
-  std::size_t stride_ = 1;
-};
-
 struct Workload {
   double exponent;
   std::vector<std::size_t> rows;
   std::vector<ZipfTable> zipf;
 
-  Workload(const Config& c, double s) : exponent(s) {
-    // Scaled so the largest table has max_rows rows; tables up to 1000 rows keep their size.
-    const double scale =
-        static_cast<double>(c.max_rows) / static_cast<double>(criteo_kaggle_largest);
-    for (std::size_t real : criteo_kaggle_rows) {
-      const auto scaled = static_cast<std::size_t>(std::llround(static_cast<double>(real) * scale));
-      rows.push_back(std::max({scaled, std::min<std::size_t>(real, 1000), std::size_t{1}}));
-      zipf.emplace_back(rows.back(), s);
-    }
+  Workload(const Config& c, double s) : exponent(s), rows(dlrm::table_rows(c.max_rows)) {
+    for (std::size_t r : rows) zipf.emplace_back(r, s);
   }
 
   strata::ShardingPlan plan(const std::string& name, std::size_t world) const {

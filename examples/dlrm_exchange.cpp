@@ -55,6 +55,7 @@
 #endif
 
 #include "cli.hpp"
+#include "dlrm_data.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -73,13 +74,9 @@ namespace {
 
 using cli::usage_error;
 
-// Criteo Kaggle's 26 categorical features, in column order: distinct values of each.
-constexpr std::size_t criteo_kaggle_rows[26] = {
-    1460, 583,   10131227, 2202608, 305,  24,   12517, 633,     3,  93145, 5683,   8351593, 3194,
-    27,   14992, 5461306,  10,      5652, 2173, 4,     7046547, 18, 15,    286181, 105,     142572};
-constexpr std::size_t criteo_kaggle_largest = 10131227;
-// Tables up to this size keep their real row count when the model is scaled down.
-constexpr std::size_t keep_real_rows = 1000;
+using dlrm::criteo_kaggle_largest;
+using dlrm::table_rows;
+using dlrm::ZipfTable;
 
 constexpr std::string_view all_policies[] = {"table",     "column", "row",
                                              "table-row", "mixed",  "hybrid"};
@@ -210,43 +207,6 @@ void check_world(Options& o) {
                       " for " + std::to_string(w) + " ranks");
   }
 }
-
-std::vector<std::size_t> table_rows(std::size_t max_rows) {
-  std::vector<std::size_t> rows;
-  const double scale = static_cast<double>(max_rows) / static_cast<double>(criteo_kaggle_largest);
-  for (std::size_t real : criteo_kaggle_rows) {
-    const auto scaled = static_cast<std::size_t>(std::llround(static_cast<double>(real) * scale));
-    rows.push_back(std::max({scaled, std::min(real, keep_real_rows), std::size_t{1}}));
-  }
-  return rows;
-}
-
-// Zipf ids for one table: inverse transform sampling over the cumulative weights of the ranks.
-class ZipfTable {
- public:
-  ZipfTable(std::size_t rows, double exponent) : cumulative_(rows) {
-    double sum = 0;
-    for (std::size_t i = 0; i < rows; ++i) {
-      sum += std::pow(static_cast<double>(i + 1), -exponent);
-      cumulative_[i] = sum;
-    }
-    // A multiplier prime to the size makes i -> i * m mod rows a permutation of the rows.
-    stride_ = std::max<std::size_t>(1, rows * 618 / 1000);
-    while (std::gcd(stride_, rows) != 1) ++stride_;
-  }
-
-  std::int64_t draw(std::mt19937_64& rng) const {
-    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * cumulative_.back();
-    auto i = static_cast<std::size_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), u) -
-                                      cumulative_.begin());
-    i = std::min(i, cumulative_.size() - 1);
-    return static_cast<std::int64_t>(i * stride_ % cumulative_.size());
-  }
-
- private:
-  std::vector<double> cumulative_;
-  std::size_t stride_ = 1;
-};
 
 struct Workload {
   double zipf;

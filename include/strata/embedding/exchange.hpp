@@ -192,8 +192,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     for (std::size_t q = 0; q < world_; ++q) {
       const std::int64_t* r = &rec_in[q * words];
       if (r[1] != 0) {
-        throw usage_error(op, static_cast<int>(me_),
-                          describe(q, Problem{r[1], r[2], r[3], r[4]}, batch));
+        throw usage_error(op, static_cast<int>(me_), describe(q, Problem{r[1], r[2], r[3], r[4]}));
       }
     }
     std::vector<std::size_t> req_recv(world_);
@@ -253,8 +252,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
       const std::int64_t* r = &all[q * words];
       if (r[0] != 0) {
         ctx_valid_ = false;
-        throw usage_error(op, static_cast<int>(me_),
-                          describe(q, Problem{r[0], r[1], r[2], r[3]}, SparseBatch{}));
+        throw usage_error(op, static_cast<int>(me_), describe(q, Problem{r[0], r[1], r[2], r[3]}));
       }
     }
     ctx_valid_ = false;  // one backward per forward
@@ -474,7 +472,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
     return {};
   }
 
-  std::string describe(std::size_t rank, const Problem& p, const SparseBatch& mine) const {
+  std::string describe(std::size_t rank, const Problem& p) const {
     std::string s = "rank " + std::to_string(rank) + ": ";
     switch (p.code) {
       case kTables:
@@ -498,7 +496,6 @@ requires(std::same_as<T, float> || std::same_as<T, double>) class EmbeddingExcha
                " elements, the last forward's output " + std::to_string(p.b);
       default: break;
     }
-    (void)mine;
     return s + "unknown problem " + std::to_string(p.code);
   }
 
