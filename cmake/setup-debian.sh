@@ -5,7 +5,8 @@
 set -euo pipefail
 
 packages=(cmake ninja-build ccache g++ doctest-dev libboost-dev libthrust-dev libcub-dev
-          libopenmpi-dev openmpi-bin libbenchmark-dev python3 clang-format-14)
+          libopenmpi-dev openmpi-bin libbenchmark-dev python3 clang-format-14
+          python3-numpy python3-torch)
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
   echo "setup: not a Debian system; install these yourself: ${packages[*]}" >&2

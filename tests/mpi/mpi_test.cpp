@@ -2,10 +2,15 @@
 // world size is the process count: each suite's case names it ("mpi, world 8").
 #include <doctest/doctest.h>
 
+#include <strata/comm/async.hpp>
 #include <strata/comm/level_comms.hpp>
+#include <strata/comm/local.hpp>
 #include <strata/comm/mpi.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -176,6 +181,279 @@ TEST_CASE("MPI backend: communicators move") {
   std::vector<std::int64_t> x{1};
   b.all_reduce(std::span<std::int64_t>(x), strata::ReduceOp::sum);
   CHECK(x[0] == world.size());
+}
+
+// --- started collectives -------------------------------------------------------------------------
+
+namespace {
+
+// Different on every rank and element, and small integers, so that sums are exact in every type.
+template <class T>
+std::vector<T> rank_values(int rank, std::size_t count) {
+  std::vector<T> v(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    v[i] = static_cast<T>(rank * 7 + static_cast<int>(i % 13) - 5);
+  }
+  return v;
+}
+
+// Something to do while a request is pending; the request's test() keeps MPI progressing it.
+double compute(std::size_t steps) {
+  double x = 1.0;
+  for (std::size_t i = 0; i < steps; ++i) x = x * 0.999 + 1e-3;
+  return x;
+}
+
+template <class T>
+void started_equals_blocking(strata::MpiComm& world, strata::ReduceOp op) {
+  CAPTURE(strata::type_name<T>());
+  CAPTURE(strata::to_string(op));
+  const auto n = static_cast<std::size_t>(world.size());
+  const std::size_t block = 5;
+  const std::vector<T> input = rank_values<T>(world.rank(), block * n);
+
+  std::vector<T> blocking = input;
+  std::vector<T> started = input;
+  world.all_reduce(std::span<T>(blocking), op);
+  strata::MpiRequest r = world.start_all_reduce(std::span<T>(started), op);
+  double sink = 0;
+  while (!r.test()) sink += compute(100);
+  CHECK(r.done());
+  CHECK(started == blocking);
+  if (op == strata::ReduceOp::sum) {
+    const auto ranks = static_cast<T>(n * (n - 1) / 2);
+    CHECK(started[0] == static_cast<T>(ranks * 7 - static_cast<T>(5 * n)));
+  }
+
+  std::vector<T> rs_blocking(block), rs_started(block);
+  world.reduce_scatter(std::span<const T>(input), std::span<T>(rs_blocking), op);
+  strata::MpiRequest rs =
+      world.start_reduce_scatter(std::span<const T>(input), std::span<T>(rs_started), op);
+  rs.wait();
+  CHECK(rs.done());
+  CHECK(rs_started == rs_blocking);
+
+  const std::vector<T> mine(input.begin(), input.begin() + block);
+  std::vector<T> ag_blocking(block * n), ag_started(block * n);
+  world.all_gather(std::span<const T>(mine), std::span<T>(ag_blocking));
+  strata::MpiRequest ag =
+      world.start_all_gather(std::span<const T>(mine), std::span<T>(ag_started));
+  ag.wait();
+  CHECK(ag_started == ag_blocking);
+  CHECK(sink >= 0);
+}
+
+}  // namespace
+
+static_assert(strata::collective_request<strata::MpiRequest>);
+static_assert(!std::is_copy_constructible_v<strata::MpiRequest> &&
+              !std::is_copy_assignable_v<strata::MpiRequest>);
+static_assert(strata::async_communicator_for<strata::MpiComm, float> &&
+              strata::async_communicator_for<strata::MpiComm, std::int64_t>);
+// The local backend completes every collective inside the call: it has nothing to start.
+static_assert(strata::communicator<strata::LocalComm>);
+static_assert(!strata::async_communicator_for<strata::LocalComm, float> &&
+              !strata::async_communicator_for<strata::LocalComm, double>);
+
+TEST_CASE("MPI backend: started collectives give the blocking collectives' results") {
+  auto world = strata::MpiComm::world();
+  for (const strata::ReduceOp op : {strata::ReduceOp::sum, strata::ReduceOp::average}) {
+    started_equals_blocking<double>(world, op);
+    started_equals_blocking<std::int64_t>(world, op);
+  }
+  started_equals_blocking<float>(world, strata::ReduceOp::max);
+  started_equals_blocking<std::int32_t>(world, strata::ReduceOp::min);
+}
+
+TEST_CASE("MPI backend: started collectives pending at once complete in any order") {
+  auto world = strata::MpiComm::world();
+  const int r = world.rank();
+  const auto n = static_cast<std::size_t>(world.size());
+  const auto sum_of_ranks = static_cast<std::int64_t>(n * (n - 1) / 2);
+
+  std::vector<double> a(7, double(r));
+  std::vector<std::int64_t> b_in(3 * n), b_out(3);
+  for (std::size_t i = 0; i < b_in.size(); ++i) b_in[i] = static_cast<std::int64_t>(i) * 10 + r;
+  const std::vector<float> c_in{float(r), float(-r)};
+  std::vector<float> c_out(2 * n);
+
+  strata::MpiRequest ra = world.start_all_reduce(std::span<double>(a), strata::ReduceOp::sum);
+  strata::MpiRequest rb =
+      world.start_reduce_scatter(std::span<const std::int64_t>(b_in),
+                                 std::span<std::int64_t>(b_out), strata::ReduceOp::average);
+  strata::MpiRequest rc =
+      world.start_all_gather(std::span<const float>(c_in), std::span<float>(c_out));
+  // A blocking collective while three are pending.
+  std::vector<std::int64_t> x{r};
+  world.all_reduce(std::span<std::int64_t>(x), strata::ReduceOp::sum);
+  CHECK(x[0] == sum_of_ranks);
+
+  rc.wait();
+  rb.wait();
+  ra.wait();
+  CHECK((ra.done() && rb.done() && rc.done()));
+  for (const double v : a) CHECK(v == double(sum_of_ranks));
+  // Block r of the sum: 10·(3r + i)·n + sum of ranks, averaged (truncated) over n.
+  for (std::size_t i = 0; i < 3; ++i) {
+    const auto element = static_cast<std::int64_t>(3 * static_cast<std::size_t>(r) + i);
+    const auto members = static_cast<std::int64_t>(n);
+    CHECK(b_out[i] == (element * 10 * members + sum_of_ranks) / members);
+  }
+  for (std::size_t j = 0; j < n; ++j) {
+    CHECK(c_out[2 * j] == float(j));
+    CHECK(c_out[2 * j + 1] == -float(j));
+  }
+}
+
+TEST_CASE("MPI backend: test() completes a started collective, and scales an average once") {
+  auto world = strata::MpiComm::world();
+  const auto n = static_cast<std::int64_t>(world.size());
+  // Scaling twice would divide by n again: visible for every n > 1.
+  std::vector<std::int64_t> x(1000, (world.rank() + 1) * n * n);
+  strata::MpiRequest req =
+      world.start_all_reduce(std::span<std::int64_t>(x), strata::ReduceOp::average);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+  double sink = 0;
+  while (!req.test()) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    sink += compute(1000);
+  }
+  CHECK(req.done());
+  CHECK(req.test());
+  req.wait();
+  const std::int64_t expected = n * (n + 1) / 2 * n;
+  CHECK(x.front() == expected);
+  CHECK(x.back() == expected);
+  CHECK(sink >= 0);
+}
+
+TEST_CASE("MPI backend: a bad or mismatched start is a usage_error on every rank") {
+  auto world = strata::MpiComm::world();
+  const int r = world.rank();
+  const int n = world.size();
+  const std::string last = std::to_string(n - 1);
+  // Pending while the bad starts fail: the failed agreement leaves it alone.
+  std::vector<double> pending_buf{double(r)};
+  strata::MpiRequest pending =
+      world.start_all_reduce(std::span<double>(pending_buf), strata::ReduceOp::sum);
+
+  // One rank's own arguments are invalid: every rank names it.
+  std::vector<float> in(2 * static_cast<std::size_t>(n)), out(r == n - 1 ? 3 : 2);
+  try {
+    strata::MpiRequest bad = world.start_reduce_scatter(
+        std::span<const float>(in), std::span<float>(out), strata::ReduceOp::sum);
+    FAIL("no error");
+  } catch (const strata::usage_error& e) {
+    CHECK(e.operation() == "reduce_scatter");
+    CHECK(e.cause() == "rank " + last + ": input has " + std::to_string(2 * n) +
+                           " elements; it needs 3 x " + std::to_string(n));
+  }
+  std::vector<float> gathered(static_cast<std::size_t>(n) + (r == 0 ? 1 : 0));
+  CHECK_THROWS_AS(
+      (void)world.start_all_gather(std::span<const float>(in).first(1), std::span<float>(gathered)),
+      strata::usage_error);
+
+  if (n > 1) {
+    // Valid on each rank, but rank 1 passes more elements than the others.
+    std::vector<std::int64_t> y(r == 1 ? 5 : 4);
+    try {
+      strata::MpiRequest bad =
+          world.start_all_reduce(std::span<std::int64_t>(y), strata::ReduceOp::max);
+      FAIL("no error");
+    } catch (const strata::usage_error& e) {
+      CHECK(e.cause() == "rank 0 and rank 1 disagree: rank 0 passed 4 elements, rank 1 passed 5");
+    }
+    // Different operations.
+    const std::vector<std::int64_t> one{r};
+    std::vector<std::int64_t> z(static_cast<std::size_t>(n));
+    try {
+      strata::MpiRequest bad =
+          r == 0 ? world.start_all_gather(std::span<const std::int64_t>(one),
+                                          std::span<std::int64_t>(z))
+                 : world.start_all_reduce(std::span<std::int64_t>(z), strata::ReduceOp::sum);
+      FAIL("no error");
+    } catch (const strata::usage_error& e) {
+      CHECK(e.cause() ==
+            "rank 0 and rank 1 disagree: rank 0 called all_gather, rank 1 called all_reduce");
+    }
+  }
+  pending.wait();
+  CHECK(pending_buf[0] == double(n) * (n - 1) / 2);
+  // Still usable.
+  std::vector<std::int32_t> w{1};
+  world.start_all_reduce(std::span<std::int32_t>(w), strata::ReduceOp::sum).wait();
+  CHECK(w[0] == n);
+}
+
+TEST_CASE("MPI backend: a started collective that is destroyed or replaced is completed") {
+  auto world = strata::MpiComm::world();
+  const auto n = static_cast<std::int64_t>(world.size());
+  const std::int64_t expected = n * (n + 1) / 2 * n;
+  std::vector<std::int64_t> x{(world.rank() + 1) * n * n};
+  {
+    strata::MpiRequest req =
+        world.start_all_reduce(std::span<std::int64_t>(x), strata::ReduceOp::average);
+  }
+  CHECK(x[0] == expected);  // averaged once, by the destructor
+
+  // Moved: the new owner completes it, the old one is empty.
+  std::vector<double> in{double(world.rank())}, out(static_cast<std::size_t>(n));
+  strata::MpiRequest a =
+      world.start_all_gather(std::span<const double>(in), std::span<double>(out));
+  strata::MpiRequest b = std::move(a);
+  CHECK(a.done());  // NOLINT(bugprone-use-after-move): a moved-from request is empty
+  CHECK(a.test());
+  CHECK(!b.done());
+  b.wait();
+  CHECK(out.back() == double(n - 1));
+
+  // Assigned over: the pending request is completed first.
+  std::vector<std::int64_t> first{1}, second{2};
+  strata::MpiRequest c =
+      world.start_all_reduce(std::span<std::int64_t>(first), strata::ReduceOp::sum);
+  c = world.start_all_reduce(std::span<std::int64_t>(second), strata::ReduceOp::sum);
+  CHECK(first[0] == n);
+  c.wait();
+  CHECK(second[0] == 2 * n);
+}
+
+TEST_CASE("MPI backend: a started collective that a peer does not join times out in wait()") {
+  auto world = strata::MpiComm::world();
+  if (world.size() < 2) return;
+  // Without the agreement, rank 0 posts at once; the peers post late, with time to spare.
+  strata::MpiOptions options;
+  options.verify_arguments = false;
+  options.timeout = world.rank() == 0 ? std::chrono::milliseconds(300) : std::chrono::minutes(1);
+  strata::MpiComm comm(world.native(), options);
+  // Static: MPI still owns rank 0's abandoned request and may write into it at any time.
+  static double buffer[4];
+  std::fill(std::begin(buffer), std::end(buffer), 1.0);
+  if (comm.rank() == 0) {
+    strata::MpiRequest req =
+        comm.start_all_reduce(std::span<double>(buffer), strata::ReduceOp::sum);
+    try {
+      req.wait();
+      FAIL("no timeout");
+    } catch (const strata::timeout_error& e) {
+      CHECK(std::string(e.what()).find("strata: all_reduce on rank 0: timed out after 300 ms") ==
+            0);
+    }
+    CHECK(!req.done());
+    try {
+      req.test();
+      FAIL("no error");
+    } catch (const strata::error& e) {
+      CHECK(std::string(e.what()).find("unusable since a all_reduce timed out") !=
+            std::string::npos);
+    }
+    CHECK_THROWS_AS((void)comm.start_all_gather(std::span<const double>(buffer).first(0),
+                                                std::span<double>(buffer).first(0)),
+                    strata::error);
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    comm.start_all_reduce(std::span<double>(buffer), strata::ReduceOp::sum).wait();
+  }
+  world.barrier();
 }
 
 // Every backend takes its default deadline from the one constant of the front end.

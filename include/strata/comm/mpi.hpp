@@ -21,6 +21,10 @@
 //! words per rank (88·(n-1) bytes received per rank, log2 n steps), and the uneven all-to-all by
 //! an all-to-all of one count per peer and an all-gather of 3 words per rank.
 //!
+//! `start_all_reduce`, `start_reduce_scatter` and `start_all_gather` check and agree as the
+//! blocking forms do, post the same non-blocking call and return an `MpiRequest` instead of
+//! polling it, so that the caller computes while the data moves (`async_communicator_for`).
+//!
 //! Errors (docs/errors.md): the communicator's error handler returns codes, and every failure
 //! becomes a `strata::mpi_error` naming the operation, the rank, the MPI call and MPI's own error
 //! string. Invalid or mismatched arguments are found before anything is sent (see
@@ -54,6 +58,7 @@
 #include <utility>
 #include <vector>
 
+#include "strata/comm/async.hpp"
 #include "strata/comm/communicator.hpp"
 #include "strata/comm/detail/call.hpp"
 #include "strata/comm/detail/deadline.hpp"
@@ -126,6 +131,15 @@ inline MPI_Op reduction(ReduceOp op) noexcept {
   return MPI_SUM;
 }
 
+// ReduceOp::average: MPI sums, and the sum is scaled here once it has arrived. Type-erased, so
+// that a request of any element type can apply it when it completes.
+template <comm_value T>
+void scale_average(void* out, std::size_t count, int group) noexcept {
+  const AverageOf<T> average(group);
+  T* values = static_cast<T*>(out);
+  for (std::size_t i = 0; i < count; ++i) values[i] = average(values[i]);
+}
+
 }  // namespace detail::mpi
 
 //! Initialises MPI for programs that want strata to own it, and finalises it on destruction.
@@ -167,13 +181,107 @@ class MpiEnvironment {
   bool owns_ = false;
 };
 
+class MpiComm;
+
+//! A collective that `MpiComm::start_all_reduce`, `start_reduce_scatter` or `start_all_gather`
+//! started; models `collective_request`. Movable, not copyable.
+//!
+//! - `test()` calls `MPI_Test` once and says whether the collective completed; `wait()` polls it
+//!   like a blocking collective, under the communicator's deadline. Either applies
+//!   `ReduceOp::average`'s scaling once, when the sum has arrived, and then the buffers are the
+//!   caller's again. A timeout marks the communicator unusable and throws `strata::timeout_error`
+//!   (or aborts the job with `MpiOptions::abort_on_timeout`), as a blocking collective does; the
+//!   request cannot be completed after that, and `test()` and `wait()` say so.
+//! - MPI progresses the collective only inside MPI calls: a caller that computes meanwhile calls
+//!   `test()` now and then.
+//! - A request still pending when it is destroyed (or assigned to) is waited for under the
+//!   deadline, without throwing; if that fails, the communicator is marked unusable.
+//! - Several requests may be pending on one communicator and may be completed in any order, and
+//!   blocking collectives may run meanwhile. The communicator must outlive its requests and must
+//!   not be moved while one is pending. A default-constructed or moved-from request is empty:
+//!   done, with nothing to wait for.
+//!
+//! \code
+//! static_assert(strata::collective_request<strata::MpiRequest>);
+//! static_assert(!std::is_copy_constructible_v<strata::MpiRequest>);
+//! strata::MpiRequest empty;
+//! assert(empty.done() && empty.test());
+//! \endcode
+class MpiRequest {
+ public:
+  MpiRequest() = default;
+  MpiRequest(MpiRequest&& other) noexcept
+      : comm_(std::exchange(other.comm_, nullptr)),
+        req_(std::exchange(other.req_, MPI_REQUEST_NULL)),
+        op_(other.op_),
+        finish_(std::exchange(other.finish_, nullptr)),
+        out_(std::exchange(other.out_, nullptr)),
+        count_(std::exchange(other.count_, 0)),
+        state_(std::exchange(other.state_, State::complete)) {}
+  MpiRequest& operator=(MpiRequest&& other) noexcept {
+    if (this != &other) {
+      settle();
+      comm_ = std::exchange(other.comm_, nullptr);
+      req_ = std::exchange(other.req_, MPI_REQUEST_NULL);
+      op_ = other.op_;
+      finish_ = std::exchange(other.finish_, nullptr);
+      out_ = std::exchange(other.out_, nullptr);
+      count_ = std::exchange(other.count_, 0);
+      state_ = std::exchange(other.state_, State::complete);
+    }
+    return *this;
+  }
+  MpiRequest(const MpiRequest&) = delete;
+  MpiRequest& operator=(const MpiRequest&) = delete;
+  ~MpiRequest() { settle(); }
+
+  //! Progresses the collective; true once it has completed.
+  bool test();
+  //! Returns once the collective has completed; throws on a deadline or an MPI failure.
+  void wait();
+  //! Whether the collective has completed (true for an empty request).
+  [[nodiscard]] bool done() const noexcept { return state_ == State::complete; }
+
+ private:
+  friend class MpiComm;
+  // abandoned: a wait failed; MPI still holds the request, which can no longer be completed.
+  enum class State : std::uint8_t { complete, pending, abandoned };
+  using Finish = void (*)(void* out, std::size_t count, int group) noexcept;
+
+  MpiRequest(MpiComm& comm, std::string_view op, MPI_Request req, Finish finish, void* out,
+             std::size_t count) noexcept
+      : comm_(&comm),
+        req_(req),
+        op_(op),
+        finish_(finish),
+        out_(out),
+        count_(count),
+        state_(State::pending) {}
+
+  void complete() noexcept;
+  void abandon();
+  [[noreturn]] void refuse() const;
+  void settle() noexcept;
+
+  MpiComm* comm_ = nullptr;
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  std::string_view op_;  // a collective_name: static storage
+  Finish finish_ = nullptr;
+  void* out_ = nullptr;
+  std::size_t count_ = 0;
+  State state_ = State::complete;
+};
+
 //! One rank's handle on an MPI communicator; models `strata::communicator`. It works on its own
 //! duplicate of the communicator it is given (so its error handler and its traffic never touch
 //! the caller's), owns that duplicate, and frees it on destruction. Movable, not copyable. The
 //! collectives, their checks and messages are those of every backend (`detail::CollectiveFacade`).
+//! It also starts all-reduce, reduce-scatter and all-gather without waiting for them
+//! (`async_communicator_for`, `MpiRequest`).
 //!
 //! \code
 //! static_assert(strata::communicator<strata::MpiComm>);
+//! static_assert(strata::async_communicator_for<strata::MpiComm, double>);
 //! static_assert(!std::is_copy_constructible_v<strata::MpiComm>);
 //! \endcode
 class MpiComm : public detail::CollectiveFacade<MpiComm> {
@@ -236,8 +344,51 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     std::abort();  // MPI_Abort does not return; this keeps the promise if an MPI does
   }
 
+  // --- started collectives -----------------------------------------------------------------------
+  // Each checks its arguments and agrees with the other members exactly as the blocking form
+  // does (the agreement itself waits, under the deadline), so a bad or mismatched start throws
+  // the same usage_error on every member and starts nothing; then it posts the collective and
+  // returns without waiting for it.
+
+  //! Starts the in-place all-reduce of `buf`: the returned request completes it. `buf` belongs
+  //! to the request until it has completed.
+  //!
+  //! \code
+  //! // Overlaps the reduction with work that does not touch the buffer: compiled here, run
+  //! // under mpirun in the MPI suites.
+  //! auto step = [](strata::MpiComm& comm, std::span<double> grads, bool (*compute)()) {
+  //!   strata::MpiRequest r = comm.start_all_reduce(grads, strata::ReduceOp::average);
+  //!   while (compute()) r.test();  // MPI progresses the reduction inside test()
+  //!   r.wait();
+  //! };
+  //! (void)step;
+  //! \endcode
+  template <comm_value T>
+  [[nodiscard]] MpiRequest start_all_reduce(std::span<T> buf, ReduceOp op) {
+    Call c = detail::make_call<T>(Collective::all_reduce, buf.size(), buf.size(), op);
+    return start(c, static_cast<const T*>(buf.data()), buf.data());
+  }
+
+  //! Starts `reduce_scatter(in, out, op)`; `in.size() == out.size() * size()`.
+  template <comm_value T>
+  [[nodiscard]] MpiRequest start_reduce_scatter(std::span<const T> in, std::span<T> out,
+                                                ReduceOp op) {
+    Call c = detail::make_call<T>(Collective::reduce_scatter, in.size(), out.size(), op);
+    c.problem = detail::check_scatter(in.size(), out.size(), static_cast<std::size_t>(size_));
+    return start(c, in.data(), out.data());
+  }
+
+  //! Starts `all_gather(in, out)`; `out.size() == in.size() * size()`.
+  template <comm_value T>
+  [[nodiscard]] MpiRequest start_all_gather(std::span<const T> in, std::span<T> out) {
+    Call c = detail::make_call<T>(Collective::all_gather, in.size(), out.size());
+    c.problem = detail::check_gather(in.size(), out.size(), static_cast<std::size_t>(size_));
+    return start(c, in.data(), out.data());
+  }
+
  private:
   friend class detail::CollectiveFacade<MpiComm>;
+  friend class MpiRequest;
   using Call = detail::Call;
   using Collective = detail::Collective;
 
@@ -303,8 +454,22 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     wait(op, req);
   }
 
+  // What the facade's dispatch does before the transport (ensure_usable, check_limits, agree),
+  // then the transport's own post; the request does the rest of the transport.
   template <comm_value T>
-  void transport(const Call& c, const T* in, T* out) {
+  MpiRequest start(Call& c, const T* in, T* out) {
+    const std::string_view op = detail::collective_name(c.op);
+    ensure_usable(op);
+    if (!c.problem) check_limits(c);
+    agree(c);
+    const MPI_Request req = post(c, in, out);
+    if (!averages(c)) return MpiRequest(*this, op, req, nullptr, nullptr, 0);
+    return MpiRequest(*this, op, req, &detail::mpi::scale_average<T>, out, reduced(c));
+  }
+
+  // The collectives whose non-blocking call needs nothing to outlive it but the buffers.
+  template <comm_value T>
+  MPI_Request post(const Call& c, const T* in, T* out) {
     const std::string_view op = detail::collective_name(c.op);
     const MPI_Datatype type = detail::mpi::datatype<T>();
     const int count = static_cast<int>(c.in);
@@ -331,31 +496,54 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
         check(op, "MPI_Ialltoall", MPI_Ialltoall(in, block, type, out, block, type, comm_, &req));
         break;
       }
-      case Collective::all_to_all_v: {
-        // Every count and offset is at most a buffer's size, which check_limits bounded.
-        const auto n = static_cast<std::size_t>(size_);
-        std::vector<int> sc(n), sd(n), rc(n), rd(n);
-        for (std::size_t j = 0; j < n; ++j) {
-          sc[j] = static_cast<int>(c.send_counts[j]);
-          sd[j] = static_cast<int>(c.layout.send_offsets[j]);
-          rc[j] = static_cast<int>(c.recv_counts[j]);
-          rd[j] = static_cast<int>(c.layout.recv_offsets[j]);
-        }
-        check(op, "MPI_Ialltoallv",
-              MPI_Ialltoallv(in, sc.data(), sd.data(), type, out, rc.data(), rd.data(), type, comm_,
-                             &req));
-        wait(op, req);  // the count arrays must outlive the request
-        return;
-      }
+      case Collective::all_to_all_v:
       case Collective::barrier:
-      case Collective::split: return;
+      case Collective::split: break;
     }
+    return req;
+  }
+
+  // Whether the result is an average, scaled once the sum has arrived, and how many elements of
+  // the output hold it.
+  static bool averages(const Call& c) noexcept {
+    return (c.op == Collective::all_reduce || c.op == Collective::reduce_scatter) &&
+           c.reduce == ReduceOp::average;
+  }
+  static std::size_t reduced(const Call& c) noexcept {
+    return c.op == Collective::reduce_scatter ? c.out : c.in;
+  }
+
+  template <comm_value T>
+  void transport(const Call& c, const T* in, T* out) {
+    const std::string_view op = detail::collective_name(c.op);
+    if (c.op == Collective::barrier || c.op == Collective::split) return;
+    if (c.op == Collective::all_to_all_v) {
+      transport_uneven(c, in, out);
+      return;
+    }
+    MPI_Request req = post(c, in, out);
     wait(op, req);
-    if (c.op != Collective::broadcast && c.reduce == ReduceOp::average) {
-      const detail::AverageOf<T> average(size_);
-      const std::size_t n = c.op == Collective::reduce_scatter ? c.out : c.in;
-      for (std::size_t i = 0; i < n; ++i) out[i] = average(out[i]);
+    if (averages(c)) detail::mpi::scale_average<T>(out, reduced(c), size_);
+  }
+
+  template <comm_value T>
+  void transport_uneven(const Call& c, const T* in, T* out) {
+    const std::string_view op = detail::collective_name(c.op);
+    const MPI_Datatype type = detail::mpi::datatype<T>();
+    // Every count and offset is at most a buffer's size, which check_limits bounded.
+    const auto n = static_cast<std::size_t>(size_);
+    std::vector<int> sc(n), sd(n), rc(n), rd(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      sc[j] = static_cast<int>(c.send_counts[j]);
+      sd[j] = static_cast<int>(c.layout.send_offsets[j]);
+      rc[j] = static_cast<int>(c.recv_counts[j]);
+      rd[j] = static_cast<int>(c.layout.recv_offsets[j]);
     }
+    MPI_Request req = MPI_REQUEST_NULL;
+    check(op, "MPI_Ialltoallv",
+          MPI_Ialltoallv(in, sc.data(), sd.data(), type, out, rc.data(), rd.data(), type, comm_,
+                         &req));
+    wait(op, req);  // the count arrays must outlive the request
   }
 
   // With verify_arguments the agreement was itself a barrier: an all-gather completes on a
@@ -439,6 +627,64 @@ struct communicator_traits<MpiComm> {
   using stream_type = void;
 };
 
+// --- MpiRequest, which needs the whole MpiComm ---------------------------------------------------
+
+inline bool MpiRequest::test() {
+  if (state_ == State::complete) return true;
+  if (state_ == State::abandoned) refuse();
+  int flag = 0;
+  try {
+    comm_->check(op_, "MPI_Test", MPI_Test(&req_, &flag, MPI_STATUS_IGNORE));
+  } catch (...) {
+    abandon();
+    throw;
+  }
+  if (flag == 0) return false;
+  complete();
+  return true;
+}
+
+inline void MpiRequest::wait() {
+  if (state_ == State::complete) return;
+  if (state_ == State::abandoned) refuse();
+  try {
+    comm_->wait(op_, req_);
+  } catch (...) {
+    abandon();
+    throw;
+  }
+  complete();
+}
+
+inline void MpiRequest::complete() noexcept {
+  state_ = State::complete;
+  if (finish_ != nullptr) finish_(out_, count_, comm_->size_);
+}
+
+// MPI may still write into the buffers of a request that failed, so, as after a timeout, nothing
+// more may be posted on the communicator.
+inline void MpiRequest::abandon() {
+  state_ = State::abandoned;
+  if (comm_->broken_.empty()) comm_->broken_ = "a started " + std::string(op_) + " failed";
+}
+
+inline void MpiRequest::refuse() const {
+  throw error(
+      op_, comm_->rank_,
+      "the request can no longer complete: the communicator is unusable since " + comm_->broken_);
+}
+
+inline void MpiRequest::settle() noexcept {
+  if (state_ != State::pending) return;
+  try {
+    wait();
+  } catch (...) {  // wait() marked the communicator unusable
+  }
+}
+
 static_assert(communicator<MpiComm>);
+static_assert(async_communicator_for<MpiComm, float> && async_communicator_for<MpiComm, double> &&
+              async_communicator_for<MpiComm, std::int32_t> &&
+              async_communicator_for<MpiComm, std::int64_t>);
 
 }  // namespace strata

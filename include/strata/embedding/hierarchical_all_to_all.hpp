@@ -12,30 +12,9 @@
 
 #include "strata/comm/communicator.hpp"
 #include "strata/comm/level_comms.hpp"
+#include "strata/comm/link_traffic.hpp"
 
 namespace strata {
-
-//! Elements (not bytes) one rank sent over each kind of link in the last exchange, and in how
-//! many messages; a rank's sends to itself count nowhere.
-//!
-//! \code
-//! strata::LinkTraffic t{.intra = 10, .inter = 30, .intra_messages = 1, .inter_messages = 1};
-//! assert(t.intra + t.inter == 40);
-//! \endcode
-struct LinkTraffic {
-  std::size_t intra = 0;
-  std::size_t inter = 0;
-  std::size_t intra_messages = 0;
-  std::size_t inter_messages = 0;
-
-  LinkTraffic& operator+=(const LinkTraffic& o) noexcept {
-    intra += o.intra;
-    inter += o.inter;
-    intra_messages += o.intra_messages;
-    inter_messages += o.inter_messages;
-    return *this;
-  }
-};
 
 //! What the flat uneven all-to-all sends over each kind of link: rank `rank` sends
 //! `send_counts[p]` elements to each peer p, on nodes of `ranks_per_node`.
