@@ -6,7 +6,9 @@
 #include <strata/comm/local.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <type_traits>
@@ -91,4 +93,48 @@ TEST_CASE("averagers: PeriodicAverager is plain local SGD over the whole world")
     }
     CHECK(w[0] == 1.0);
   });
+}
+
+TEST_CASE("averagers: levels over several nodes average hierarchically, as the flat average") {
+  // 2:2,4:8,8:16 on nodes of 4: level 0 lies inside a node (flat), levels 1 and 2 span nodes.
+  for (const std::size_t node : {std::size_t{2}, std::size_t{4}}) {
+    strata::LocalWorld(16).run([&](strata::LocalComm& world) {
+      const auto h = strata::RuntimeHierarchy::parse("1:2,2:8,4:16");
+      strata::RuntimeHierarchicalAverager<strata::LocalComm> flat(world, h);
+      strata::RuntimeHierarchicalAverager<strata::LocalComm> hier(
+          world, h, 0, strata::AveragerOptions{.ranks_per_node = node});
+      CHECK(!hier.hierarchical(0));
+      CHECK(hier.hierarchical(1));
+      CHECK(hier.hierarchical(2));
+      const int r = world.rank();
+      std::vector<double> a(37), b(37);
+      std::vector<float> fa(5), fb(5);
+      std::vector<std::int64_t> ia(3), ib(3);
+      for (int step = 0; step < 5; ++step) {
+        for (std::size_t i = 0; i < a.size(); ++i)
+          a[i] = b[i] = std::sin(0.3 * (r + 1) * (i + 1) + step);
+        for (std::size_t i = 0; i < fa.size(); ++i) fa[i] = fb[i] = static_cast<float>(r * 3 + i);
+        for (std::size_t i = 0; i < ia.size(); ++i)
+          ia[i] = ib[i] = r * 7 + static_cast<std::int64_t>(i);
+        std::vector<std::span<double>> ta{a}, tb{b};
+        const auto la = flat.average(ta);
+        const auto lb = hier.average(tb);
+        CHECK(la == lb);
+        for (std::size_t i = 0; i < a.size(); ++i)
+          CHECK(b[i] == doctest::Approx(a[i]).epsilon(1e-13));
+        flat.average(std::span<float>(fa));
+        hier.average(std::span<float>(fb));
+        for (std::size_t i = 0; i < fa.size(); ++i)
+          CHECK(fb[i] == doctest::Approx(fa[i]).epsilon(1e-6));
+        flat.average(std::span<std::int64_t>(ia));
+        hier.average(std::span<std::int64_t>(ib));
+        CHECK(ia == ib);  // one truncating division of the same sum
+      }
+      // Every member of the world holds the same values after the last (world-level) step.
+      std::vector<double> lo = b, hi = b;
+      world.all_reduce(std::span<double>(lo), strata::ReduceOp::min);
+      world.all_reduce(std::span<double>(hi), strata::ReduceOp::max);
+      CHECK(lo == hi);
+    });
+  }
 }

@@ -17,9 +17,11 @@
 
 #include "strata/averaging/clock.hpp"
 #include "strata/comm/communicator.hpp"
+#include "strata/comm/hierarchical_all_reduce.hpp"
 #include "strata/comm/level_comms.hpp"
 #include "strata/hierarchy/hierarchy.hpp"
 #include "strata/hierarchy/runtime_hierarchy.hpp"
+#include "strata/hierarchy/topology.hpp"
 #include "strata/kernels/arena.hpp"
 #include "strata/kernels/fused.hpp"
 #include "strata/schedule/phase.hpp"
@@ -102,6 +104,23 @@ using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std
 
 }  // namespace detail
 
+//! Settings of the averagers.
+//!
+//! \code
+//! strata::AveragerOptions o{.ranks_per_node = 8};  // levels over several nodes: hierarchical
+//! assert(o.ranks_per_node == 8);
+//! \endcode
+struct AveragerOptions {
+  //! 0 (the default): every level averages with one all-reduce over its group. G > 0: ranks sit
+  //! on nodes of G consecutive ranks, and a level whose groups span several whole nodes averages
+  //! with `HierarchicalAllReduce` over its group (reduce-scatter inside each node, all-reduce of
+  //! each 1/G shard across the nodes, all-gather inside each node): each rank sends 1/G of the
+  //! cross-node bytes over its own link, in messages G times smaller. Levels inside one node
+  //! are unchanged. The result equals the flat average up to rounding (bitwise identical on
+  //! every member).
+  std::size_t ranks_per_node = 0;
+};
+
 //! An averager over any schedule (`Schedule<H, P>` or `RuntimeSchedule<P>`) and any
 //! communicator. Construction is collective: it builds one communicator per level, once, and
 //! checks the hierarchy against the world size (`std::invalid_argument`). Each `average` call is
@@ -123,8 +142,19 @@ class BasicAverager : public AveragerClock<S> {
   using schedule_type = S;
   using comm_type = Comm;
 
-  BasicAverager(Comm& world, S schedule)
-      : AveragerClock<S>(std::move(schedule)), comms_(world, schedule_.levels()) {}
+  BasicAverager(Comm& world, S schedule, AveragerOptions options = {})
+      : AveragerClock<S>(std::move(schedule)), comms_(world, schedule_.levels()) {
+    const std::size_t g = options.ranks_per_node;
+    const auto levels = schedule_.levels();
+    hierarchical_.resize(levels.size());
+    if (g == 0) return;
+    for (std::size_t i = 0; i < levels.size(); ++i) {
+      const std::size_t size = levels[i].group_size;
+      if (size > g && size % g == 0) {
+        hierarchical_[i].emplace(comms_.level(i), NodeTopology(size, g));
+      }
+    }
+  }
 
   //! Averages many tensors with one collective: packs them into a flat buffer, all-reduces it,
   //! and unpacks with the 1/g scaling fused into the unpack. Returns the level that ran.
@@ -132,7 +162,12 @@ class BasicAverager : public AveragerClock<S> {
   std::optional<std::size_t> average(std::span<const std::span<T>> tensors) {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
     if (level) {
-      detail::fused_average(comms_.level(*level), std::get<detail::PackCache<T>>(caches_), tensors);
+      auto& cache = std::get<detail::PackCache<T>>(caches_);
+      if (auto& h = hierarchical_[*level]) {
+        detail::fused_average(*h, cache, tensors);
+      } else {
+        detail::fused_average(comms_.level(*level), cache, tensors);
+      }
     }
     ++step_;
     return level;
@@ -149,7 +184,9 @@ class BasicAverager : public AveragerClock<S> {
   template <comm_value T>
   std::optional<std::size_t> average(std::span<T> flat) {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
-    if (level) {
+    if (level && hierarchical_[*level]) {
+      hierarchical_[*level]->all_reduce(flat, ReduceOp::average);  // works on its own copy
+    } else if (level) {
       Comm& comm = comms_.level(*level);
       if constexpr (all_or_nothing_v<Comm>) {
         comm.all_reduce(flat, ReduceOp::average);
@@ -171,9 +208,14 @@ class BasicAverager : public AveragerClock<S> {
   }
 
   [[nodiscard]] Comm& level_comm(std::size_t level) { return comms_.level(level); }
+  //! Whether `level` averages with `HierarchicalAllReduce` (see `AveragerOptions`).
+  [[nodiscard]] bool hierarchical(std::size_t level) const {
+    return hierarchical_.at(level).has_value();
+  }
 
  private:
   LevelComms<Comm> comms_;
+  std::vector<std::optional<HierarchicalAllReduce<Comm>>> hierarchical_;
   detail::PackCaches caches_;
 };
 
@@ -196,8 +238,8 @@ class BasicAverager : public AveragerClock<S> {
 template <hierarchy_type H, communicator Comm, phase_policy P = AbsolutePhase>
 class HierarchicalAverager : public BasicAverager<Schedule<H, P>, Comm> {
  public:
-  explicit HierarchicalAverager(Comm& world, std::size_t warmup = 0)
-      : BasicAverager<Schedule<H, P>, Comm>(world, Schedule<H, P>(warmup)) {}
+  explicit HierarchicalAverager(Comm& world, std::size_t warmup = 0, AveragerOptions options = {})
+      : BasicAverager<Schedule<H, P>, Comm>(world, Schedule<H, P>(warmup), options) {}
 };
 
 //! Hierarchical SGD with a hierarchy read at run time.
@@ -215,9 +257,10 @@ class HierarchicalAverager : public BasicAverager<Schedule<H, P>, Comm> {
 template <communicator Comm, phase_policy P = AbsolutePhase>
 class RuntimeHierarchicalAverager : public BasicAverager<RuntimeSchedule<P>, Comm> {
  public:
-  RuntimeHierarchicalAverager(Comm& world, RuntimeHierarchy hierarchy, std::size_t warmup = 0)
-      : BasicAverager<RuntimeSchedule<P>, Comm>(world,
-                                                RuntimeSchedule<P>(std::move(hierarchy), warmup)) {}
+  RuntimeHierarchicalAverager(Comm& world, RuntimeHierarchy hierarchy, std::size_t warmup = 0,
+                              AveragerOptions options = {})
+      : BasicAverager<RuntimeSchedule<P>, Comm>(
+            world, RuntimeSchedule<P>(std::move(hierarchy), warmup), options) {}
 };
 
 //! Plain local SGD: the whole world averages every `period` steps, counted from the end of
@@ -236,12 +279,14 @@ class RuntimeHierarchicalAverager : public BasicAverager<RuntimeSchedule<P>, Com
 template <communicator Comm>
 class PeriodicAverager : public BasicAverager<RuntimeSchedule<WarmupRelativePhase>, Comm> {
  public:
-  PeriodicAverager(Comm& world, std::size_t period, std::size_t warmup = 0)
+  PeriodicAverager(Comm& world, std::size_t period, std::size_t warmup = 0,
+                   AveragerOptions options = {})
       : BasicAverager<RuntimeSchedule<WarmupRelativePhase>, Comm>(
             world,
             RuntimeSchedule<WarmupRelativePhase>(
                 RuntimeHierarchy({LevelSpec{period, static_cast<std::size_t>(world.size())}}),
-                warmup)) {}
+                warmup),
+            options) {}
 };
 
 }  // namespace strata

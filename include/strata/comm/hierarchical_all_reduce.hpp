@@ -120,6 +120,8 @@ class HierarchicalAllReduce {
   HierarchicalAllReduce& operator=(HierarchicalAllReduce&&) noexcept = default;
 
   [[nodiscard]] const NodeTopology& topology() const noexcept { return topology_; }
+  //! The world's size (for code written against a communicator's `size()`).
+  [[nodiscard]] int size() const noexcept { return static_cast<int>(topology_.world_size()); }
   //! This rank's node.
   [[nodiscard]] Comm& node() noexcept { return node_; }
   //! The ranks with this rank's local index, one per node, ordered by node.

@@ -15,6 +15,7 @@ namespace strata::optim {
 //! with PyTorch's order of operations. State: m and v (two values per parameter).
 //!
 //! \code
+//! #include <cmath>
 //! std::vector<double> p{1.0}, g{0.5}, np{1.0}, st{0.0, 0.0}, nst{0.0, 0.0};
 //! strata::optim::Adam adam{.lr = 0.1};
 //! adam.compute(strata::optim::ShardContext<double>{.params = p, .grads = g, .new_params = np,

@@ -169,6 +169,7 @@ ShardedState<T> read_state(std::istream& in) {
 //! ranks that see it, with the tensors and state unchanged there.
 //!
 //! \code
+//! #include <cmath>
 //! #include <strata/comm/local.hpp>
 //! #include <strata/optim/adam.hpp>
 //! strata::LocalWorld(4).run([](strata::LocalComm& world) {
