@@ -60,16 +60,8 @@ struct ShardContext {
 //! (`norm_slots == 0`) does all its work in `compute`, and `apply` gets an empty span.
 //!
 //! \code
-//! struct SignSgd {  // a user's update: p -= lr * sign(g)
-//!   static constexpr std::size_t state_size = 0, norm_slots = 0;
-//!   double lr = 0.1;
-//!   void compute(const strata::optim::ShardContext<double>& c, std::span<double>) const {
-//!     for (std::size_t i = 0; i < c.grads.size(); ++i)
-//!       c.new_params[i] -= lr * ((c.grads[i] > 0) - (c.grads[i] < 0));
-//!   }
-//!   void apply(const strata::optim::ShardContext<double>&, std::span<const double>) const {}
-//! };
-//! static_assert(strata::optim::shard_update<SignSgd, double>);
+//! #include <strata/optim/sgd.hpp>
+//! static_assert(strata::optim::shard_update<strata::optim::Sgd, double>);  // see docs/optimizers.md for a user's own
 //! static_assert(!strata::optim::shard_update<int, double>);
 //! \endcode
 template <class U, class T>
