@@ -144,10 +144,17 @@ ShardedState<T> read_state(std::istream& in) {
                     .layout = w[3],
                     .shard = w[4],
                     .steps = w[5],
-                    .values = std::vector<T>(w[7])};
-  in.read(reinterpret_cast<char*>(s.values.data()),
-          static_cast<std::streamsize>(s.values.size() * sizeof(T)));
-  if (!in) throw std::invalid_argument("read_state: truncated state");
+                    .values = {}};
+  constexpr std::uint64_t chunk = std::uint64_t{1} << 16;
+  for (std::uint64_t left = w[7]; left > 0;) {
+    const std::uint64_t n = std::min(left, chunk);
+    const std::size_t at = s.values.size();
+    s.values.resize(at + n);
+    in.read(reinterpret_cast<char*>(s.values.data() + at),
+            static_cast<std::streamsize>(n * sizeof(T)));
+    if (!in) throw std::invalid_argument("read_state: truncated state");
+    left -= n;
+  }
   return s;
 }
 
@@ -387,7 +394,7 @@ class ShardedOptimizer {
            (kind == fault_update ? " failed in its shard update" : " passed bad input");
   }
 
-  ShardLayout make_layout() const {
+  ShardLayout make_layout() {
     const auto w = static_cast<std::size_t>(world_->size());
     const auto r = static_cast<std::size_t>(world_->rank());
     std::size_t shards = 1, shard = 0;
@@ -413,8 +420,17 @@ class ShardedOptimizer {
       for (std::size_t i = sizes.size(); i-- > 0;) order.push_back(i);
     }
     const std::size_t align = std::max<std::size_t>(1, options_.alignment_bytes / sizeof(T));
-    return ShardLayout(sizes, std::move(order), shards, shard, align,
-                       options_.bucket_bytes / sizeof(T));
+    try {
+      return ShardLayout(sizes, std::move(order), shards, shard, align,
+                         options_.bucket_bytes == 0
+                             ? 0
+                             : std::max<std::size_t>(1, options_.bucket_bytes / sizeof(T)));
+    } catch (const std::invalid_argument& e) {
+      // Refused in agree_on_setup, on every rank: this rank must still join the agreement.
+      setup_problem_ = e.what();
+      const std::size_t one = 1;
+      return ShardLayout(std::span<const std::size_t>(&one, 1), 1, 0, 1, 0);
+    }
   }
 
   // Every rank must describe the same tensors and settings, or the collectives of every later
@@ -422,7 +438,7 @@ class ShardedOptimizer {
   // first rank that differs from rank 0, identically.
   void agree_on_setup() {
     const auto w = static_cast<std::size_t>(world_->size());
-    constexpr std::size_t words = 7;
+    constexpr std::size_t words = 8;
     const std::int64_t mine[words] = {
         static_cast<std::int64_t>(params_.size()),
         static_cast<std::int64_t>(layout_.parameter_elements()),
@@ -431,26 +447,35 @@ class ShardedOptimizer {
         static_cast<std::int64_t>(options_.ranks_per_node),
         options_.clip_norm ? static_cast<std::int64_t>(std::llround(*options_.clip_norm * 1e6))
                            : -1,
-        static_cast<std::int64_t>(options_.track_grad_norm)};
+        static_cast<std::int64_t>(options_.track_grad_norm),
+        static_cast<std::int64_t>(!setup_problem_.empty())};
     std::vector<std::int64_t> all(words * w);
     world_->all_gather(std::span<const std::int64_t>(mine), std::span<std::int64_t>(all));
+    for (std::size_t r = 0; r < w; ++r) {
+      if (all[r * words + 7] == 0) continue;
+      throw usage_error("ShardedOptimizer", world_->rank(),
+                        "rank " + std::to_string(r) +
+                            (r == static_cast<std::size_t>(world_->rank())
+                                 ? ": " + setup_problem_
+                                 : " passes an invalid tensor list or ready order"));
+    }
     for (std::size_t r = 1; r < w; ++r) {
       const std::int64_t* a = all.data();
       const std::int64_t* b = all.data() + r * words;
       std::string why;
-      if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) {
+      if (a[3] != b[3] || a[4] != b[4]) {
+        why = "rank " + std::to_string(r) + " asks for the " +
+              std::string(to_string(static_cast<ShardSchedule>(b[3]))) + " schedule with " +
+              std::to_string(b[4]) + " ranks per node, rank 0 for " +
+              std::string(to_string(static_cast<ShardSchedule>(a[3]))) + " with " +
+              std::to_string(a[4]);
+      } else if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) {
         why =
             "rank " + std::to_string(r) + " passes " + std::to_string(b[0]) + " tensors of " +
             std::to_string(b[1]) + " elements, rank 0 " + std::to_string(a[0]) + " of " +
             std::to_string(a[1]) +
             (a[0] == b[0] && a[1] == b[1] ? " (sizes, ready order, bucket size or alignment differ)"
                                           : "");
-      } else if (a[3] != b[3] || a[4] != b[4]) {
-        why = "rank " + std::to_string(r) + " asks for the " +
-              std::string(to_string(static_cast<ShardSchedule>(b[3]))) + " schedule with " +
-              std::to_string(b[4]) + " ranks per node, rank 0 for " +
-              std::string(to_string(static_cast<ShardSchedule>(a[3]))) + " with " +
-              std::to_string(a[4]);
       } else if (a[5] != b[5] || a[6] != b[6]) {
         why = "rank " + std::to_string(r) + " clips or tracks the gradient norm differently";
       }
@@ -529,6 +554,12 @@ class ShardedOptimizer {
       Pending p{.bucket = b};
       p.request.emplace(start_stage(b, 0));
       pending_.push_back(std::move(p));
+      // A hierarchical bucket's step across nodes starts when the next bucket's node step has
+      // started (or in wait_all, for the last): a fixed place in the sequence of starts, the
+      // same on every rank. Starting it whenever its node step happens to complete would order
+      // the starts on the node and across communicators differently on different ranks, and a
+      // start that checks its arguments with its peers would wait for ranks waiting for it.
+      if (pending_.size() >= 2) advance(pending_[pending_.size() - 2]);
     } else {
       run_bucket(b);
     }
@@ -567,21 +598,19 @@ class ShardedOptimizer {
     return options_.schedule == ShardSchedule::hierarchical && p.stage == 0 && across_->size() > 1;
   }
 
-  // MPI progresses started collectives only inside MPI calls: test them now and then, and
-  // chain a hierarchical bucket's second step as soon as its first completes. The across
-  // collectives start in bucket order too, since a bucket's second step waits for every
-  // earlier bucket's.
+  // A bucket's node step is done: start its step across nodes (hierarchical only).
+  void advance(Pending& p) {
+    if (!has_next_stage(p)) return;
+    p.request->wait();
+    p.stage = 1;
+    p.request.emplace(start_stage(p.bucket, 1));
+  }
+
+  // MPI progresses started collectives only inside MPI calls: test them now and then.
   void progress() {
     if constexpr (started_collectives) {
       for (Pending& p : pending_) {
-        if (!p.request) continue;
-        if (!p.request->test()) break;
-        if (has_next_stage(p)) {
-          p.stage = 1;
-          p.request.emplace(start_stage(p.bucket, 1));
-        } else {
-          p.request.reset();
-        }
+        if (p.request && p.request->test() && !has_next_stage(p)) p.request.reset();
       }
     }
   }
@@ -589,15 +618,10 @@ class ShardedOptimizer {
   void wait_all() {
     if constexpr (started_collectives) {
       for (Pending& p : pending_) {
-        while (p.request) {
-          p.request->wait();
-          if (has_next_stage(p)) {
-            p.stage = 1;
-            p.request.emplace(start_stage(p.bucket, 1));
-          } else {
-            p.request.reset();
-          }
-        }
+        if (!p.request) continue;
+        advance(p);
+        p.request->wait();
+        p.request.reset();
       }
       pending_.clear();
     }
@@ -735,6 +759,7 @@ class ShardedOptimizer {
   ShardedOptions options_;
   std::vector<std::span<T>> params_;
   Update update_;
+  std::string setup_problem_;  // this rank's invalid tensor list or ready order, before layout_
   ShardLayout layout_;
   std::optional<Comm> node_;
   std::optional<Comm> across_;
