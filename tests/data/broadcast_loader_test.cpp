@@ -115,3 +115,16 @@ TEST_CASE("broadcast loader: over a node communicator the program split itself")
     CHECK((*b)[0] == comm.rank() / 2 * 2 + 1);
   });
 }
+
+TEST_CASE("broadcast loader: a reader exception without a message still fails the node") {
+  strata::LocalWorld(2).run([](strata::LocalComm& comm) {
+    strata::data::BroadcastLoader loader(comm, 2);
+    std::string seen;
+    try {
+      (void)loader.next<double>([](std::vector<double>&) -> bool { throw std::runtime_error(""); });
+    } catch (const strata::error& e) {
+      seen = e.what();
+    }
+    CHECK(seen.find("failed: an exception with no message") != std::string::npos);
+  });
+}

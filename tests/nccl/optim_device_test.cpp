@@ -545,6 +545,21 @@ TEST_CASE(
     CHECK(what ==
           "the hierarchical schedule needs nodes that divide the world: 2 ranks per node, "
           "3 ranks");
+    // A ready order that is no permutation on one rank: that rank joins the agreement and every
+    // rank refuses, instead of one throwing alone and the others waiting.
+    what.clear();
+    try {
+      strata::optim::ShardedOptions o;
+      if (host.rank() == 1) o.ready_order = {0, 0};
+      Dev dev(comm, same_size.spans, strata::optim::Adam{}, o);
+    } catch (const strata::usage_error& e) {
+      what = e.cause();
+    }
+    if (host.rank() == 1) {
+      CHECK(what.starts_with("rank 1: ShardLayout: the ready order is not a permutation"));
+    } else {
+      CHECK(what == "rank 1 passes an invalid tensor list, ready order or setting");
+    }
   });
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -364,4 +365,15 @@ TEST_CASE("shard layout: the fingerprint covers what the ranks must agree on, no
   CHECK(ShardLayout(sizes, 4, 0, 2, 0).fingerprint() != base);
   CHECK(ShardLayout(sizes, 3, 0, 2, 8).fingerprint() != base);
   CHECK(ShardLayout(sizes, 4, 0, 1, 8).fingerprint() != base);
+}
+
+TEST_CASE("shard layout: sizes and alignments beyond size_t are refused, not wrapped") {
+  const std::size_t big = std::numeric_limits<std::size_t>::max() - 2;
+  const std::size_t sizes[] = {big, 10};
+  CHECK_THROWS_AS(strata::optim::ShardLayout(sizes, 1, 0, 1, 0), std::invalid_argument);
+  const std::size_t small[] = {10};
+  CHECK_THROWS_AS(strata::optim::ShardLayout(small, 16, 0, std::size_t{1} << 62, 0),
+                  std::invalid_argument);
+  const std::size_t near[] = {std::numeric_limits<std::size_t>::max() - 1};
+  CHECK_THROWS_AS(strata::optim::ShardLayout(near, 4, 0, 4, 0), std::invalid_argument);
 }

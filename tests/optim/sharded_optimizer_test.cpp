@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <span>
@@ -972,4 +973,36 @@ TEST_CASE("sharded optimizer: buckets smaller than one element hold one tensor e
       CHECK(x.layout().num_buckets() == 4);
     }
   });
+}
+
+TEST_CASE(
+    "sharded optimizer: a bad clip norm or an alignment beyond size_t on one rank fails "
+    "on every rank") {
+  const std::size_t w = 4;
+  strata::LocalOptions lo;
+  lo.timeout = std::chrono::seconds(2);
+  for (int variant = 0; variant < 4; ++variant) {
+    CAPTURE(variant);
+    std::vector<Outcome> outcomes(w);
+    LocalWorld(static_cast<int>(w), lo).run([&](LocalComm& comm) {
+      const auto r = static_cast<std::size_t>(comm.rank());
+      std::vector<double> a(10, 1.0), b(3, 1.0);
+      const std::vector<std::span<double>> sp{a, b};
+      auto o = options_for({ShardSchedule::flat, 0}, 0);
+      o.clip_norm = 1.0;
+      if (r == 2) {
+        if (variant == 0) o.clip_norm = -1.0;
+        if (variant == 1) o.clip_norm = std::numeric_limits<double>::quiet_NaN();
+        if (variant == 2) o.clip_norm = 1.0 + 1e-9;  // differs below any decimal rounding
+        if (variant == 3) o.alignment_bytes = std::size_t{1} << 63;
+      }
+      outcomes[r] = catch_outcome([&] { opt::ShardedOptimizer x(comm, sp, opt::Sgd{}, o); });
+    });
+    for (std::size_t r = 0; r < w; ++r) {
+      CAPTURE(r);
+      CAPTURE(outcomes[r].what);
+      CHECK(outcomes[r].kind == "usage_error");
+      CHECK(outcomes[r].what.find("rank 2") != std::string::npos);
+    }
+  }
 }

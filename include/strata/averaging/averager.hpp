@@ -115,8 +115,8 @@ struct AveragerOptions {
   //! on nodes of G consecutive ranks, and a level whose groups span several whole nodes averages
   //! with `HierarchicalAllReduce` over its group (reduce-scatter inside each node, all-reduce of
   //! each 1/G shard across the nodes, all-gather inside each node): each rank sends 1/G of the
-  //! cross-node bytes over its own link, in messages G times smaller. Levels inside one node
-  //! are unchanged. The result equals the flat average up to rounding (bitwise identical on
+  //! cross-node bytes over its own link, in 2(N-1) steps instead of 2(W-1). Levels inside one
+  //! node are unchanged. Every rank must pass the same value. The result equals the flat average up to rounding (bitwise identical on
   //! every member).
   std::size_t ranks_per_node = 0;
 };

@@ -14,11 +14,11 @@
 //! | | all-reduce of the shard across nodes | inter | 2(N-1)/N · c·s/G |
 //! | | all-gather in the node | intra | (G-1)/G · c·s |
 //!
-//! Across nodes every rank sends 2(N-1)/N · c·s/G: the G ranks of a node together send what one
-//! flat ring's node edge carries, 2(N-1)/N · c·s against 2(W-1)/W · c·s, but over G links in
-//! parallel instead of one, and each in messages G times smaller. The price is two extra steps
-//! inside the node. `hierarchical_all_reduce_traffic` and `flat_all_reduce_traffic` give these
-//! numbers for one rank.
+//! Across nodes every rank sends 2(N-1)/N · c·s/G: the G ranks of a node together send about
+//! what the flat ring's one edge out of the node carries, but over G links in parallel instead
+//! of one, and in 2(N-1) steps instead of 2(W-1) (the chunks are c/W in both). The price is two
+//! extra steps inside the node. `hierarchical_all_reduce_traffic` and `flat_all_reduce_traffic`
+//! give these numbers for one rank.
 
 #include <algorithm>
 #include <cstddef>
@@ -111,6 +111,7 @@ class HierarchicalAllReduce {
                 "staging buffers of this schedule are host memory");
 
  public:
+  //! Collective over `world`: splits the node and strided communicators (see the class comment).
   HierarchicalAllReduce(Comm& world, NodeTopology topology)
       : topology_(checked(world, topology)),
         node_(split_node(world, static_cast<int>(topology.ranks_per_node()))),

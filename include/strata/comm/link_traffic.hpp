@@ -15,11 +15,14 @@ namespace strata {
 //! assert(t.intra + t.inter == 40);
 //! \endcode
 struct LinkTraffic {
+  //! Elements sent to ranks on the same node, and to ranks on other nodes.
   std::size_t intra = 0;
   std::size_t inter = 0;
+  //! Messages (steps of the algorithm) of each kind.
   std::size_t intra_messages = 0;
   std::size_t inter_messages = 0;
 
+  //! Adds another operation's traffic.
   LinkTraffic& operator+=(const LinkTraffic& o) noexcept {
     intra += o.intra;
     inter += o.inter;

@@ -631,6 +631,9 @@ struct communicator_traits<MpiComm> {
 
 inline bool MpiRequest::test() {
   if (state_ == State::complete) return true;
+  // Once the communicator is unusable (another request timed out), waiting for this one could
+  // only cost another full deadline.
+  if (state_ == State::pending && !comm_->broken_.empty()) state_ = State::abandoned;
   if (state_ == State::abandoned) refuse();
   int flag = 0;
   try {
@@ -646,6 +649,7 @@ inline bool MpiRequest::test() {
 
 inline void MpiRequest::wait() {
   if (state_ == State::complete) return;
+  if (state_ == State::pending && !comm_->broken_.empty()) state_ = State::abandoned;
   if (state_ == State::abandoned) refuse();
   try {
     comm_->wait(op_, req_);
@@ -676,6 +680,10 @@ inline void MpiRequest::refuse() const {
 
 inline void MpiRequest::settle() noexcept {
   if (state_ != State::pending) return;
+  if (!comm_->broken_.empty()) {  // see test()
+    state_ = State::abandoned;
+    return;
+  }
   try {
     wait();
   } catch (...) {  // wait() marked the communicator unusable

@@ -68,6 +68,7 @@ class BroadcastLoader {
 
   //! Whether this rank reads (and the others receive).
   [[nodiscard]] bool is_reader() const noexcept { return node_.rank() == reader_; }
+  //! The node communicator the batches travel on.
   [[nodiscard]] Comm& node() noexcept { return node_; }
   //! Batches this rank has received or read.
   [[nodiscard]] std::size_t batches() const noexcept { return batches_; }
@@ -79,17 +80,21 @@ class BroadcastLoader {
     std::vector<T> batch;
     std::int64_t header[2] = {status_ok, 0};
     std::string failure;
+    bool failed = false;
     if (is_reader()) {
       try {
         const bool more = static_cast<bool>(read(batch));
         header[0] = more ? status_ok : status_end;
         header[1] = more ? static_cast<std::int64_t>(batch.size()) : 0;
       } catch (const std::exception& e) {
+        failed = true;
         failure = e.what();
+        if (failure.empty()) failure = "an exception with no message";
       } catch (...) {
+        failed = true;
         failure = "a non-standard exception";
       }
-      if (!failure.empty()) {
+      if (failed) {
         failure.resize(std::min<std::size_t>(failure.size(), max_message));
         header[0] = status_failed;
         header[1] = static_cast<std::int64_t>(failure.size());

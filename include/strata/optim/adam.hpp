@@ -12,7 +12,8 @@ namespace strata::optim {
 
 //! `torch.optim.Adam` (amsgrad off): the L2 weight decay is added to the gradient, then
 //! `m = b1·m + (1-b1)·g`, `v = b2·v + (1-b2)·g²`, `p -= lr/(1-b1^t) · m / (√v/√(1-b2^t) + eps)`,
-//! with PyTorch's order of operations. State: m and v (two values per parameter).
+//! with PyTorch 1.13's order of operations (later versions compute m with `lerp`: equal up to
+//! rounding). State: m and v (two values per parameter).
 //!
 //! \code
 //! #include <cmath>

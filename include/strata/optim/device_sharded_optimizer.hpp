@@ -183,9 +183,9 @@ requires(std::same_as<T, float> || std::same_as<T, double>) &&
         params_(params.begin(), params.end()),
         update_(std::move(update)),
         launcher_(std::move(launcher)),
-        layout_(make_layout()) {
+        layout_(setup_.layout) {
     const DeviceGuard<Runtime> on(world.device(), world.rank());
-    agree_on_setup();
+    agree_on_setup(setup_.problem);
     if (options_.schedule == ShardSchedule::hierarchical) {
       node_.emplace(split_node(world, static_cast<int>(options_.ranks_per_node)));
       across_.emplace(split_strided(world, static_cast<int>(options_.ranks_per_node)));
@@ -416,85 +416,24 @@ requires(std::same_as<T, float> || std::same_as<T, double>) &&
   }
 
  private:
-  ShardLayout make_layout() const {
-    const auto w = static_cast<std::size_t>(world_->size());
-    const auto r = static_cast<std::size_t>(world_->rank());
-    std::size_t shards = 1, shard = 0;
-    switch (options_.schedule) {
-      case ShardSchedule::replicated: break;
-      case ShardSchedule::flat:
-        shards = w;
-        shard = r;
-        break;
-      case ShardSchedule::hierarchical: {
-        const std::size_t g = options_.ranks_per_node;
-        // Checked again, with a message on every rank, in agree_on_setup.
-        shards = g != 0 && w % g == 0 ? g : 1;
-        shard = r % shards;
-        break;
-      }
-    }
+  detail::SetupLayout make_layout() const {
     std::vector<std::size_t> sizes;
     sizes.reserve(params_.size());
     for (const std::span<T> p : params_) sizes.push_back(p.size());
-    std::vector<std::size_t> order = options_.ready_order;
-    if (order.empty()) {
-      for (std::size_t i = sizes.size(); i-- > 0;) order.push_back(i);
-    }
-    const std::size_t align = std::max<std::size_t>(1, options_.alignment_bytes / sizeof(T));
-    return ShardLayout(sizes, std::move(order), shards, shard, align,
-                       options_.bucket_bytes / sizeof(T));
+    return detail::make_setup_layout(static_cast<std::size_t>(world_->size()),
+                                     static_cast<std::size_t>(world_->rank()), options_, sizes,
+                                     sizeof(T));
   }
 
-  // The host optimizer's agreement, over the device communicator: one all-gather of a few words
-  // through device memory, then every rank names the first rank that differs from rank 0.
-  void agree_on_setup() {
-    const auto w = static_cast<std::size_t>(world_->size());
-    constexpr std::size_t words = 8;
-    const std::vector<i64> mine = {
-        static_cast<i64>(params_.size()),
-        static_cast<i64>(layout_.parameter_elements()),
-        static_cast<i64>(layout_.fingerprint() >> 1),
-        static_cast<i64>(options_.schedule),
-        static_cast<i64>(options_.ranks_per_node),
-        options_.clip_norm ? static_cast<i64>(std::llround(*options_.clip_norm * 1e6)) : -1,
-        static_cast<i64>(options_.track_grad_norm),
-        static_cast<i64>(state_size)};
+  // The host optimizer's agreement (detail::check_setup), over the device communicator: one
+  // all-gather of a few words through device memory.
+  void agree_on_setup(const std::string& problem) {
+    const auto sig = detail::setup_signature(detail::SetupLayout{layout_, problem}, options_,
+                                             params_.size(), state_size);
+    const std::vector<i64> mine(sig.begin(), sig.end());
     const std::vector<i64> all = gather_words(mine);
-    for (std::size_t r = 1; r < w; ++r) {
-      const i64* a = all.data();
-      const i64* b = all.data() + r * words;
-      std::string why;
-      if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) {
-        why =
-            "rank " + std::to_string(r) + " passes " + std::to_string(b[0]) + " tensors of " +
-            std::to_string(b[1]) + " elements, rank 0 " + std::to_string(a[0]) + " of " +
-            std::to_string(a[1]) +
-            (a[0] == b[0] && a[1] == b[1] ? " (sizes, ready order, bucket size or alignment differ)"
-                                          : "");
-      } else if (a[3] != b[3] || a[4] != b[4]) {
-        why = "rank " + std::to_string(r) + " asks for the " +
-              std::string(to_string(static_cast<ShardSchedule>(b[3]))) + " schedule with " +
-              std::to_string(b[4]) + " ranks per node, rank 0 for " +
-              std::string(to_string(static_cast<ShardSchedule>(a[3]))) + " with " +
-              std::to_string(a[4]);
-      } else if (a[5] != b[5] || a[6] != b[6]) {
-        why = "rank " + std::to_string(r) + " clips or tracks the gradient norm differently";
-      } else if (a[7] != b[7]) {
-        why = "rank " + std::to_string(r) + " runs an update with " + std::to_string(b[7]) +
-              " state values per parameter, rank 0 one with " + std::to_string(a[7]);
-      }
-      if (!why.empty()) throw usage_error("DeviceShardedOptimizer", world_->rank(), why);
-    }
-    if (options_.schedule == ShardSchedule::hierarchical) {
-      const std::size_t g = options_.ranks_per_node;
-      if (g == 0 || w % g != 0) {
-        throw usage_error(
-            "DeviceShardedOptimizer", world_->rank(),
-            "the hierarchical schedule needs nodes that divide the world: " + std::to_string(g) +
-                " ranks per node, " + std::to_string(w) + " ranks");
-      }
-    }
+    detail::check_setup("DeviceShardedOptimizer", all, static_cast<std::size_t>(world_->size()),
+                        world_->rank(), problem, options_);
   }
 
   // Squared-norm reductions: each range split into lanes (threads), each lane summing in element
@@ -920,6 +859,7 @@ requires(std::same_as<T, float> || std::same_as<T, double>) &&
   std::vector<std::span<T>> params_;
   Update update_;
   Launcher launcher_;
+  detail::SetupLayout setup_ = make_layout();  // before layout_, which it initialises
   ShardLayout layout_;
   std::optional<Comm> node_;
   std::optional<Comm> across_;

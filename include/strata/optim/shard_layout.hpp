@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -70,14 +71,14 @@ class ShardLayout {
     Bucket open{};
     std::size_t filled = 0;
     auto close = [&] {
-      open.length = (filled + quantum - 1) / quantum * quantum;
+      open.length = add(filled, quantum - 1) / quantum * quantum;
       if (open.length == 0) open.length = quantum;  // a bucket of empty tensors still gets a slot
-      at = open.begin + open.length;
+      at = add(open.begin, open.length);
       buckets_.push_back(open);
     };
     for (std::size_t pos = 0; pos < order_.size(); ++pos) {
       const std::size_t t = order_[pos];
-      if (pos > 0 && bucket_elements_ != 0 && filled + sizes_[t] > bucket_elements_) {
+      if (pos > 0 && bucket_elements_ != 0 && add(filled, sizes_[t]) > bucket_elements_) {
         close();
         open = Bucket{.begin = at, .first = pos};
         filled = 0;
@@ -85,7 +86,7 @@ class ShardLayout {
       open.last = pos + 1;
       offsets_[t] = open.begin + filled;
       bucket_of_[t] = buckets_.size();
-      filled += sizes_[t];
+      filled = add(filled, sizes_[t]);
     }
     close();
     total_ = at;
@@ -109,13 +110,16 @@ class ShardLayout {
     }
   }
 
+  //! The tensors, their sizes, and the order their gradients become ready.
   [[nodiscard]] std::size_t num_tensors() const noexcept { return sizes_.size(); }
   [[nodiscard]] std::size_t tensor_size(std::size_t t) const { return sizes_.at(t); }
   [[nodiscard]] std::span<const std::size_t> sizes() const noexcept { return sizes_; }
   [[nodiscard]] std::span<const std::size_t> ready_order() const noexcept { return order_; }
   //! Where tensor `t` starts in the flat buffer.
   [[nodiscard]] std::size_t tensor_offset(std::size_t t) const { return offsets_.at(t); }
+  //! The bucket that holds tensor `t`.
   [[nodiscard]] std::size_t bucket_of(std::size_t t) const { return bucket_of_.at(t); }
+  //! The buckets in the order they are reduced.
   [[nodiscard]] std::span<const Bucket> buckets() const noexcept { return buckets_; }
   [[nodiscard]] std::size_t num_buckets() const noexcept { return buckets_.size(); }
   //! The flat buffer's length, padding included.
@@ -126,6 +130,8 @@ class ShardLayout {
     for (std::size_t s : sizes_) n += s;
     return n;
   }
+  //! The construction's arguments: shard count, this rank's shard, alignment and bucket capacity
+  //! in elements.
   [[nodiscard]] std::size_t shards() const noexcept { return shards_; }
   [[nodiscard]] std::size_t shard() const noexcept { return shard_; }
   [[nodiscard]] std::size_t alignment() const noexcept { return alignment_; }
@@ -161,10 +167,25 @@ class ShardLayout {
     return order;
   }
 
+  // Sizes near the top of size_t would wrap around into a small, wrong layout.
+  static std::size_t add(std::size_t a, std::size_t b) {
+    if (a > std::numeric_limits<std::size_t>::max() - b) {
+      throw std::invalid_argument("ShardLayout: the padded layout has more than " +
+                                  std::to_string(std::numeric_limits<std::size_t>::max()) +
+                                  " elements");
+    }
+    return a + b;
+  }
+
   void check() const {
     if (sizes_.empty()) throw std::invalid_argument("ShardLayout: no tensors");
     if (shards_ == 0) throw std::invalid_argument("ShardLayout: 0 shards");
     if (alignment_ == 0) throw std::invalid_argument("ShardLayout: alignment is 0 elements");
+    if (alignment_ > std::numeric_limits<std::size_t>::max() / shards_) {
+      throw std::invalid_argument("ShardLayout: " + std::to_string(shards_) + " shards of " +
+                                  std::to_string(alignment_) +
+                                  "-element alignment do not fit in size_t");
+    }
     if (shard_ >= shards_) {
       throw std::invalid_argument("ShardLayout: shard " + std::to_string(shard_) +
                                   " is not below the shard count " + std::to_string(shards_));

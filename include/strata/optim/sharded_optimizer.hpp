@@ -5,6 +5,8 @@
 //! parameters gathered back; gradient buckets reduced as soon as a backward pass fills them.
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -97,17 +99,144 @@ struct StepReport {
   std::size_t buckets_started_early = 0;
 };
 
+namespace detail {
+
+// What a rank builds before the ranks agree on the setup: its layout, or, when its own tensor
+// list or settings are invalid, a one-tensor stand-in and the reason, so that it still joins the
+// agreement and every rank can refuse together (a rank that threw here alone would leave its
+// peers waiting in the agreement).
+struct SetupLayout {
+  ShardLayout layout;
+  std::string problem;
+};
+
+inline SetupLayout make_setup_layout(std::size_t world, std::size_t rank,
+                                     const ShardedOptions& options,
+                                     std::span<const std::size_t> sizes,
+                                     std::size_t element_bytes) {
+  std::size_t shards = 1, shard = 0;
+  switch (options.schedule) {
+    case ShardSchedule::replicated: break;
+    case ShardSchedule::flat:
+      shards = world;
+      shard = rank;
+      break;
+    case ShardSchedule::hierarchical: {
+      const std::size_t g = options.ranks_per_node;
+      shards = g != 0 && world % g == 0 ? g : 1;  // refused after the agreement otherwise
+      shard = rank % shards;
+      break;
+    }
+  }
+  std::vector<std::size_t> order = options.ready_order;
+  if (order.empty()) {
+    for (std::size_t i = sizes.size(); i-- > 0;) order.push_back(i);
+  }
+  const std::size_t align = std::max<std::size_t>(1, options.alignment_bytes / element_bytes);
+  const std::size_t bucket = options.bucket_bytes == 0
+                                 ? 0
+                                 : std::max<std::size_t>(1, options.bucket_bytes / element_bytes);
+  std::string problem;
+  if (options.clip_norm && !(std::isfinite(*options.clip_norm) && *options.clip_norm > 0)) {
+    problem = "ShardedOptions: clip_norm " + std::to_string(*options.clip_norm) +
+              " is not a positive finite number";
+  }
+  if (problem.empty()) {
+    try {
+      return {ShardLayout(sizes, std::move(order), shards, shard, align, bucket), {}};
+    } catch (const std::invalid_argument& e) {
+      problem = e.what();
+    }
+  }
+  const std::size_t one = 1;
+  return {ShardLayout(std::span<const std::size_t>(&one, 1), 1, 0, 1, 0), std::move(problem)};
+}
+
+// The words every rank contributes to the setup agreement (one all-gather over the world).
+inline constexpr std::size_t setup_words = 9;
+
+inline std::array<std::int64_t, setup_words> setup_signature(const SetupLayout& s,
+                                                             const ShardedOptions& options,
+                                                             std::size_t num_tensors,
+                                                             std::size_t state_size) {
+  return {static_cast<std::int64_t>(num_tensors),
+          static_cast<std::int64_t>(s.layout.parameter_elements()),
+          static_cast<std::int64_t>(s.layout.fingerprint() >> 1),
+          static_cast<std::int64_t>(options.schedule),
+          static_cast<std::int64_t>(options.ranks_per_node),
+          options.clip_norm ? std::bit_cast<std::int64_t>(*options.clip_norm) : std::int64_t{-1},
+          static_cast<std::int64_t>(options.track_grad_norm),
+          static_cast<std::int64_t>(state_size),
+          static_cast<std::int64_t>(!s.problem.empty())};
+}
+
+// Every rank reads the same gathered words, so every rank throws the same usage_error.
+inline void check_setup(std::string_view entity, std::span<const std::int64_t> all,
+                        std::size_t world, int rank, const std::string& own_problem,
+                        const ShardedOptions& options) {
+  constexpr std::size_t n = setup_words;
+  for (std::size_t r = 0; r < world; ++r) {
+    if (all[r * n + 8] == 0) continue;
+    throw usage_error(entity, rank,
+                      "rank " + std::to_string(r) +
+                          (r == static_cast<std::size_t>(rank)
+                               ? ": " + own_problem
+                               : " passes an invalid tensor list, ready order or setting"));
+  }
+  for (std::size_t r = 1; r < world; ++r) {
+    const std::int64_t* a = all.data();
+    const std::int64_t* b = all.data() + r * n;
+    std::string why;
+    if (a[3] != b[3] || a[4] != b[4]) {
+      why = "rank " + std::to_string(r) + " asks for the " +
+            std::string(to_string(static_cast<ShardSchedule>(b[3]))) + " schedule with " +
+            std::to_string(b[4]) + " ranks per node, rank 0 for " +
+            std::string(to_string(static_cast<ShardSchedule>(a[3]))) + " with " +
+            std::to_string(a[4]);
+    } else if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) {
+      why = "rank " + std::to_string(r) + " passes " + std::to_string(b[0]) + " tensors of " +
+            std::to_string(b[1]) + " elements, rank 0 " + std::to_string(a[0]) + " of " +
+            std::to_string(a[1]) +
+            (a[0] == b[0] && a[1] == b[1] ? " (sizes, ready order, bucket size or alignment differ)"
+                                          : "");
+    } else if (a[5] != b[5] || a[6] != b[6]) {
+      why = "rank " + std::to_string(r) + " clips or tracks the gradient norm differently";
+    } else if (a[7] != b[7]) {
+      why = "rank " + std::to_string(r) + " runs an update with " + std::to_string(b[7]) +
+            " state values per parameter, rank 0 one with " + std::to_string(a[7]);
+    }
+    if (!why.empty()) throw usage_error(entity, rank, why);
+  }
+  if (options.schedule == ShardSchedule::hierarchical) {
+    const std::size_t g = options.ranks_per_node;
+    if (g == 0 || world % g != 0) {
+      throw usage_error(
+          entity, rank,
+          "the hierarchical schedule needs nodes that divide the world: " + std::to_string(g) +
+              " ranks per node, " + std::to_string(world) + " ranks");
+    }
+  }
+}
+
+}  // namespace detail
+
 //! Everything a rank needs to resume: its shard of the optimizer state, the step count, and
 //! what the state is only valid for (world, schedule, node size, layout).
 template <class T>
 struct ShardedState {
+  //! The world it was saved in.
   std::uint64_t world_size = 0;
+  //! The node size and schedule it was saved for.
   std::uint64_t ranks_per_node = 0;
   ShardSchedule schedule = ShardSchedule::flat;
-  std::uint64_t layout = 0;  // ShardLayout::fingerprint
+  //! `ShardLayout::fingerprint()` of the layout it was saved for.
+  std::uint64_t layout = 0;
+  //! The shard it holds.
   std::uint64_t shard = 0;
+  //! Completed steps.
   std::uint64_t steps = 0;
-  std::vector<T> values;  // state_size vectors of the shard's length
+  //! `state_size` vectors of the shard's length.
+  std::vector<T> values;
 };
 
 //! Writes a `ShardedState` as bytes (host byte order), for checkpoints.
@@ -206,8 +335,8 @@ class ShardedOptimizer {
         options_(std::move(options)),
         params_(params.begin(), params.end()),
         update_(std::move(update)),
-        layout_(make_layout()) {
-    agree_on_setup();
+        layout_(setup_.layout) {
+    agree_on_setup(setup_.problem);
     if (options_.schedule == ShardSchedule::hierarchical) {
       node_.emplace(split_node(world, static_cast<int>(options_.ranks_per_node)));
       across_.emplace(split_strided(world, static_cast<int>(options_.ranks_per_node)));
@@ -231,7 +360,9 @@ class ShardedOptimizer {
 
   //! The update, to change its hyper-parameters between steps (a learning-rate schedule).
   [[nodiscard]] Update& update() noexcept { return update_; }
+  //! Where each tensor and bucket lies in the flat buffer, and this rank's shard.
   [[nodiscard]] const ShardLayout& layout() const noexcept { return layout_; }
+  //! The settings, as agreed by every rank.
   [[nodiscard]] const ShardedOptions& options() const noexcept { return options_; }
   //! Completed steps; the next update sees `step = steps_taken() + 1`.
   [[nodiscard]] std::uint64_t steps_taken() const noexcept { return steps_; }
@@ -257,8 +388,13 @@ class ShardedOptimizer {
       }
       --remaining_[layout_.bucket_of(t)];
     }
-    launch_complete_buckets(/*early=*/true);
-    progress();
+    try {
+      launch_complete_buckets(/*early=*/true);
+      progress();
+    } catch (...) {
+      begin_step();  // the step is abandoned on this rank; its peers fail in their collectives
+      throw;
+    }
   }
 
   //! Ends the step that `grad_ready` calls began: see the class comment.
@@ -394,102 +530,24 @@ class ShardedOptimizer {
            (kind == fault_update ? " failed in its shard update" : " passed bad input");
   }
 
-  ShardLayout make_layout() {
-    const auto w = static_cast<std::size_t>(world_->size());
-    const auto r = static_cast<std::size_t>(world_->rank());
-    std::size_t shards = 1, shard = 0;
-    switch (options_.schedule) {
-      case ShardSchedule::replicated: break;
-      case ShardSchedule::flat:
-        shards = w;
-        shard = r;
-        break;
-      case ShardSchedule::hierarchical: {
-        const std::size_t g = options_.ranks_per_node;
-        // Checked again, with a message on every rank, in agree_on_setup.
-        shards = g != 0 && w % g == 0 ? g : 1;
-        shard = r % shards;
-        break;
-      }
-    }
+  detail::SetupLayout make_layout() const {
     std::vector<std::size_t> sizes;
     sizes.reserve(params_.size());
     for (const std::span<T> p : params_) sizes.push_back(p.size());
-    std::vector<std::size_t> order = options_.ready_order;
-    if (order.empty()) {
-      for (std::size_t i = sizes.size(); i-- > 0;) order.push_back(i);
-    }
-    const std::size_t align = std::max<std::size_t>(1, options_.alignment_bytes / sizeof(T));
-    try {
-      return ShardLayout(sizes, std::move(order), shards, shard, align,
-                         options_.bucket_bytes == 0
-                             ? 0
-                             : std::max<std::size_t>(1, options_.bucket_bytes / sizeof(T)));
-    } catch (const std::invalid_argument& e) {
-      // Refused in agree_on_setup, on every rank: this rank must still join the agreement.
-      setup_problem_ = e.what();
-      const std::size_t one = 1;
-      return ShardLayout(std::span<const std::size_t>(&one, 1), 1, 0, 1, 0);
-    }
+    return detail::make_setup_layout(static_cast<std::size_t>(world_->size()),
+                                     static_cast<std::size_t>(world_->rank()), options_, sizes,
+                                     sizeof(T));
   }
 
   // Every rank must describe the same tensors and settings, or the collectives of every later
-  // step would pair unrelated buffers: one all-gather of a few words, then every rank names the
-  // first rank that differs from rank 0, identically.
-  void agree_on_setup() {
+  // step would pair unrelated buffers: one all-gather of a few words over the world.
+  void agree_on_setup(const std::string& problem) {
     const auto w = static_cast<std::size_t>(world_->size());
-    constexpr std::size_t words = 8;
-    const std::int64_t mine[words] = {
-        static_cast<std::int64_t>(params_.size()),
-        static_cast<std::int64_t>(layout_.parameter_elements()),
-        static_cast<std::int64_t>(layout_.fingerprint() >> 1),
-        static_cast<std::int64_t>(options_.schedule),
-        static_cast<std::int64_t>(options_.ranks_per_node),
-        options_.clip_norm ? static_cast<std::int64_t>(std::llround(*options_.clip_norm * 1e6))
-                           : -1,
-        static_cast<std::int64_t>(options_.track_grad_norm),
-        static_cast<std::int64_t>(!setup_problem_.empty())};
-    std::vector<std::int64_t> all(words * w);
+    const auto mine = detail::setup_signature(detail::SetupLayout{layout_, problem}, options_,
+                                              params_.size(), Update::state_size);
+    std::vector<std::int64_t> all(detail::setup_words * w);
     world_->all_gather(std::span<const std::int64_t>(mine), std::span<std::int64_t>(all));
-    for (std::size_t r = 0; r < w; ++r) {
-      if (all[r * words + 7] == 0) continue;
-      throw usage_error("ShardedOptimizer", world_->rank(),
-                        "rank " + std::to_string(r) +
-                            (r == static_cast<std::size_t>(world_->rank())
-                                 ? ": " + setup_problem_
-                                 : " passes an invalid tensor list or ready order"));
-    }
-    for (std::size_t r = 1; r < w; ++r) {
-      const std::int64_t* a = all.data();
-      const std::int64_t* b = all.data() + r * words;
-      std::string why;
-      if (a[3] != b[3] || a[4] != b[4]) {
-        why = "rank " + std::to_string(r) + " asks for the " +
-              std::string(to_string(static_cast<ShardSchedule>(b[3]))) + " schedule with " +
-              std::to_string(b[4]) + " ranks per node, rank 0 for " +
-              std::string(to_string(static_cast<ShardSchedule>(a[3]))) + " with " +
-              std::to_string(a[4]);
-      } else if (a[0] != b[0] || a[1] != b[1] || a[2] != b[2]) {
-        why =
-            "rank " + std::to_string(r) + " passes " + std::to_string(b[0]) + " tensors of " +
-            std::to_string(b[1]) + " elements, rank 0 " + std::to_string(a[0]) + " of " +
-            std::to_string(a[1]) +
-            (a[0] == b[0] && a[1] == b[1] ? " (sizes, ready order, bucket size or alignment differ)"
-                                          : "");
-      } else if (a[5] != b[5] || a[6] != b[6]) {
-        why = "rank " + std::to_string(r) + " clips or tracks the gradient norm differently";
-      }
-      if (!why.empty()) throw usage_error("ShardedOptimizer", world_->rank(), why);
-    }
-    if (options_.schedule == ShardSchedule::hierarchical) {
-      const std::size_t g = options_.ranks_per_node;
-      if (g == 0 || w % g != 0) {
-        throw usage_error(
-            "ShardedOptimizer", world_->rank(),
-            "the hierarchical schedule needs nodes that divide the world: " + std::to_string(g) +
-                " ranks per node, " + std::to_string(w) + " ranks");
-      }
-    }
+    detail::check_setup("ShardedOptimizer", all, w, world_->rank(), problem, options_);
   }
 
   void begin_step() {
@@ -759,7 +817,7 @@ class ShardedOptimizer {
   ShardedOptions options_;
   std::vector<std::span<T>> params_;
   Update update_;
-  std::string setup_problem_;  // this rank's invalid tensor list or ready order, before layout_
+  detail::SetupLayout setup_ = make_layout();  // before layout_, which it initialises
   ShardLayout layout_;
   std::optional<Comm> node_;
   std::optional<Comm> across_;
