@@ -353,22 +353,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) &&
   void load(const ShardedState<T>& s) {
     const DeviceGuard<Runtime> on(world_->device(), world_->rank());
     const std::size_t values = state_size * layout_.shard_elements();
-    std::string why;
-    if (s.world_size != static_cast<std::uint64_t>(world_->size())) {
-      why = "it was saved in a world of " + std::to_string(s.world_size) + " ranks, this one has " +
-            std::to_string(world_->size());
-    } else if (s.schedule != options_.schedule || s.ranks_per_node != options_.ranks_per_node) {
-      why = "it was saved for the " + std::string(to_string(s.schedule)) + " schedule with " +
-            std::to_string(s.ranks_per_node) + " ranks per node, this optimizer runs " +
-            std::string(to_string(options_.schedule)) + " with " +
-            std::to_string(options_.ranks_per_node);
-    } else if (s.layout != layout_.fingerprint()) {
-      why = "it was saved for another tensor list, ready order, bucket size or alignment";
-    } else if (s.shard != layout_.shard() || s.values.size() != values) {
-      why = "it holds shard " + std::to_string(s.shard) + " of " + std::to_string(s.values.size()) +
-            " values, this rank owns shard " + std::to_string(layout_.shard()) + " of " +
-            std::to_string(values);
-    }
+    const std::string why = detail::state_mismatch(s, static_cast<std::size_t>(world_->size()),
+                                                   options_, layout_, values);
     constexpr i64 no_fault = std::numeric_limits<i64>::max();
     const std::vector<i64> words =
         reduce_words({why.empty() ? no_fault : static_cast<i64>(world_->rank()),
@@ -398,21 +384,8 @@ requires(std::same_as<T, float> || std::same_as<T, double>) &&
   //! Elements one rank sends per step for the gradients and parameters, by link kind (as
   //! `ShardedOptimizer::traffic`).
   [[nodiscard]] LinkTraffic traffic() const {
-    const std::size_t total = layout_.total_elements();
-    const auto w = static_cast<std::size_t>(world_->size());
-    const auto rank = static_cast<std::size_t>(world_->rank());
-    switch (options_.schedule) {
-      case ShardSchedule::replicated:
-      case ShardSchedule::flat: {
-        const std::size_t g = options_.ranks_per_node == 0 || w % options_.ranks_per_node != 0
-                                  ? w
-                                  : options_.ranks_per_node;
-        return flat_all_reduce_traffic(total, NodeTopology(w, g), rank);
-      }
-      case ShardSchedule::hierarchical:
-        return hierarchical_all_reduce_traffic(total, NodeTopology(w, options_.ranks_per_node));
-    }
-    return {};
+    return detail::sharded_traffic(layout_, options_, static_cast<std::size_t>(world_->size()),
+                                   static_cast<std::size_t>(world_->rank()));
   }
 
  private:

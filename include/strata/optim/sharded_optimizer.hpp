@@ -287,6 +287,56 @@ ShardedState<T> read_state(std::istream& in) {
   return s;
 }
 
+namespace detail {
+
+// Elements one rank sends per step, by link kind, for the host and device optimizers alike.
+inline LinkTraffic sharded_traffic(const ShardLayout& layout, const ShardedOptions& options,
+                                   std::size_t world, std::size_t rank) {
+  const std::size_t total = layout.total_elements();
+  switch (options.schedule) {
+    case ShardSchedule::replicated:
+    case ShardSchedule::flat: {
+      // A reduce-scatter and an all-gather move what one ring all-reduce moves.
+      const std::size_t g = options.ranks_per_node == 0 || world % options.ranks_per_node != 0
+                                ? world
+                                : options.ranks_per_node;
+      return flat_all_reduce_traffic(total, NodeTopology(world, g), rank);
+    }
+    case ShardSchedule::hierarchical:
+      return hierarchical_all_reduce_traffic(total, NodeTopology(world, options.ranks_per_node));
+  }
+  return {};
+}
+
+// Why a saved state does not fit this rank's optimizer (empty when it does): the check both
+// optimizers' load() runs before the ranks agree.
+template <class T>
+std::string state_mismatch(const ShardedState<T>& s, std::size_t world,
+                           const ShardedOptions& options, const ShardLayout& layout,
+                           std::size_t values) {
+  if (s.world_size != world) {
+    return "it was saved in a world of " + std::to_string(s.world_size) + " ranks, this one has " +
+           std::to_string(world);
+  }
+  if (s.schedule != options.schedule || s.ranks_per_node != options.ranks_per_node) {
+    return "it was saved for the " + std::string(to_string(s.schedule)) + " schedule with " +
+           std::to_string(s.ranks_per_node) + " ranks per node, this optimizer runs " +
+           std::string(to_string(options.schedule)) + " with " +
+           std::to_string(options.ranks_per_node);
+  }
+  if (s.layout != layout.fingerprint()) {
+    return "it was saved for another tensor list, ready order, bucket size or alignment";
+  }
+  if (s.shard != layout.shard() || s.values.size() != values) {
+    return "it holds shard " + std::to_string(s.shard) + " of " + std::to_string(s.values.size()) +
+           " values, this rank owns shard " + std::to_string(layout.shard()) + " of " +
+           std::to_string(values);
+  }
+  return {};
+}
+
+}  // namespace detail
+
 //! A sharded optimizer over any host communicator. Construction is collective over `world`: the
 //! ranks check that they pass the same tensor list (sizes and ready order) and settings, then
 //! the hierarchical schedule splits the node and strided communicators. `world` must outlive
@@ -455,22 +505,8 @@ class ShardedOptimizer {
   //! `strata::usage_error` (and nothing changes anywhere) when any rank's state was saved for
   //! another world size, schedule, node size, tensor list, shard, or differs in step count.
   void load(const ShardedState<T>& s) {
-    std::string why;
-    if (s.world_size != static_cast<std::uint64_t>(world_->size())) {
-      why = "it was saved in a world of " + std::to_string(s.world_size) + " ranks, this one has " +
-            std::to_string(world_->size());
-    } else if (s.schedule != options_.schedule || s.ranks_per_node != options_.ranks_per_node) {
-      why = "it was saved for the " + std::string(to_string(s.schedule)) + " schedule with " +
-            std::to_string(s.ranks_per_node) + " ranks per node, this optimizer runs " +
-            std::string(to_string(options_.schedule)) + " with " +
-            std::to_string(options_.ranks_per_node);
-    } else if (s.layout != layout_.fingerprint()) {
-      why = "it was saved for another tensor list, ready order, bucket size or alignment";
-    } else if (s.shard != layout_.shard() || s.values.size() != state_.size()) {
-      why = "it holds shard " + std::to_string(s.shard) + " of " + std::to_string(s.values.size()) +
-            " values, this rank owns shard " + std::to_string(layout_.shard()) + " of " +
-            std::to_string(state_.size());
-    }
+    const std::string why = detail::state_mismatch(s, static_cast<std::size_t>(world_->size()),
+                                                   options_, layout_, state_.size());
     // One all-reduce (min) finds the first rank that refuses and the range of saved steps.
     std::int64_t words[3] = {why.empty() ? no_fault : encode(fault_bad_input),
                              static_cast<std::int64_t>(s.steps),
@@ -491,22 +527,8 @@ class ShardedOptimizer {
 
   //! Elements one rank sends per step for the gradients and parameters, by link kind.
   [[nodiscard]] LinkTraffic traffic() const {
-    const std::size_t total = layout_.total_elements();
-    const auto w = static_cast<std::size_t>(world_->size());
-    const auto rank = static_cast<std::size_t>(world_->rank());
-    switch (options_.schedule) {
-      case ShardSchedule::replicated:
-      case ShardSchedule::flat: {
-        // A reduce-scatter and an all-gather move what one ring all-reduce moves.
-        const std::size_t g = options_.ranks_per_node == 0 || w % options_.ranks_per_node != 0
-                                  ? w
-                                  : options_.ranks_per_node;
-        return flat_all_reduce_traffic(total, NodeTopology(w, g), rank);
-      }
-      case ShardSchedule::hierarchical:
-        return hierarchical_all_reduce_traffic(total, NodeTopology(w, options_.ranks_per_node));
-    }
-    return {};
+    return detail::sharded_traffic(layout_, options_, static_cast<std::size_t>(world_->size()),
+                                   static_cast<std::size_t>(world_->rank()));
   }
 
  private:
