@@ -3,8 +3,13 @@
 // 256 MB of float32 parameters per rank:
 //
 //   avg_flat        RuntimeHierarchicalAverager "1:N" on a ParameterArena: one in-place all-reduce
-//   avg_fused       the same averager on ~110 separately allocated tensors (ResNet-34's parameter
-//                   list, scaled): pack, one all-reduce, unpack with the 1/N scale
+//   avg_fused       ~110 separately allocated tensors (ResNet-34's parameter list, scaled) through
+//                   a staging buffer: pack, one all-reduce, unpack with the 1/N scale (what the
+//                   averagers do on a backend without a tensor-list all-reduce)
+//   avg_zero_copy   the same tensors, LocalComm::all_reduce_tensors(ReduceOp::average): the fused
+//                   average without a staging buffer, each rank reducing its slice of the
+//                   concatenation straight from every rank's tensors (what the averagers call on
+//                   the local backend)
 //   avg_per_tensor  the same tensors, one all_reduce(ReduceOp::average) per tensor
 //   memcpy          one thread copies the same bytes (the reference of every ratio)
 //   memcpy_all_cores one memcpy of the same bytes per hardware thread at once: the machine's copy
@@ -32,6 +37,7 @@
 #include <strata/comm/local.hpp>
 #include <strata/hierarchy/runtime_hierarchy.hpp>
 #include <strata/kernels/arena.hpp>
+#include <strata/kernels/fused.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -185,16 +191,43 @@ class Tensors {
   std::vector<std::span<float>> tensors_;
 };
 
-// The averager's fused path: pack, one all-reduce, unpack with the scale.
+// The fused average through a staging buffer: pack, one all-reduce, unpack with the scale.
 class Fused {
  public:
   Fused(strata::LocalComm& comm, const std::vector<std::size_t>& sizes)
-      : avg_(comm, whole_world(comm.size())), tensors_(comm.rank(), sizes) {}
-  void step() { avg_.average(tensors_.spans()); }
+      : comm_(&comm),
+        tensors_(comm.rank(), sizes),
+        plan_(tensors_.spans()),
+        staging_(plan_.total_elements()) {}
+  void step() {
+    const std::span<float> flat(staging_);
+    strata::pack(thrust::host, plan_, flat);
+    comm_->all_reduce(flat, strata::ReduceOp::sum);
+    strata::unpack(thrust::host, std::span<const float>(flat), plan_,
+                   1.0f / static_cast<float>(comm_->size()));
+  }
   void check(int n) const { check_mean(tensors_.spans(), n, "avg_fused"); }
 
  private:
-  Averager avg_;
+  strata::LocalComm* comm_;
+  Tensors tensors_;
+  strata::FusedPlan<float> plan_;
+  std::vector<float> staging_;
+};
+
+// The fused average in place: one collective reads and writes the tensors themselves.
+class ZeroCopy {
+ public:
+  ZeroCopy(strata::LocalComm& comm, const std::vector<std::size_t>& sizes)
+      : comm_(&comm), tensors_(comm.rank(), sizes) {}
+  void step() {
+    comm_->all_reduce_tensors(std::span<const std::span<float>>(tensors_.spans()),
+                              strata::ReduceOp::average);
+  }
+  void check(int n) const { check_mean(tensors_.spans(), n, "avg_zero_copy"); }
+
+ private:
+  strata::LocalComm* comm_;
   Tensors tensors_;
 };
 
@@ -365,9 +398,9 @@ void register_all() {
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
     for (const int ranks : rank_counts) {
-      // Guessed rank-bytes per second of a step: the flat all-reduce moves each rank's bytes
-      // about once on a shared pair of cores, the fused one about three times (pack, reduce,
-      // unpack); one collective per tensor costs ~220 rendezvous (ms) at any size, hence its cap.
+      // Guessed rank-bytes per second of a step: the flat and zero-copy all-reduces move each
+      // rank's bytes about once on a shared pair of cores, the fused one about three times (pack,
+      // reduce, unpack); one collective per tensor costs ~220 rendezvous (ms) at any size, hence its cap.
       const double world_bytes = bytes * ranks;
       const std::string suffix = "/ranks:" + std::to_string(ranks) + "/" + size;
       benchmark::RegisterBenchmark(
@@ -380,6 +413,12 @@ void register_all() {
           ("avg_fused" + suffix).c_str(),
           [ranks, mb](benchmark::State& s) { collective_bench<Fused>(s, ranks, mb); })
           ->Iterations(iterations_for(world_bytes, 3e9, 0.5, 3, 1000))
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+      benchmark::RegisterBenchmark(
+          ("avg_zero_copy" + suffix).c_str(),
+          [ranks, mb](benchmark::State& s) { collective_bench<ZeroCopy>(s, ranks, mb); })
+          ->Iterations(iterations_for(world_bytes, 8e9, 0.5, 3, 1000))
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
       benchmark::RegisterBenchmark(

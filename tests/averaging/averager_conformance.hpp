@@ -267,10 +267,20 @@ void failed_averaging_changes_nothing(Rank& r) {
   auto together_longer = r.packed(longer);
 
   const std::size_t total = total_elements(tensor_sizes());
+  // Backends with a collective over tensor lists (the local backend's all_reduce_tensors) average
+  // separate tensors with it and name the tensor that differs; the others compare flat buffers.
+  constexpr bool tensor_lists =
+      requires(decltype(r.comm()) c, std::span<const std::span<double>> t) {
+    c.all_reduce_tensors(t, strata::ReduceOp::average);
+  };
+  const std::size_t last = tensor_sizes().size() - 1;
   conformance::expect_usage_error(
-      me, "all_reduce",
-      "rank 0 and " + who + " disagree: rank 0 passed " + std::to_string(total) + " elements, " +
-          who + " passed " + std::to_string(total + 1),
+      me, tensor_lists ? "all_reduce_tensors" : "all_reduce",
+      tensor_lists ? "rank 0 and " + who + " disagree: tensor " + std::to_string(last) + " has " +
+                         std::to_string(tensor_sizes()[last]) + " elements on rank 0, " +
+                         std::to_string(tensor_sizes()[last] + 1) + " on " + who
+                   : "rank 0 and " + who + " disagree: rank 0 passed " + std::to_string(total) +
+                         " elements, " + who + " passed " + std::to_string(total + 1),
       [&] { (void)r.average(fused, me == bad ? apart_longer : apart); });
   conformance::expect_usage_error(
       me, "all_reduce",

@@ -2,6 +2,7 @@
 // world size is the process count: each suite's case names it ("mpi, world 8").
 #include <doctest/doctest.h>
 
+#include <strata/averaging/averager.hpp>
 #include <strata/comm/async.hpp>
 #include <strata/comm/level_comms.hpp>
 #include <strata/comm/local.hpp>
@@ -10,7 +11,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <iterator>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -458,3 +461,376 @@ TEST_CASE("MPI backend: a started collective that a peer does not join times out
 
 // Every backend takes its default deadline from the one constant of the front end.
 static_assert(strata::MpiOptions{}.timeout == strata::detail::default_timeout);
+
+// --- pipelined all-reduce ------------------------------------------------------------------------
+
+namespace {
+
+// What a pipelined all-reduce did, as its callbacks saw it.
+struct PipelineLog {
+  std::vector<std::pair<std::size_t, std::size_t>> filled, drained;
+  bool drained_unfinished = false;  // a segment drained before it held the expected values
+  bool drained_unfilled = false;    // a segment drained before it was filled
+  std::size_t progress_calls = 0;
+};
+
+// Runs all_reduce_pipelined with fills that write `input` piece by piece and drains that check
+// each segment against `expected` when it arrives. In place when `in_place`.
+template <class T>
+PipelineLog pipelined(strata::MpiComm& comm, const std::vector<T>& input,
+                      const std::vector<T>& expected, strata::ReduceOp op, std::size_t segment,
+                      bool in_place) {
+  PipelineLog log;
+  std::vector<T> in(input.size()), separate(input.size());
+  std::vector<T>& out = in_place ? in : separate;
+  comm.all_reduce_pipelined(
+      std::span<const T>(in), std::span<T>(out), op, segment,
+      [&](std::size_t b, std::size_t e, auto&& progress) {
+        log.filled.emplace_back(b, e);
+        for (std::size_t i = b; i < e; ++i) {
+          in[i] = input[i];
+          if ((i - b) % 3 == 2) {
+            progress();
+            ++log.progress_calls;
+          }
+        }
+      },
+      [&](std::size_t b, std::size_t e, auto&& progress) {
+        progress();
+        log.drained.emplace_back(b, e);
+        if (log.filled.size() < log.drained.size()) log.drained_unfilled = true;
+        for (std::size_t i = b; i < e; ++i) {
+          if (out[i] != expected[i]) log.drained_unfinished = true;
+        }
+      });
+  return log;
+}
+
+// The segments [0, segment), [segment, 2 segment), ... of `total` elements.
+std::vector<std::pair<std::size_t, std::size_t>> segments_of(std::size_t total,
+                                                             std::size_t segment) {
+  std::vector<std::pair<std::size_t, std::size_t>> s;
+  const std::size_t step = segment == 0 ? total : segment;
+  for (std::size_t b = 0; b < total; b += step) s.emplace_back(b, std::min(total, b + step));
+  return s;
+}
+
+template <class T>
+void pipelined_equals_blocking(strata::MpiComm& world, strata::ReduceOp op) {
+  CAPTURE(strata::type_name<T>());
+  CAPTURE(strata::to_string(op));
+  const std::size_t total = 1000;
+  const std::vector<T> input = rank_values<T>(world.rank(), total);
+  std::vector<T> expected = input;
+  world.all_reduce(std::span<T>(expected), op);
+  for (const std::size_t segment :
+       {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{64}, total, total + 5}) {
+    for (const bool in_place : {false, true}) {
+      CAPTURE(segment);
+      CAPTURE(in_place);
+      const PipelineLog log = pipelined(world, input, expected, op, segment, in_place);
+      CHECK(log.filled == segments_of(total, segment));
+      CHECK(log.drained == log.filled);
+      CHECK(!log.drained_unfinished);
+      CHECK(!log.drained_unfilled);
+    }
+  }
+}
+
+// A communicator that pipelines an all-reduce without MPI: it sums `size()` copies of each
+// segment, drains the first `drain_before_failing` segments, then fails as a peer's failure
+// would; or, with `disagree`, fails as a mismatched call does, after filling the first segment.
+struct FlakyPipeline {
+  int members = 3;
+  std::size_t drain_before_failing = 0;
+  bool disagree = false;
+  std::size_t drained = 0;
+
+  [[nodiscard]] int size() const { return members; }
+
+  template <class T, class Fill, class Drain>
+  void all_reduce_pipelined(std::span<const T> in, std::span<T> out, strata::ReduceOp op,
+                            std::size_t segment, Fill&& fill, Drain&& drain) {
+    const auto nothing = [] {};
+    const std::size_t step = segment == 0 ? in.size() : segment;
+    if (disagree) {
+      fill(0, std::min(step, in.size()), nothing);
+      throw strata::usage_error("all_reduce", 0, "rank 0 and rank 1 disagree");
+    }
+    for (std::size_t b = 0; b < in.size(); b += step) {
+      const std::size_t e = std::min(in.size(), b + step);
+      fill(b, e, nothing);
+      for (std::size_t i = b; i < e; ++i) {
+        const T sum = static_cast<T>(in[i] * static_cast<T>(members));
+        out[i] = op == strata::ReduceOp::average ? static_cast<T>(sum / members) : sum;
+      }
+      if (drained == drain_before_failing) {
+        throw strata::error("all_reduce", 0, "a peer failed");
+      }
+      drain(b, e, nothing);
+      ++drained;
+    }
+  }
+};
+
+static_assert(strata::detail::pipelines_all_reduce<strata::MpiComm, float>);
+static_assert(strata::detail::pipelines_all_reduce<FlakyPipeline, double>);
+static_assert(!strata::detail::pipelines_all_reduce<strata::LocalComm, float>);
+
+}  // namespace
+
+TEST_CASE("MPI backend: a pipelined all-reduce gives the blocking all-reduce's result") {
+  auto world = strata::MpiComm::world();
+  for (const strata::ReduceOp op : {strata::ReduceOp::sum, strata::ReduceOp::average}) {
+    pipelined_equals_blocking<double>(world, op);
+    pipelined_equals_blocking<std::int64_t>(world, op);
+  }
+  pipelined_equals_blocking<float>(world, strata::ReduceOp::max);
+  pipelined_equals_blocking<std::int32_t>(world, strata::ReduceOp::min);
+
+  // Nothing to reduce: no segment, and still a collective (the agreement).
+  std::size_t calls = 0;
+  world.all_reduce_pipelined(
+      std::span<const float>(), std::span<float>(), strata::ReduceOp::sum, 4,
+      [&](std::size_t, std::size_t, auto&&) { ++calls; },
+      [&](std::size_t, std::size_t, auto&&) { ++calls; });
+  CHECK(calls == 0);
+}
+
+TEST_CASE("MPI backend: a mismatched pipelined all-reduce is a usage_error on every rank") {
+  auto world = strata::MpiComm::world();
+  const int r = world.rank();
+  const int n = world.size();
+  if (n < 2) return;
+  const std::size_t size = r == n - 1 ? 9 : 8;
+  std::vector<double> in(size), out(size);
+  std::size_t drains = 0;
+  try {
+    world.all_reduce_pipelined(
+        std::span<const double>(in), std::span<double>(out), strata::ReduceOp::sum, 3,
+        [](std::size_t, std::size_t, auto&&) {},
+        [&](std::size_t, std::size_t, auto&&) { ++drains; });
+    FAIL("no error");
+  } catch (const strata::usage_error& e) {
+    CHECK(e.operation() == "all_reduce");
+    CHECK(e.cause() == "rank 0 and rank " + std::to_string(n - 1) +
+                           " disagree: rank 0 passed 8 elements, rank " + std::to_string(n - 1) +
+                           " passed 9");
+  }
+  CHECK(drains == 0);
+  // One rank's own arguments: the sizes differ. No fill runs there.
+  std::vector<double> shorter(r == 0 ? 7 : 8);
+  bool filled_on_zero = false;
+  CHECK_THROWS_AS(
+      world.all_reduce_pipelined(
+          std::span<const double>(in).first(8), std::span<double>(shorter), strata::ReduceOp::sum,
+          3, [&](std::size_t, std::size_t, auto&&) { filled_on_zero = r == 0; },
+          [](std::size_t, std::size_t, auto&&) {}),
+      strata::usage_error);
+  CHECK(!filled_on_zero);
+  std::vector<std::int64_t> x{1};
+  world.all_reduce(std::span<std::int64_t>(x), strata::ReduceOp::sum);  // still usable
+  CHECK(x[0] == n);
+}
+
+TEST_CASE("MPI backend: a pipelined all-reduce that a peer does not join times out") {
+  auto world = strata::MpiComm::world();
+  if (world.size() < 2) return;
+  strata::MpiOptions options;
+  options.verify_arguments = false;
+  options.timeout = world.rank() == 0 ? std::chrono::milliseconds(300) : std::chrono::minutes(1);
+  strata::MpiComm comm(world.native(), options);
+  // Static: MPI still owns rank 0's abandoned requests and may write into them at any time.
+  static double in[8];
+  static double out[8];
+  std::fill(std::begin(in), std::end(in), 1.0);
+  const auto run = [&] {
+    comm.all_reduce_pipelined(
+        std::span<const double>(in), std::span<double>(out), strata::ReduceOp::sum, 4,
+        [](std::size_t, std::size_t, auto&&) {}, [](std::size_t, std::size_t, auto&&) {});
+  };
+  if (comm.rank() == 0) {
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      run();
+      FAIL("no timeout");
+    } catch (const strata::timeout_error& e) {
+      CHECK(std::string(e.what()).find("strata: all_reduce on rank 0: timed out after 300 ms") ==
+            0);
+    }
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    CHECK_THROWS_AS(run(), strata::error);  // unusable
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    run();
+    CHECK(out[7] == double(comm.size()));
+  }
+  world.barrier();
+}
+
+TEST_CASE("averagers: pipelined averaging over MPI gives the one-segment bits") {
+  auto world = strata::MpiComm::world();
+  const auto n = static_cast<std::size_t>(world.size());
+  const strata::RuntimeHierarchy whole({strata::LevelSpec{1, n}});
+  // Sums of these values are exact in float, so every reduction order gives the same bits.
+  const auto values = [&](std::size_t t, std::size_t size) {
+    std::vector<float> v(size);
+    for (std::size_t i = 0; i < size; ++i) {
+      v[i] = static_cast<float>((world.rank() + 1) * static_cast<int>(i % 5 + t)) * 0.25f;
+    }
+    return v;
+  };
+  const std::vector<std::size_t> sizes{1, 300, 0, 17, 1000, 2};
+  const auto run = [&](std::size_t pipeline_bytes) {
+    strata::RuntimeHierarchicalAverager<strata::MpiComm> avg(world, whole, 0,
+                                                             {.pipeline_bytes = pipeline_bytes});
+    std::vector<std::vector<float>> tensors;
+    std::vector<std::span<float>> spans;
+    for (std::size_t t = 0; t < sizes.size(); ++t) tensors.push_back(values(t, sizes[t]));
+    for (auto& t : tensors) spans.emplace_back(t);
+    REQUIRE(avg.average(spans) == 0);
+    REQUIRE(avg.average(spans) == 0);  // twice: the cached plan and buffers
+    return tensors;
+  };
+  const auto one = run(std::numeric_limits<std::size_t>::max());
+  for (const std::size_t bytes :
+       {std::size_t{4}, std::size_t{6}, std::size_t{256}, std::size_t{0}}) {
+    CAPTURE(bytes);
+    CHECK(run(bytes) == one);
+  }
+  // The mean of the ranks' (r + 1) * c * 0.25 is (n + 1) / 2 * c * 0.25 (here c = 4).
+  CHECK(one[1][3] == doctest::Approx(static_cast<double>(n + 1) / 2));
+
+  // Integers: the truncated quotient of each segment's sum.
+  strata::RuntimeHierarchicalAverager<strata::MpiComm> avg(world, whole, 0, {.pipeline_bytes = 16});
+  std::vector<std::int64_t> a(50, world.rank()), b(3, 7 * world.rank() + 1);
+  const std::vector<std::span<std::int64_t>> ints{a, b};
+  REQUIRE(avg.average(ints) == 0);
+  const auto sum = static_cast<std::int64_t>(n * (n - 1) / 2);
+  const auto members = static_cast<std::int64_t>(n);
+  CHECK(a[49] == sum / members);
+  CHECK(b[2] == (7 * sum + members) / members);
+}
+
+TEST_CASE("averagers: a pipelined averaging that fails leaves the tensors as they were") {
+  std::vector<double> a{0.1, 0.2, 0.3, 0.4, 0.5}, b{}, c{1e300, -2.5, 3.0};
+  const std::vector<double> a0 = a, c0 = c;
+  const std::vector<std::span<double>> spans{a, b, c};
+  const std::span<const std::span<double>> tensors(spans);
+  strata::detail::PackCache<double> cache;
+  // 2 elements per segment: segments [0, 2), [2, 4), [4, 6), [6, 8); the failure comes after
+  // 0 to 3 of them completed.
+  for (std::size_t before = 0; before < 4; ++before) {
+    CAPTURE(before);
+    FlakyPipeline comm{3, before};
+    CHECK_THROWS_AS(strata::detail::fused_average(comm, cache, tensors, 2 * sizeof(double)),
+                    strata::error);
+    CHECK(comm.drained == before);
+    CHECK(std::memcmp(a.data(), a0.data(), a.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(c.data(), c0.data(), c.size() * sizeof(double)) == 0);
+  }
+  FlakyPipeline disagreeing{3, 0, true};
+  CHECK_THROWS_AS(strata::detail::fused_average(disagreeing, cache, tensors, 2 * sizeof(double)),
+                  strata::usage_error);
+  CHECK(std::memcmp(a.data(), a0.data(), a.size() * sizeof(double)) == 0);
+  // And when nothing fails: the mean of three equal copies is the copy, scaled by 3 then 1/3.
+  FlakyPipeline fine{3, 100};
+  strata::detail::fused_average(fine, cache, tensors, 2 * sizeof(double));
+  CHECK(fine.drained == 4);
+  CHECK(a[1] == 0.2 * 3 * (1.0 / 3));
+  CHECK(c[2] == 3.0);
+}
+
+namespace {
+
+// OpenMPI's setting of its non-blocking all-reduce algorithm, read and written through MPI_T;
+// -1 where this MPI has none.
+class NbcSetting {
+ public:
+  NbcSetting() {
+#if defined(OPEN_MPI)
+    int provided = 0;
+    int index = -1;
+    int count = 0;
+    if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) return;
+    usable_ = MPI_T_cvar_get_index("coll_libnbc_iallreduce_algorithm", &index) == MPI_SUCCESS &&
+              MPI_T_cvar_handle_alloc(index, nullptr, &handle_, &count) == MPI_SUCCESS;
+#endif
+  }
+  NbcSetting(const NbcSetting&) = delete;
+  NbcSetting& operator=(const NbcSetting&) = delete;
+  ~NbcSetting() {
+#if defined(OPEN_MPI)
+    if (usable_) MPI_T_cvar_handle_free(&handle_);
+    MPI_T_finalize();
+#endif
+  }
+  [[nodiscard]] int read() {
+    int value = -1;
+#if defined(OPEN_MPI)
+    if (usable_) MPI_T_cvar_read(handle_, &value);
+#endif
+    return value;
+  }
+  void write(int value) {
+#if defined(OPEN_MPI)
+    if (usable_) MPI_T_cvar_write(handle_, &value);
+#else
+    (void)value;
+#endif
+  }
+
+ private:
+#if defined(OPEN_MPI)
+  MPI_T_cvar_handle handle_ = MPI_T_CVAR_HANDLE_NULL;
+#endif
+  bool usable_ = false;
+};
+
+// Every large all-reduce form, checked against the exact sums of rank_values.
+void large_all_reduces(strata::MpiComm& world) {
+  const auto n = static_cast<std::int64_t>(world.size());
+  const std::size_t count = 300000;  // 2.4 MB of doubles: past the 2 MiB threshold
+  const std::vector<double> input = rank_values<double>(world.rank(), count);
+  const auto sum_at = [&](std::size_t i) {
+    return static_cast<double>(7 * n * (n - 1) / 2 + n * (static_cast<std::int64_t>(i % 13) - 5));
+  };
+  const auto exact = [&](const std::vector<double>& v) {
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (v[i] != sum_at(i)) return false;
+    }
+    return true;
+  };
+  std::vector<double> in_place = input;
+  world.all_reduce(std::span<double>(in_place), strata::ReduceOp::sum);
+  CHECK(exact(in_place));
+  std::vector<double> out(count);
+  world.all_reduce(std::span<const double>(input), std::span<double>(out), strata::ReduceOp::sum);
+  CHECK(exact(out));
+  std::vector<double> started = input;
+  world.start_all_reduce(std::span<double>(started), strata::ReduceOp::sum).wait();
+  CHECK(exact(started));
+  std::vector<double> piped = input;
+  world.all_reduce_pipelined(
+      std::span<const double>(piped), std::span<double>(piped), strata::ReduceOp::sum,
+      count / 3 + 1, [](std::size_t, std::size_t, auto&&) {},
+      [](std::size_t, std::size_t, auto&&) {});
+  CHECK(exact(piped));
+}
+
+}  // namespace
+
+TEST_CASE(
+    "MPI backend: large all-reduces are exact, and OpenMPI's algorithm setting is left as it was") {
+  auto world = strata::MpiComm::world();
+  NbcSetting setting;
+  const int before = setting.read();
+  large_all_reduces(world);
+  CHECK(setting.read() == before);
+  if (before == -1) return;  // not OpenMPI: nothing more to see
+  // A setting of the user's own (2: reduce to a root and broadcast) stands.
+  setting.write(2);
+  large_all_reduces(world);
+  CHECK(setting.read() == 2);
+  setting.write(before);
+}

@@ -3,7 +3,9 @@
 //! Model averagers: hierarchical SGD (several levels) and plain local SGD (one level), following
 //! a schedule exactly, with one fused collective per averaging over all parameter tensors.
 
+#include <algorithm>
 #include <cstddef>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -19,6 +21,7 @@
 #include "strata/comm/communicator.hpp"
 #include "strata/comm/hierarchical_all_reduce.hpp"
 #include "strata/comm/level_comms.hpp"
+#include "strata/error.hpp"
 #include "strata/hierarchy/hierarchy.hpp"
 #include "strata/hierarchy/runtime_hierarchy.hpp"
 #include "strata/hierarchy/topology.hpp"
@@ -80,22 +83,134 @@ struct PackCache {
     staging.resize(plan->total_elements());
     return *plan;
   }
+
+  // After a failure that may leave the backend still writing into the staging buffer (an MPI
+  // request that timed out stays pending), the buffer is handed over to it for good: freeing or
+  // reusing it could let the backend write into memory that belongs to something else by then.
+  void give_up_staging() {
+    static std::mutex mutex;
+    static auto* const kept = new std::vector<std::vector<T>>();  // never freed
+    const std::lock_guard<std::mutex> lock(mutex);
+    kept->push_back(std::move(staging));
+    staging = {};
+  }
 };
+
+// Elements packed between two progress calls of a pipelined averaging: MPI moves data only
+// inside MPI calls, so the pack stops for a test() after every 256 KiB.
+inline constexpr std::size_t progress_bytes = std::size_t{256} << 10;
+
+// Packs flat elements [begin, end) from the tensors of `plan`, with the fused kernels' copy, so
+// that a pipelined averaging packs the same bits as `pack` over the whole buffer.
+template <class T, class Progress>
+void pack_range(const FusedPlan<T>& plan, T* flat, std::size_t begin, std::size_t end,
+                Progress&& progress) {
+  const std::span<const TensorChunk<T>> chunks = plan.chunks();
+  // The last chunk that starts at or before `begin`: offsets increase along the plan.
+  auto it = std::upper_bound(chunks.begin(), chunks.end(), begin,
+                             [](std::size_t v, const TensorChunk<T>& c) { return v < c.offset; });
+  if (it != chunks.begin()) --it;
+  const std::size_t between = std::max<std::size_t>(1, progress_bytes / sizeof(T));
+  std::size_t moved = 0;
+  for (; it != chunks.end() && it->offset < end; ++it) {
+    const std::size_t from = std::max(begin, it->offset);
+    const std::size_t to = std::min(end, it->offset + it->length);
+    if (from >= to) continue;
+    move_elements<false>(it->data + (from - it->offset), flat + from, to - from, T(1));
+    moved += to - from;
+    if (moved >= between) {
+      progress();
+      moved = 0;
+    }
+  }
+}
+
+// A segment callback's shape, to ask whether a communicator pipelines an all-reduce.
+struct SegmentCallback {
+  template <class Progress>
+  void operator()(std::size_t, std::size_t, Progress&&) const {}
+};
+
+template <class Comm, class T>
+concept pipelines_all_reduce = requires(Comm& c, std::span<const T> in, std::span<T> out,
+                                        SegmentCallback f) {
+  c.all_reduce_pipelined(in, out, ReduceOp::sum, std::size_t{1}, f, f);
+};
+
+template <class Comm, class T>
+concept reduces_tensors = requires(Comm& c, std::span<const std::span<T>> t) {
+  c.all_reduce_tensors(t, ReduceOp::average);
+};
+
+// Bytes per segment of a pipelined averaging of `total` bytes unless the caller chose (see
+// AveragerOptions::pipeline_bytes): about total / pipeline_segments, within
+// [pipeline_min_segment, pipeline_max_segment] (so one segment up to 1 MiB).
+inline constexpr std::size_t pipeline_segments = 16;
+inline constexpr std::size_t pipeline_min_segment = std::size_t{1} << 20;
+inline constexpr std::size_t pipeline_max_segment = std::size_t{4} << 20;
+
+inline std::size_t pipeline_segment_bytes(std::size_t total_bytes, std::size_t chosen) {
+  if (chosen != 0) return chosen;
+  return std::clamp(total_bytes / pipeline_segments, pipeline_min_segment, pipeline_max_segment);
+}
+
+// The fused average, pipelined: the pack of segment k+1 overlaps the all-reduce of segment k.
+// Each segment is reduced in place in the staging buffer (on MPI an out-of-place all-reduce
+// first copies its input: one more pass over the parameters), so the packed values are gone once
+// a segment has been reduced; the tensors are therefore unpacked, with the 1/g scaling fused in,
+// only after every segment has completed, and a failed call leaves them as they were.
+template <comm_value T, class Comm>
+void fused_average_pipelined(Comm& comm, PackCache<T>& cache, std::span<const std::span<T>> tensors,
+                             std::size_t pipeline_bytes) {
+  const FusedPlan<T>& plan = cache.plan_for(tensors);
+  const std::span<T> flat(cache.staging);
+  const std::size_t segment = std::max<std::size_t>(
+      1, pipeline_segment_bytes(flat.size() * sizeof(T), pipeline_bytes) / sizeof(T));
+  bool posted = false;
+  try {
+    comm.all_reduce_pipelined(
+        std::span<const T>(flat), flat,
+        std::is_floating_point_v<T> ? ReduceOp::sum : ReduceOp::average, segment,
+        [&](std::size_t begin, std::size_t end, auto&& progress) {
+          posted = true;
+          pack_range(plan, flat.data(), begin, end, progress);
+        },
+        [](std::size_t, std::size_t, auto&&) {});
+  } catch (const usage_error&) {
+    throw;  // the members disagreed before anything was posted
+  } catch (...) {
+    if (posted) cache.give_up_staging();
+    throw;
+  }
+  if constexpr (std::is_floating_point_v<T>) {
+    unpack(thrust::host, std::span<const T>(flat), plan, T(1) / static_cast<T>(comm.size()));
+  } else {
+    unpack(thrust::host, std::span<const T>(flat), plan);  // integers: the truncated quotient
+  }
+}
 
 // The fused average of many tensors over `comm`: pack into the cached flat buffer, one
 // all-reduce, unpack with the 1/g scaling fused into the unpack. The tensors are written only by
-// the unpack, after the collective has succeeded.
+// the unpack, after the collective has succeeded. A communicator that averages a tensor list
+// itself does it instead, and one that pipelines an all-reduce runs the pipelined form.
 template <comm_value T, class Comm>
-void fused_average(Comm& comm, PackCache<T>& cache, std::span<const std::span<T>> tensors) {
-  const FusedPlan<T>& plan = cache.plan_for(tensors);
-  const std::span<T> flat(cache.staging);
-  pack(thrust::host, plan, flat);
-  if constexpr (std::is_floating_point_v<T>) {
-    comm.all_reduce(flat, ReduceOp::sum);
-    unpack(thrust::host, std::span<const T>(flat), plan, T(1) / static_cast<T>(comm.size()));
+void fused_average(Comm& comm, PackCache<T>& cache, std::span<const std::span<T>> tensors,
+                   std::size_t pipeline_bytes = 0) {
+  if constexpr (reduces_tensors<Comm, T>) {
+    comm.all_reduce_tensors(tensors, ReduceOp::average);
+  } else if constexpr (pipelines_all_reduce<Comm, T>) {
+    fused_average_pipelined(comm, cache, tensors, pipeline_bytes);
   } else {
-    comm.all_reduce(flat, ReduceOp::average);  // integers: the truncated quotient
-    unpack(thrust::host, std::span<const T>(flat), plan);
+    const FusedPlan<T>& plan = cache.plan_for(tensors);
+    const std::span<T> flat(cache.staging);
+    pack(thrust::host, plan, flat);
+    if constexpr (std::is_floating_point_v<T>) {
+      comm.all_reduce(flat, ReduceOp::sum);
+      unpack(thrust::host, std::span<const T>(flat), plan, T(1) / static_cast<T>(comm.size()));
+    } else {
+      comm.all_reduce(flat, ReduceOp::average);  // integers: the truncated quotient
+      unpack(thrust::host, std::span<const T>(flat), plan);
+    }
   }
 }
 
@@ -119,6 +234,13 @@ struct AveragerOptions {
   //! node are unchanged. Every rank must pass the same value. The result equals the flat average up to rounding (bitwise identical on
   //! every member).
   std::size_t ranks_per_node = 0;
+  //! Communicators that pipeline an all-reduce (MPI: `MpiComm::all_reduce_pipelined`) average a
+  //! tensor list in segments of this many bytes (rounded down to whole elements, at least one),
+  //! so that packing one segment overlaps the transfer of the previous one. 0 (the default):
+  //! about 1/16 of the parameters per segment, at least 1 MiB (so one segment up to 1 MiB) and at
+  //! most 4 MiB (measured on MPI: docs/averaging.md). A value at least the parameters' size: one
+  //! segment. Every rank must pass the same value. Other communicators ignore it.
+  std::size_t pipeline_bytes = 0;
 };
 
 //! An averager over any schedule (`Schedule<H, P>` or `RuntimeSchedule<P>`) and any
@@ -143,7 +265,9 @@ class BasicAverager : public AveragerClock<S> {
   using comm_type = Comm;
 
   BasicAverager(Comm& world, S schedule, AveragerOptions options = {})
-      : AveragerClock<S>(std::move(schedule)), comms_(world, schedule_.levels()) {
+      : AveragerClock<S>(std::move(schedule)),
+        comms_(world, schedule_.levels()),
+        pipeline_bytes_(options.pipeline_bytes) {
     const std::size_t g = options.ranks_per_node;
     const auto levels = schedule_.levels();
     hierarchical_.resize(levels.size());
@@ -157,7 +281,10 @@ class BasicAverager : public AveragerClock<S> {
   }
 
   //! Averages many tensors with one collective: packs them into a flat buffer, all-reduces it,
-  //! and unpacks with the 1/g scaling fused into the unpack. Returns the level that ran.
+  //! and unpacks with the 1/g scaling fused into the unpack. On a communicator that pipelines an
+  //! all-reduce (MPI), packing overlaps the transfer, segment by segment
+  //! (`AveragerOptions::pipeline_bytes`); one that averages a tensor list itself (the local
+  //! backend) does it without the flat buffer. Returns the level that ran.
   template <comm_value T>
   std::optional<std::size_t> average(std::span<const std::span<T>> tensors) {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
@@ -166,7 +293,7 @@ class BasicAverager : public AveragerClock<S> {
       if (auto& h = hierarchical_[*level]) {
         detail::fused_average(*h, cache, tensors);
       } else {
-        detail::fused_average(comms_.level(*level), cache, tensors);
+        detail::fused_average(comms_.level(*level), cache, tensors, pipeline_bytes_);
       }
     }
     ++step_;
@@ -216,6 +343,7 @@ class BasicAverager : public AveragerClock<S> {
  private:
   LevelComms<Comm> comms_;
   std::vector<std::optional<HierarchicalAllReduce<Comm>>> hierarchical_;
+  std::size_t pipeline_bytes_ = 0;
   detail::PackCaches caches_;
 };
 

@@ -10,14 +10,16 @@
 //! | operation | work of member r (n members, c elements of s bytes in the operation's input) | bytes read / written by r |
 //! | --- | --- | --- |
 //! | `all_reduce` | reduces slice r (c/n elements) over all n inputs in rank order 0..n-1, writes the result into slice r of all n outputs (reduce-scatter and all-gather in one pass) | c·s / c·s |
+//! | `all_reduce_tensors` | as `all_reduce`, in place, over the concatenation of each member's tensors: slice r is read from and written to the tensors themselves through a table of where each tensor starts, with no staging buffer | c·s / c·s |
 //! | `reduce_scatter` | reduces block r (c/n elements) over all n inputs, in rank order, into its output | c·s / (c/n)·s |
 //! | `broadcast` | copies the root's buffer into its own | c·s / c·s |
 //! | `all_gather` | copies every member's input into its own output | n·c·s / n·c·s |
 //! | `all_to_all` | copies block r of every member's input into its own output | total received, both ways |
 //! | `barrier`, `split` | rendezvous only (split: member 0 builds all subgroups) | 0 |
 //!
-//! (s: bytes per element.) Sums run in a fixed rank order and each slice is reduced by exactly one
-//! member, so results are identical from run to run and bitwise identical on every member.
+//! (s: bytes per element; for `all_reduce_tensors`, c is the total of the tensors' sizes.) Sums
+//! run in a fixed rank order and each slice is reduced by exactly one member, so results are
+//! identical from run to run and bitwise identical on every member.
 //! Writes begin only after every member has arrived and every check has passed, so a collective
 //! that fails leaves every buffer as it was.
 
@@ -64,6 +66,19 @@ struct LocalOptions {
 
 namespace detail::local {
 
+// One member's tensors in an all_reduce_tensors, described by the member itself before the
+// rendezvous, so that its peers can check and walk them without touching the caller's list twice.
+struct TensorList {
+  const void* spans = nullptr;      // the caller's `const std::span<T>*`
+  std::vector<std::size_t> starts;  // where each tensor starts in the concatenation; then the total
+  std::size_t overlap[2] = {0, 0};  // two tensors that share memory, when `overlaps`
+  bool overlaps = false;
+
+  [[nodiscard]] std::size_t count() const noexcept { return starts.size() - 1; }
+  [[nodiscard]] std::size_t total() const noexcept { return starts.back(); }
+  [[nodiscard]] std::size_t size(std::size_t t) const noexcept { return starts[t + 1] - starts[t]; }
+};
+
 // What one member passed to the current collective.
 struct Post {
   const Call* call = nullptr;  // the caller's, alive until the collective's last barrier
@@ -71,7 +86,15 @@ struct Post {
   void* out = nullptr;
   int color = 0;
   int key = 0;
+  const TensorList* tensors = nullptr;  // all_reduce_tensors only
 };
+
+inline constexpr std::string_view tensors_name = "all_reduce_tensors";
+
+// The operation's name in messages: all_reduce_tensors travels as an all-reduce call.
+inline std::string_view operation_name(const Post& p) noexcept {
+  return p.tensors != nullptr ? tensors_name : collective_name(p.call->op);
+}
 
 struct Group;
 
@@ -146,10 +169,9 @@ inline bool arrive(Group& g, int me) {
 // failed, when a member it waits for has left, or at the deadline (which fails the world, so that
 // every other waiter learns why). A member that throws withdraws its arrival first: the barrier
 // can then never complete with a member that has gone, whose buffers may already be freed.
-inline void rendezvous(Group& g, int me, Collective kind) {
+inline void rendezvous(Group& g, int me, std::string_view op) {
   World& w = *g.world;
   const int my_world_rank = g.members[static_cast<std::size_t>(me)];
-  const std::string_view op = collective_name(kind);
   std::unique_lock lock(w.mutex);
   auto throw_failed = [&] {
     std::string why = w.failed_rank == my_world_rank
@@ -240,39 +262,187 @@ inline void blocked(std::size_t n, F&& f) {
   for (; i < n; ++i) f(i);
 }
 
-// Reduces elements [begin, end) of every member's input, in member order, into `dests`. Works in
-// cache-sized chunks so that the partial result stays in L1.
-template <class T, class Combine, class Dests>
-void reduce_range(const std::vector<Post>& posts, std::size_t in_offset, std::size_t begin,
-                  std::size_t end, ReduceOp op, Combine combine, Dests&& dests) {
-  constexpr std::size_t chunk = 2048;
-  T acc[chunk];
-  const std::size_t n = posts.size();
-  for (std::size_t lo = begin; lo < end; lo += chunk) {
-    const std::size_t len = std::min(chunk, end - lo);
-    copy_bytes(acc, static_cast<const T*>(posts[0].in) + in_offset + lo, len * sizeof(T));
-    for (std::size_t m = 1; m < n; ++m) {
-      const T* src = static_cast<const T*>(posts[m].in) + in_offset + lo;
-      blocked(len, [&](std::size_t i) { acc[i] = combine(acc[i], src[i]); });
+// The elements of one chunk [lo, lo + len) of the reduced range, cut into pieces that are
+// contiguous in every member's data: piece p holds `length(p)` elements, elements
+// [lo + at(p), lo + at(p) + length(p)), at `source(m, p)` in member m's input.
+// A flat buffer: one piece, `offset` elements into each member's input.
+template <class T>
+class FlatPieces {
+ public:
+  FlatPieces(const std::vector<Post>& posts, std::size_t offset) noexcept
+      : posts_(&posts), offset_(offset) {}
+
+  // Starts the chunk at lo of at most `len` elements; returns its length.
+  std::size_t cut(std::size_t lo, std::size_t len) noexcept {
+    lo_ = lo;
+    len_ = len;
+    return len;
+  }
+  [[nodiscard]] std::size_t count() const noexcept { return 1; }
+  [[nodiscard]] std::size_t at(std::size_t) const noexcept { return 0; }
+  [[nodiscard]] std::size_t length(std::size_t) const noexcept { return len_; }
+  [[nodiscard]] const T* source(std::size_t m, std::size_t) const noexcept {
+    return static_cast<const T*>((*posts_)[m].in) + offset_ + lo_;
+  }
+
+ private:
+  const std::vector<Post>* posts_;
+  std::size_t offset_;
+  std::size_t lo_ = 0;
+  std::size_t len_ = 0;
+};
+
+// Many tensors, concatenated: a chunk is cut at the tensors' boundaries, which every member
+// shares (their lists agree), so one table of pieces serves all n members. A chunk ends early
+// after `max_pieces` pieces, which keeps the table small when tensors are tiny. The tensors are
+// reduced in place: `target(m, p)` is `source(m, p)`, writable. Nothing here allocates: the work
+// between the barriers must not fail.
+template <class T>
+class TensorPieces {
+ public:
+  // Positioned at `begin` (< the total) by a binary search of the starts.
+  TensorPieces(const std::vector<Post>& posts, std::size_t begin) noexcept : posts_(&posts) {
+    const std::vector<std::size_t>& starts = posts.front().tensors->starts;
+    starts_ = starts.data();
+    const auto after = std::upper_bound(starts.begin(), starts.end(), begin);
+    tensor_ = static_cast<std::size_t>(after - starts.begin()) - 1;
+    offset_ = begin - starts_[tensor_];
+  }
+
+  std::size_t cut(std::size_t, std::size_t len) noexcept {
+    count_ = 0;
+    std::size_t done = 0;
+    // The range ends inside the tensors, so a non-empty tensor remains while done < len.
+    while (done < len && count_ < max_pieces) {
+      const std::size_t size = starts_[tensor_ + 1] - starts_[tensor_];
+      if (offset_ == size) {  // finished, or empty
+        ++tensor_;
+        offset_ = 0;
+        continue;
+      }
+      const std::size_t k = std::min(size - offset_, len - done);
+      pieces_[count_++] = {tensor_, offset_, done, k};
+      done += k;
+      offset_ += k;
+    }
+    return done;
+  }
+  [[nodiscard]] std::size_t count() const noexcept { return count_; }
+  [[nodiscard]] std::size_t at(std::size_t p) const noexcept { return pieces_[p].at; }
+  [[nodiscard]] std::size_t length(std::size_t p) const noexcept { return pieces_[p].length; }
+  [[nodiscard]] const T* source(std::size_t m, std::size_t p) const noexcept {
+    return target(m, p);
+  }
+  [[nodiscard]] T* target(std::size_t m, std::size_t p) const noexcept {
+    const auto* list = static_cast<const std::span<T>*>((*posts_)[m].tensors->spans);
+    return list[pieces_[p].tensor].data() + pieces_[p].offset;
+  }
+
+ private:
+  static constexpr std::size_t max_pieces = 64;
+  struct Piece {
+    std::size_t tensor, offset, at, length;
+  };
+
+  const std::vector<Post>* posts_;
+  const std::size_t* starts_ = nullptr;
+  std::size_t tensor_ = 0;  // where the next chunk begins
+  std::size_t offset_ = 0;
+  std::size_t count_ = 0;
+  Piece pieces_[max_pieces];
+};
+
+// The elements a reduction holds in L1 at once: 16 KiB, which it reads from every member. Longer
+// runs per member stream better from memory; n such runs must still fit in L2 until written back.
+template <class T>
+inline constexpr std::size_t reduce_chunk = 16384 / sizeof(T);
+
+// Copies k <= reduce_chunk<T> elements: the bound lets the compiler inline the copy.
+template <class T>
+void copy_chunk(T* dst, const T* src, std::size_t k) noexcept {
+  copy_bytes(dst, src, std::min(k, reduce_chunk<T>) * sizeof(T));
+}
+
+// Folds K members' elements into `a`, in member order, in one pass: a[i] = combine(...combine(
+// x, s[0][i])..., s[K-1][i]) with x = a[i], or, for the first group (`Start`), a[i] =
+// combine(...combine(s[0][i], s[1][i])..., s[K-1][i]). Up to four members per pass read four
+// streams at once and keep the partial result in registers; each element is still combined in
+// rank order, so the bits are those of one member at a time. Each block loads everything before
+// it stores: the compiler may then vectorise it without knowing that `a` and `s` do not overlap.
+template <std::size_t K, bool Start, class T, class Combine>
+void fold(T* a, const T* const* s, std::size_t len, Combine combine) {
+  constexpr std::size_t block = 16;
+  const T* const s0 = s[0];
+  const T* const s1 = s[K > 1 ? 1 : 0];
+  const T* const s2 = s[K > 2 ? 2 : 0];
+  const T* const s3 = s[K > 3 ? 3 : 0];
+  const auto one = [&](std::size_t i) {
+    T v = Start ? s0[i] : combine(a[i], s0[i]);
+    if constexpr (K > 1) v = combine(v, s1[i]);
+    if constexpr (K > 2) v = combine(v, s2[i]);
+    if constexpr (K > 3) v = combine(v, s3[i]);
+    return v;
+  };
+  std::size_t i = 0;
+  for (; i + block <= len; i += block) {
+    T v[block];
+    for (std::size_t k = 0; k < block; ++k) v[k] = one(i + k);
+    for (std::size_t k = 0; k < block; ++k) a[i + k] = v[k];
+  }
+  for (; i < len; ++i) a[i] = one(i);
+}
+
+template <bool Start, class T, class Combine>
+void fold_group(T* a, const T* const* s, std::size_t k, std::size_t len, Combine combine) {
+  switch (k) {
+    case 1: fold<1, Start>(a, s, len, combine); break;
+    case 2: fold<2, Start>(a, s, len, combine); break;
+    case 3: fold<3, Start>(a, s, len, combine); break;
+    default: fold<4, Start>(a, s, len, combine); break;
+  }
+}
+
+// Reduces elements [begin, end) of every member's data (`pieces`), in member order, into
+// `dests(lo, acc, len)`, which may then overwrite them. Works in chunks of `reduce_chunk<T>`
+// elements, so that the partial result stays in L1 and the chunk of every member's data, read
+// once, is still in L2 when written back.
+template <class T, class Combine, class Pieces, class Dests>
+void reduce_range(std::size_t n, std::size_t begin, std::size_t end, ReduceOp op, Combine combine,
+                  Pieces& pieces, Dests&& dests) {
+  T acc[reduce_chunk<T>];
+  const T* group[4];
+  for (std::size_t lo = begin; lo < end;) {
+    const std::size_t len = pieces.cut(lo, std::min(reduce_chunk<T>, end - lo));
+    for (std::size_t p = 0; p < pieces.count(); ++p) {
+      T* a = acc + pieces.at(p);
+      const std::size_t k = pieces.length(p);
+      for (std::size_t m = 0; m < n; m += 4) {
+        const std::size_t members = std::min<std::size_t>(4, n - m);
+        for (std::size_t j = 0; j < members; ++j) group[j] = pieces.source(m + j, p);
+        if (m == 0) {
+          fold_group<true>(a, group, members, k, combine);
+        } else {
+          fold_group<false>(a, group, members, k, combine);
+        }
+      }
     }
     if (op == ReduceOp::average) {
       const AverageOf<T> average(static_cast<int>(n));
       blocked(len, [&](std::size_t i) { acc[i] = average(acc[i]); });
     }
-    dests(lo, acc, len);
+    dests(lo, static_cast<const T*>(acc), len);
+    lo += len;
   }
 }
 
-template <class T, class Dests>
-void reduce_dispatch(const std::vector<Post>& posts, std::size_t in_offset, std::size_t begin,
-                     std::size_t end, ReduceOp op, Dests&& dests) {
+template <class T, class Pieces, class Dests>
+void reduce_dispatch(std::size_t n, std::size_t begin, std::size_t end, ReduceOp op, Pieces& pieces,
+                     Dests&& dests) {
   switch (op) {
     case ReduceOp::sum:
-    case ReduceOp::average:
-      reduce_range<T>(posts, in_offset, begin, end, op, Sum<T>{}, dests);
-      break;
-    case ReduceOp::min: reduce_range<T>(posts, in_offset, begin, end, op, Min<T>{}, dests); break;
-    case ReduceOp::max: reduce_range<T>(posts, in_offset, begin, end, op, Max<T>{}, dests); break;
+    case ReduceOp::average: reduce_range<T>(n, begin, end, op, Sum<T>{}, pieces, dests); break;
+    case ReduceOp::min: reduce_range<T>(n, begin, end, op, Min<T>{}, pieces, dests); break;
+    case ReduceOp::max: reduce_range<T>(n, begin, end, op, Max<T>{}, pieces, dests); break;
   }
 }
 
@@ -309,6 +479,35 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
   //! This member's rank in the whole world.
   [[nodiscard]] int world_rank() const noexcept {
     return group_->members[static_cast<std::size_t>(rank_)];
+  }
+
+  //! In place over many tensors: every member ends with the reduction of every member's tensors,
+  //! element by element, as if they were concatenated (tensor lists must agree in count and sizes).
+  //!
+  //! The result is bitwise that of packing the tensors into one buffer, `all_reduce` on it and
+  //! unpacking, without the buffer: each member reduces its slice of the concatenation straight
+  //! from the members' tensors and writes it into them. Fails like every collective (a
+  //! `strata::usage_error` on every member when the lists differ in count or in any tensor's
+  //! size, or when one member's tensors overlap each other) and then writes nothing. Empty
+  //! tensors are allowed.
+  //!
+  //! \code
+  //! strata::LocalWorld(2).run([](strata::LocalComm& comm) {
+  //!   std::vector<float> w(3, float(comm.rank())), b{float(comm.rank()) * 4};
+  //!   const std::vector<std::span<float>> params{w, b};
+  //!   comm.all_reduce_tensors(std::span<const std::span<float>>(params),
+  //!                           strata::ReduceOp::average);
+  //!   assert(w[2] == 0.5f && b[0] == 2.0f);
+  //! });
+  //! \endcode
+  template <comm_value T>
+  void all_reduce_tensors(std::span<const std::span<T>> tensors, ReduceOp op) {
+    detail::local::TensorList list = describe_tensors(tensors);
+    Call c = detail::make_call<T>(Collective::all_reduce, list.total(), list.total(), op);
+    detail::local::Post p;
+    p.call = &c;
+    p.tensors = &list;
+    collective(p, [&](detail::local::Group& g) { work_tensors<T>(op, g); });
   }
 
  private:
@@ -379,7 +578,59 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     return LocalComm(std::move(sub), sub_rank);
   }
 
+  // This member's tensors as its peers read them: where each starts in the concatenation, and
+  // whether two of them share memory (then in-place writes of one would be reads of another, and
+  // no result would be well defined).
+  template <class T>
+  static detail::local::TensorList describe_tensors(std::span<const std::span<T>> tensors) {
+    detail::local::TensorList list;
+    list.spans = tensors.data();
+    list.starts.resize(tensors.size() + 1);
+    std::vector<std::pair<std::uintptr_t, std::size_t>> by_address;  // of non-empty tensors
+    std::size_t at = 0;
+    for (std::size_t t = 0; t < tensors.size(); ++t) {
+      list.starts[t] = at;
+      at += tensors[t].size();  // spans of disjoint memory: no wrap, checked below
+      if (!tensors[t].empty()) {
+        by_address.emplace_back(reinterpret_cast<std::uintptr_t>(tensors[t].data()), t);
+      }
+    }
+    list.starts.back() = at;
+    std::sort(by_address.begin(), by_address.end());
+    for (std::size_t i = 1; i < by_address.size(); ++i) {
+      const auto [address, t] = by_address[i - 1];
+      if (by_address[i].first - address < tensors[t].size() * sizeof(T)) {
+        list.overlaps = true;
+        list.overlap[0] = std::min(t, by_address[i].second);
+        list.overlap[1] = std::max(t, by_address[i].second);
+        break;
+      }
+    }
+    return list;
+  }
+
   // --- the data movement, between the two barriers ---------------------------------------------
+  // Member r reduces slice r of the concatenated tensors, split at the same places as a flat
+  // all_reduce of the total, straight from every member's tensors into every member's tensors.
+  template <class T>
+  void work_tensors(ReduceOp op, detail::local::Group& g) {
+    const std::size_t n = g.posts.size();
+    const auto r = static_cast<std::size_t>(rank_);
+    const std::size_t count = g.posts[r].tensors->total();
+    const std::size_t begin = count * r / n;
+    const std::size_t end = count * (r + 1) / n;
+    if (begin == end) return;
+    detail::local::TensorPieces<T> pieces(g.posts, begin);
+    detail::local::reduce_dispatch<T>(
+        n, begin, end, op, pieces, [&](std::size_t, const T* acc, std::size_t) {
+          for (std::size_t m = 0; m < n; ++m) {
+            for (std::size_t p = 0; p < pieces.count(); ++p) {
+              detail::local::copy_chunk(pieces.target(m, p), acc + pieces.at(p), pieces.length(p));
+            }
+          }
+        });
+  }
+
   template <class T>
   void work(const Call& c, T* out, detail::local::Group& g) {
     using detail::local::copy_bytes;
@@ -391,11 +642,12 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
         // Reduce-scatter and all-gather in one pass: this member reduces slice r and writes it
         // into every member's output.
         const std::size_t count = c.in;
-        detail::local::reduce_dispatch<T>(g.posts, 0, count * r / n, count * (r + 1) / n, c.reduce,
+        detail::local::FlatPieces<T> pieces(g.posts, 0);
+        detail::local::reduce_dispatch<T>(n, count * r / n, count * (r + 1) / n, c.reduce, pieces,
                                           [&](std::size_t lo, const T* acc, std::size_t len) {
                                             for (std::size_t m = 0; m < n; ++m) {
-                                              copy_bytes(static_cast<T*>(g.posts[m].out) + lo, acc,
-                                                         len * sizeof(T));
+                                              detail::local::copy_chunk(
+                                                  static_cast<T*>(g.posts[m].out) + lo, acc, len);
                                             }
                                           });
         break;
@@ -408,12 +660,14 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
       case Collective::all_gather:
         for (std::size_t m = 0; m < n; ++m) copy_bytes(out + m * c.in, input(m), c.in * sizeof(T));
         break;
-      case Collective::reduce_scatter:
-        detail::local::reduce_dispatch<T>(g.posts, c.out * r, 0, c.out, c.reduce,
+      case Collective::reduce_scatter: {
+        detail::local::FlatPieces<T> pieces(g.posts, c.out * r);
+        detail::local::reduce_dispatch<T>(n, 0, c.out, c.reduce, pieces,
                                           [&](std::size_t lo, const T* acc, std::size_t len) {
-                                            copy_bytes(out + lo, acc, len * sizeof(T));
+                                            detail::local::copy_chunk(out + lo, acc, len);
                                           });
         break;
+      }
       case Collective::all_to_all: {
         const std::size_t b = c.in / n;
         for (std::size_t j = 0; j < n; ++j)
@@ -447,6 +701,10 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     const auto call = [&](int m) -> const Call& {
       return *posts[static_cast<std::size_t>(m)].call;
     };
+    const bool tensors = std::any_of(posts.begin(), posts.end(), [](const detail::local::Post& p) {
+      return p.tensors != nullptr;
+    });
+    if (tensors) return tensor_disagreement();
     if (auto why = detail::first_disagreement(n, call, name)) return why;
     if (call(0).op != Collective::all_to_all_v) return std::nullopt;
     std::vector<detail::CountMismatch> found(posts.size());
@@ -462,6 +720,59 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     return detail::first_count_disagreement(std::span<const detail::CountMismatch>(found), name);
   }
 
+  // The rule of `detail::first_disagreement` when a member called all_reduce_tensors: first a
+  // member whose own arguments are unusable (the lowest), then the first member whose call
+  // differs from member 0's in operation, element type, reduction, tensor count, or the size of
+  // a tensor (the first that differs). The sizes are compared whole: in shared memory that costs
+  // a read of each list, and no two different lists can pass.
+  [[nodiscard]] std::optional<std::string> tensor_disagreement() const {
+    using detail::local::operation_name;
+    const auto& posts = group_->posts;
+    const std::size_t n = posts.size();
+    const auto name = [&](std::size_t m) { return detail::rank_name(group_->members[m]); };
+    for (std::size_t m = 0; m < n; ++m) {
+      const detail::local::Post& p = posts[m];
+      if (p.tensors != nullptr && p.tensors->overlaps) {
+        return name(m) + ": tensors " + std::to_string(p.tensors->overlap[0]) + " and " +
+               std::to_string(p.tensors->overlap[1]) + " overlap";
+      }
+      if (p.call->problem) {
+        return name(m) + ": " + detail::describe(p.call->problem, static_cast<int>(n));
+      }
+    }
+    const detail::local::Post& first = posts[0];
+    for (std::size_t m = 1; m < n; ++m) {
+      const detail::local::Post& p = posts[m];
+      const std::string pair = name(0) + " and " + name(m) + " disagree: ";
+      if (operation_name(p) != operation_name(first)) {
+        return pair + name(0) + " called " + std::string(operation_name(first)) + ", " + name(m) +
+               " called " + std::string(operation_name(p));
+      }
+      if (p.call->type != first.call->type) {
+        return pair + name(0) + " passed " + std::string(detail::element_name(first.call->type)) +
+               " elements, " + name(m) + " passed " +
+               std::string(detail::element_name(p.call->type));
+      }
+      if (p.call->reduce != first.call->reduce) {
+        return pair + name(0) + " reduces with " + std::string(to_string(first.call->reduce)) +
+               ", " + name(m) + " with " + std::string(to_string(p.call->reduce));
+      }
+      const detail::local::TensorList& a = *first.tensors;
+      const detail::local::TensorList& b = *p.tensors;
+      if (a.count() != b.count()) {
+        return pair + name(0) + " passed " + std::to_string(a.count()) + " tensors, " + name(m) +
+               " passed " + std::to_string(b.count());
+      }
+      for (std::size_t t = 0; t < a.count(); ++t) {
+        if (a.size(t) != b.size(t)) {
+          return pair + "tensor " + std::to_string(t) + " has " + std::to_string(a.size(t)) +
+                 " elements on " + name(0) + ", " + std::to_string(b.size(t)) + " on " + name(m);
+        }
+      }
+    }
+    return std::nullopt;
+  }
+
   // Two barriers around the work. The second is a completion barrier that every member reaches,
   // also after a failed check, so that no member posts its next collective, or frees its
   // buffers, while a peer still reads this one's posts. A failure of the world during the work
@@ -470,7 +781,7 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
   void collective(const detail::local::Post& p, Work&& work) {
     post(p);
     detail::local::Group& g = *group_;
-    const Collective op = p.call->op;
+    const std::string_view op = detail::local::operation_name(p);
     detail::local::rendezvous(g, rank_, op);
     std::optional<std::string> problem;
     std::exception_ptr failed;
@@ -482,7 +793,7 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     }
     detail::local::complete(g, rank_);
     if (failed) std::rethrow_exception(failed);
-    if (problem) throw usage_error(detail::collective_name(op), world_rank(), *problem);
+    if (problem) throw usage_error(op, world_rank(), *problem);
   }
 
   std::shared_ptr<detail::local::Group> group_;

@@ -24,6 +24,12 @@
 //! `start_all_reduce`, `start_reduce_scatter` and `start_all_gather` check and agree as the
 //! blocking forms do, post the same non-blocking call and return an `MpiRequest` instead of
 //! polling it, so that the caller computes while the data moves (`async_communicator_for`).
+//! `all_reduce_pipelined` cuts an all-reduce into segments that are posted as the caller fills
+//! them and handed back as they complete.
+//!
+//! On OpenMPI, whose non-blocking all-reduce would reduce a large buffer in place to one root and
+//! broadcast it back, all-reduces from min(128 KiB x n, 2 MiB) on run its reduce-scatter +
+//! all-gather instead (`detail::mpi::NbcAllReduceAlgorithm`; docs/communicators.md).
 //!
 //! Errors (docs/errors.md): the communicator's error handler returns codes, and every failure
 //! becomes a `strata::mpi_error` naming the operation, the rank, the MPI call and MPI's own error
@@ -139,6 +145,92 @@ void scale_average(void* out, std::size_t count, int group) noexcept {
   T* values = static_cast<T*>(out);
   for (std::size_t i = 0; i < count; ++i) values[i] = average(values[i]);
 }
+
+// OpenMPI's non-blocking all-reduce (its coll/libnbc component) takes its algorithm from one
+// process-wide setting, coll_libnbc_iallreduce_algorithm, whose default (0) lets it choose: a
+// buffer reduced in place goes to one root and back (binomial reduce, then broadcast) at any
+// size, and so does every buffer below 4 processes. From 1 MiB per process on, over shared memory
+// (docs/communicators.md), that costs 1.1 to 1.5x the blocking MPI_Allreduce with 8 processes and
+// up to 2.9x with 2, where its reduce-scatter + all-gather (Rabenseifner's algorithm, setting 3)
+// in place costs about 0.75 to 1.1x; below about 128 KiB times the number of processes the
+// root-based one is the faster. The setting is an MPI_T control variable: strata sets it to 3
+// around its own posts of large all-reduces while it holds 0 and puts 0 back right after, so a
+// value chosen by the user (an MCA parameter) always stands. Other MPI libraries keep their own
+// choice.
+class NbcAllReduceAlgorithm {
+ public:
+  static constexpr int automatic = 0;
+  static constexpr int reduce_scatter_all_gather = 3;
+  // Rabenseifner's algorithm from 128 KiB times the group size, or from 2 MiB in any group.
+  static constexpr std::size_t threshold_per_member = std::size_t{128} << 10;
+  static constexpr std::size_t threshold_cap = std::size_t{2} << 20;
+
+  // Chooses Rabenseifner's algorithm for all-reduces posted during its lifetime when `wanted`.
+  class Scope {
+   public:
+    explicit Scope(bool wanted) noexcept {
+      if (wanted) set_ = variable().set_if_automatic(reduce_scatter_all_gather);
+    }
+    ~Scope() {
+      if (set_) variable().write(automatic);
+    }
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    bool set_ = false;
+  };
+
+  [[nodiscard]] static bool wanted(std::size_t bytes, int members) noexcept {
+    return members > 1 && bytes >= std::min(threshold_cap, threshold_per_member *
+                                                               static_cast<std::size_t>(members));
+  }
+
+ private:
+  static NbcAllReduceAlgorithm& variable() noexcept {
+    static NbcAllReduceAlgorithm v;
+    return v;
+  }
+
+  NbcAllReduceAlgorithm() noexcept {
+#if defined(OPEN_MPI)
+    int provided = 0;
+    int index = -1;
+    int count = 0;
+    if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS) return;
+    usable_ = MPI_T_cvar_get_index("coll_libnbc_iallreduce_algorithm", &index) == MPI_SUCCESS &&
+              MPI_T_cvar_handle_alloc(index, nullptr, &handle_, &count) == MPI_SUCCESS &&
+              count == 1;
+#endif
+  }
+
+  bool set_if_automatic(int value) noexcept {
+#if defined(OPEN_MPI)
+    int current = -1;
+    if (!usable_ || MPI_T_cvar_read(handle_, &current) != MPI_SUCCESS || current != automatic) {
+      return false;
+    }
+    return write(value);
+#else
+    (void)value;
+    return false;
+#endif
+  }
+
+  bool write(int value) noexcept {
+#if defined(OPEN_MPI)
+    return MPI_T_cvar_write(handle_, &value) == MPI_SUCCESS;
+#else
+    (void)value;
+    return false;
+#endif
+  }
+
+#if defined(OPEN_MPI)
+  MPI_T_cvar_handle handle_ = MPI_T_CVAR_HANDLE_NULL;
+#endif
+  bool usable_ = false;
+};
 
 }  // namespace detail::mpi
 
@@ -386,6 +478,113 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     return start(c, in.data(), out.data());
   }
 
+  // --- pipelined all-reduce -----------------------------------------------------------------------
+
+  //! The all-reduce of `in` into `out` (same size; `in` may be `out` itself, but must not
+  //! otherwise overlap it), cut into segments of `segment_elements` (the last may be shorter; 0:
+  //! one segment) so that the caller's production of `in` and consumption of `out` overlap the
+  //! transfer: `fill(begin, end, progress)` must write `in[begin, end)` (it may have done so
+  //! already), `drain(begin, end, progress)` may read `out[begin, end)` from then on, and both
+  //! call `progress()` now and then, since MPI moves data only inside MPI calls. Segment k is
+  //! posted as soon as `fill` returned for it; segments are filled and drained in order, and
+  //! segment k is drained only once its reduction completed (`ReduceOp::average` applied),
+  //! between later fills or after the last one.
+  //!
+  //! - Checks and agreement as `all_reduce(in, out, op)`, once for the whole call: a bad or
+  //!   mismatched call is the same `usage_error` on every member, before anything is posted. The
+  //!   agreement is latency only, so the first segment is filled while it is under way (unless
+  //!   this member's own arguments are invalid): a call that fails it may have run that `fill`,
+  //!   but no `drain`. Every member must pass the same `segment_elements` (a mismatch is an MPI
+  //!   error or a timeout).
+  //! - Each wait is under the deadline, as for a blocking collective, with the same errors;
+  //!   segments still pending then are left to MPI and the communicator is unusable. A failure
+  //!   may come after some segments were drained: a caller that must leave its data unchanged on
+  //!   failure writes it only after the call returned (the averagers reduce in place in their
+  //!   staging buffer and unpack afterwards).
+  //! - `fill` and `drain` should not throw: if one does, the segments already posted are completed
+  //!   before the exception propagates, and if some were never posted, the peers wait for them
+  //!   until their deadlines and this communicator is marked unusable.
+  //! - Each segment is one `MPI_Iallreduce`, with the algorithm choice of every all-reduce here
+  //!   (on OpenMPI, reduce-scatter + all-gather for large segments: see the top of this file).
+  //!   In place saves a pass: out of place, that algorithm first copies its input.
+  //!
+  //! \code
+  //! // Doubles each rank's values on their way in and reads the sums as they arrive: compiled
+  //! // here, run under mpirun in the MPI suites.
+  //! auto run = [](strata::MpiComm& comm, std::span<const double> mine) {
+  //!   std::vector<double> in(mine.size()), out(mine.size());
+  //!   double total = 0;
+  //!   comm.all_reduce_pipelined(
+  //!       std::span<const double>(in), std::span<double>(out), strata::ReduceOp::sum, 1024,
+  //!       [&](std::size_t b, std::size_t e, auto&& progress) {
+  //!         for (std::size_t i = b; i < e; ++i) in[i] = 2 * mine[i];
+  //!         progress();
+  //!       },
+  //!       [&](std::size_t b, std::size_t e, auto&&) {
+  //!         for (std::size_t i = b; i < e; ++i) total += out[i];
+  //!       });
+  //!   return total;
+  //! };
+  //! (void)run;
+  //! \endcode
+  template <comm_value T, class Fill, class Drain>
+  void all_reduce_pipelined(std::span<const T> in, std::span<T> out, ReduceOp op,
+                            std::size_t segment_elements, Fill&& fill, Drain&& drain) {
+    Call c = detail::make_call<T>(Collective::all_reduce, in.size(), out.size(), op);
+    c.problem = detail::check_same_size(in.size(), out.size());
+    const std::string_view name = detail::collective_name(c.op);
+    ensure_usable(name);
+    if (!c.problem) check_limits(c);
+
+    const std::size_t total = in.size();
+    const std::size_t segment = segment_elements == 0 ? total : std::min(segment_elements, total);
+    const std::size_t count = total == 0 ? 0 : total / segment + (total % segment != 0 ? 1 : 0);
+    const auto begin = [&](std::size_t k) { return k * segment; };
+    const auto end = [&](std::size_t k) { return std::min(total, (k + 1) * segment); };
+    std::vector<MpiRequest> requests;
+    requests.reserve(count);
+    std::size_t drained = 0;
+    std::size_t oldest = 0;  // the first posted segment not known to be complete
+    // Testing a request that already completed makes no MPI call, so progress tests the oldest
+    // one still pending: any MPI call progresses every pending collective.
+    const auto progress = [&] {
+      while (oldest < requests.size() && requests[oldest].done()) ++oldest;
+      if (oldest < requests.size()) requests[oldest].test();
+    };
+    const bool first_early = count > 0 && !c.problem;
+    try {
+      // The agreement is latency only: the first segment is filled while it is under way.
+      agree_while(c, [&](MPI_Request& req) {
+        if (!first_early) return;
+        fill(begin(0), end(0), [&] {
+          int done = 0;
+          check(name, "MPI_Test", MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+        });
+      });
+      for (std::size_t k = 0; k < count; ++k) {
+        if (k > 0 || !first_early) fill(begin(k), end(k), progress);
+        Call part = c;
+        part.in = part.out = end(k) - begin(k);
+        requests.push_back(start_posted(part, in.data() + begin(k), out.data() + begin(k)));
+        while (drained < requests.size() && requests[drained].test()) {
+          drain(begin(drained), end(drained), progress);
+          ++drained;
+        }
+      }
+      for (; drained < count; ++drained) {
+        requests[drained].wait();
+        drain(begin(drained), end(drained), progress);
+      }
+    } catch (const usage_error&) {
+      throw;  // the members disagreed: nothing was posted, on any member
+    } catch (...) {
+      const bool all_posted = requests.size() == count;
+      requests.clear();  // completes what was posted, or abandons it if the communicator broke
+      if (!all_posted && broken_.empty()) broken_ = "a pipelined all_reduce was left unfinished";
+      throw;
+    }
+  }
+
  private:
   friend class detail::CollectiveFacade<MpiComm>;
   friend class MpiRequest;
@@ -437,6 +636,37 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     }
   }
 
+  // The agreement, as agree() runs it, with `meanwhile(req)` run while the exchange `req` is
+  // under way (it may test `req`); without the exchange, `meanwhile` runs first, then this
+  // member's own problem, if any, is reported.
+  template <class Meanwhile>
+  void agree_while(const Call& c, Meanwhile&& meanwhile) {
+    if (!options_.verify_arguments) {
+      MPI_Request none = MPI_REQUEST_NULL;
+      meanwhile(none);
+      agree_by_exchange(c, false);
+      return;
+    }
+    const auto gather = [&](std::span<const std::int64_t> mine, std::span<std::int64_t> all) {
+      const std::string_view op = detail::collective_name(c.op);
+      MPI_Request req = MPI_REQUEST_NULL;
+      check(op, "MPI_Iallgather",
+            MPI_Iallgather(mine.data(), static_cast<int>(mine.size()), MPI_INT64_T, all.data(),
+                           static_cast<int>(mine.size()), MPI_INT64_T, comm_, &req));
+      try {
+        meanwhile(req);
+      } catch (...) {
+        wait(op, req);  // the peers complete the exchange; this member leaves afterwards
+        throw;
+      }
+      wait(op, req);
+    };
+    const auto exchange = [&](std::span<const std::int64_t> mine, std::span<std::int64_t> theirs) {
+      exchange_words(detail::collective_name(c.op), mine, theirs);
+    };
+    if (auto why = detail::agree(c, rank_, size_, gather, exchange)) fail(c, *why);
+  }
+
   void gather_words(std::string_view op, std::span<const std::int64_t> mine,
                     std::span<std::int64_t> all) {
     MPI_Request req = MPI_REQUEST_NULL;
@@ -462,6 +692,13 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     ensure_usable(op);
     if (!c.problem) check_limits(c);
     agree(c);
+    return start_posted(c, in, out);
+  }
+
+  // Posts a collective whose call was checked and agreed already.
+  template <comm_value T>
+  MpiRequest start_posted(const Call& c, const T* in, T* out) {
+    const std::string_view op = detail::collective_name(c.op);
     const MPI_Request req = post(c, in, out);
     if (!averages(c)) return MpiRequest(*this, op, req, nullptr, nullptr, 0);
     return MpiRequest(*this, op, req, &detail::mpi::scale_average<T>, out, reduced(c));
@@ -475,11 +712,14 @@ class MpiComm : public detail::CollectiveFacade<MpiComm> {
     const int count = static_cast<int>(c.in);
     MPI_Request req = MPI_REQUEST_NULL;
     switch (c.op) {
-      case Collective::all_reduce:
+      case Collective::all_reduce: {
+        const detail::mpi::NbcAllReduceAlgorithm::Scope algorithm(
+            detail::mpi::NbcAllReduceAlgorithm::wanted(c.in * sizeof(T), size_));
         check(op, "MPI_Iallreduce",
               MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, count, type,
                              detail::mpi::reduction(c.reduce), comm_, &req));
         break;
+      }
       case Collective::broadcast:
         check(op, "MPI_Ibcast", MPI_Ibcast(out, count, type, c.root, comm_, &req));
         break;
