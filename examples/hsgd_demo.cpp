@@ -35,6 +35,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -520,6 +521,10 @@ struct Result {
   std::size_t world_syncs = 0;  // steps at which all ranks had to meet
   double train_loss = 0;
   double test_accuracy = 0;
+  // Consensus distance C(s) = (1/n) sum_i ||x_i(s) - xbar(s)||^2 over all parameters, taken at
+  // the end of every step: how far the ranks' models have drifted apart.
+  double consensus_mean = 0;
+  double consensus_max = 0;
 };
 
 // How a method communicates around the local update.
@@ -552,6 +557,91 @@ struct AveragedSgd {
   bool average_params(Params& p) { return averager.average(p.tensors()) == world_level; }
 };
 
+// The consensus distance of every step, measured without perturbing training: inside the timed
+// loop a rank only copies its parameters into its own trajectory buffer, and the ranks reduce
+// the recorded steps together afterwards. Two passes (the mean first, then each rank's squared
+// distance to it) rather than sum(x^2) - n * xbar^2 in one, which cancels catastrophically when
+// the ranks nearly agree: the distances are tiny next to the parameters themselves.
+template <class Comm>
+class ConsensusMeter {
+ public:
+  // Steps per reduction: bounds the double buffers (64 * param_count doubles, about 1.2 MiB).
+  static constexpr std::size_t block_steps = 64;
+  // Bytes of trajectory per process: the local backend's ranks are threads of one process and
+  // share it; an MPI rank has its own.
+  static constexpr std::size_t process_bytes = std::size_t{256} << 20;
+
+  // Steps per trajectory window, at least one reduction block.
+  static std::size_t window_steps(std::size_t steps, std::size_t ranks_in_process) {
+    const std::size_t fit = process_bytes / ranks_in_process / (param_count * sizeof(float));
+    return std::min(steps, std::max(fit, block_steps));
+  }
+
+  ConsensusMeter(Comm& comm, std::size_t steps)
+      : comm_(&comm),
+        window_steps_(window_steps(steps, std::is_same_v<Comm, strata::LocalComm>
+                                              ? static_cast<std::size_t>(comm.size())
+                                              : 1)),
+        trajectory_(window_steps_ * param_count),
+        mean_(std::min(window_steps_, block_steps) * param_count),
+        distance_(std::min(window_steps_, block_steps)) {}
+
+  void record(Params& p) {
+    float* row = trajectory_.data() + recorded_ * param_count;
+    for (std::span<float> t : p.tensors()) row = std::copy(t.begin(), t.end(), row);
+    ++recorded_;
+  }
+
+  [[nodiscard]] bool window_full() const noexcept { return recorded_ == window_steps_; }
+
+  // Collective: every rank calls it after recording the same steps.
+  void reduce() {
+    const double n = static_cast<double>(comm_->size());
+    for (std::size_t first = 0; first < recorded_; first += block_steps) {
+      const std::size_t count = std::min(block_steps, recorded_ - first);
+      const float* rows = trajectory_.data() + first * param_count;
+      const std::span<double> mean(mean_.data(), count * param_count);
+      std::copy(rows, rows + mean.size(), mean.begin());
+      comm_->all_reduce(mean, strata::ReduceOp::sum);
+      for (double& v : mean) v /= n;
+      const std::span<double> distance(distance_.data(), count);
+      for (std::size_t s = 0; s < count; ++s) {
+        double sum = 0;
+        for (std::size_t k = 0; k < param_count; ++k) {
+          const double d =
+              static_cast<double>(rows[s * param_count + k]) - mean[s * param_count + k];
+          sum += d * d;
+        }
+        distance[s] = sum;
+      }
+      comm_->all_reduce(distance, strata::ReduceOp::sum);
+      for (const double d : distance) {
+        const double c = d / n;
+        total_ += c;
+        max_ = std::max(max_, c);
+        ++measured_;
+      }
+    }
+    recorded_ = 0;
+  }
+
+  [[nodiscard]] double mean() const noexcept {
+    return measured_ == 0 ? 0.0 : total_ / static_cast<double>(measured_);
+  }
+  [[nodiscard]] double max() const noexcept { return max_; }
+
+ private:
+  Comm* comm_;
+  std::size_t window_steps_;
+  std::vector<float> trajectory_;  // window_steps_ rows of param_count
+  std::vector<double> mean_;
+  std::vector<double> distance_;
+  std::size_t recorded_ = 0;
+  double total_ = 0;
+  double max_ = 0;
+  std::size_t measured_ = 0;
+};
+
 struct RunContext {
   const Options* options;
   const Problem* problem;
@@ -560,7 +650,8 @@ struct RunContext {
 };
 
 // One rank's training run. Wall time is taken on rank 0 between two barriers, so it covers the
-// slowest rank; the final consensus averaging and the evaluation are not part of it.
+// slowest rank; the consensus distance, the final consensus averaging and the evaluation are not
+// part of it.
 template <class Comm, class Strategy>
 void train(Comm& comm, const RunContext& ctx, Strategy& strategy, Result& result,
            Progress& progress) {
@@ -571,6 +662,8 @@ void train(Comm& comm, const RunContext& ctx, Strategy& strategy, Result& result
   Grads grads;
   std::vector<std::size_t> batch(o.batch);
   std::size_t world_syncs = 0;
+  ConsensusMeter<Comm> consensus(comm, o.steps);
+  std::chrono::steady_clock::duration unmeasured{};
 
   comm.barrier();
   const auto start = std::chrono::steady_clock::now();
@@ -589,11 +682,23 @@ void train(Comm& comm, const RunContext& ctx, Strategy& strategy, Result& result
     sgd_update(params, grads, static_cast<float>(o.lr));
     world_met = strategy.average_params(params) || world_met;
     world_syncs += world_met ? 1 : 0;
+    consensus.record(params);
+    if (consensus.window_full() && step + 1 < o.steps) {
+      // Only when the trajectory outgrows its memory bound (256 MiB of floats per process;
+      // never at the default sizes). The reduction then synchronises the ranks once per
+      // window, which local and hierarchical SGD would not do; its own duration is left out of
+      // the wall time, measured from a barrier so that the wait for the slowest rank stays in.
+      comm.barrier();
+      const auto paused = std::chrono::steady_clock::now();
+      consensus.reduce();
+      unmeasured += std::chrono::steady_clock::now() - paused;
+    }
     if (rank == 0) progress.step(step + 1, loss);
   }
   comm.barrier();
   const double wall_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start - unmeasured).count();
+  consensus.reduce();
 
   // Evaluate one consensus model for every method: the mean of all ranks' parameters.
   for (std::span<float> t : params.tensors()) comm.all_reduce(t, strata::ReduceOp::average);
@@ -610,6 +715,8 @@ void train(Comm& comm, const RunContext& ctx, Strategy& strategy, Result& result
     result.world_syncs = world_syncs;
     result.train_loss = sums[0] / sums[1];
     result.test_accuracy = sums[2] / sums[3];
+    result.consensus_mean = consensus.mean();
+    result.consensus_max = consensus.max();
     progress.finish(wall_s);
   }
 }
@@ -718,6 +825,8 @@ void print_json(const Options& o, const strata::RuntimeHierarchy& h, std::size_t
     s += ",\"world_syncs\":" + std::to_string(r.world_syncs);
     s += ",\"train_loss\":" + json_number(r.train_loss);
     s += ",\"test_accuracy\":" + json_number(r.test_accuracy);
+    s += ",\"consensus_mean\":" + json_number(r.consensus_mean);
+    s += ",\"consensus_max\":" + json_number(r.consensus_max);
     s += '}';
   }
   s += "]}";
@@ -742,15 +851,15 @@ void print_table(const Options& o, const strata::RuntimeHierarchy& h, std::size_
 
   std::size_t width = std::string_view("method").size();
   for (const Result& r : results) width = std::max(width, method_label(r.method, o, h).size());
-  std::printf("%-*s  %8s  %8s  %11s  %10s  %8s\n", static_cast<int>(width), "method", "wall (s)",
-              "speed-up", "world syncs", "train loss", "test acc");
+  std::printf("%-*s  %8s  %8s  %11s  %10s  %8s  %9s\n", static_cast<int>(width), "method",
+              "wall (s)", "speed-up", "world syncs", "train loss", "test acc", "consensus");
   for (const Result& r : results) {
     const auto up = speedup(results, r);
     char up_text[16] = "-";
     if (up) std::snprintf(up_text, sizeof up_text, "%.2fx", *up);
-    std::printf("%-*s  %8.2f  %8s  %11zu  %10.4f  %7.1f%%\n", static_cast<int>(width),
+    std::printf("%-*s  %8.2f  %8s  %11zu  %10.4f  %7.1f%%  %9.3g\n", static_cast<int>(width),
                 method_label(r.method, o, h).c_str(), r.wall_s, up_text, r.world_syncs,
-                r.train_loss, 100.0 * r.test_accuracy);
+                r.train_loss, 100.0 * r.test_accuracy, r.consensus_mean);
   }
 }
 

@@ -1,7 +1,8 @@
 // straggler_sim: predicts what a communication schedule buys against stragglers before any GPU
 // hour is spent. Simulates per-rank clocks under a delay model and a cost model, over several
-// seeds, and compares the schedule with synchronous SGD under the same delays; or ranks
-// hierarchies (--plan).
+// seeds, and compares the schedule with synchronous SGD under the same delays, next to the
+// expected consensus distance of its replicas; or ranks hierarchies (--plan), optionally only
+// those that keep the replicas as close together as a reference (--max-consensus-of).
 //
 //   straggler_sim --world 256 --node-size 4 --hierarchy "2:8,4:64,8:256" --steps 1000
 //                 --step-ms 55 --straggler-rate 0.01 --straggler-delay-ms 1000 --seeds 10
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <optional>
 #include <stdexcept>
+#include <strata/sim/consensus.hpp>
 #include <strata/sim/cost.hpp>
 #include <strata/sim/delay.hpp>
 #include <strata/sim/method.hpp>
@@ -97,15 +99,18 @@ struct Options {
   std::size_t max_local_period = 0;
   std::size_t max_levels = 3;
   std::size_t top = 5;
+  std::optional<std::string> max_consensus_of;  // "sync", "local:P" or P:G,...
 };
 
 void print_help() {
   std::printf(
       "usage: straggler_sim --world N (--hierarchy P:G,...|sync | --local-sgd P) [options]\n"
       "       straggler_sim --world N --plan --max-period P [--max-local-period P0] [--top K]\n"
+      "       straggler_sim --world N --plan --max-period P --max-consensus-of SCHEDULE\n"
       "\n"
       "Simulates per-rank clocks of a training run with stragglers over several seeds and\n"
-      "compares the schedule with synchronous SGD under the same delays.\n"
+      "compares the schedule with synchronous SGD under the same delays; prints the expected\n"
+      "consensus distance of the replicas (a unit random step per rank and step, exact).\n"
       "\n"
       "schedule\n"
       "  --world N                 ranks (GPUs)\n"
@@ -138,13 +143,21 @@ void print_help() {
       "  --seeds K                 runs, with seeds --seed .. --seed+K-1 (default 10)\n"
       "  --seed S                  first seed (default 1)\n"
       "  --json                    {\"ms_per_step\":..,\"sync_ms_per_step\":..,\"speedup\":..,\n"
-      "                             \"ci95\":[lo,hi],...}\n"
+      "                             \"ci95\":[lo,hi],...,\"consensus\":..,\"consensus_max\":..}\n"
       "planner\n"
       "  --plan                    rank hierarchies by predicted time per step\n"
       "  --max-period P            the largest period of the global level\n"
       "  --max-local-period P0     every rank averages with some group at least every P0 steps\n"
       "  --max-levels L            levels per hierarchy (default 3)\n"
-      "  --top K                   how many to show (default 5)\n");
+      "  --top K                   how many to show (default 5)\n"
+      "  --rotate-groups           also rank every hierarchy with shuffled (rotated) groups\n"
+      "  --max-consensus-of S      only schedules whose consensus distance is at most that of\n"
+      "                            S: sync, local:P or P:G,... (with --warmup and --intra-node\n"
+      "                            as given); ranks rotated groups too. With --json:\n"
+      "                            "
+      "{\"reference\":{\"hierarchy\":..,\"speedup\":..,\"consensus\":..},\n"
+      "                             \"plans\":[{\"hierarchy\":..,\"rotated\":..,\"speedup\":..,\n"
+      "                             \"consensus\":..,\"consensus_ratio\":..},...]}\n");
 }
 
 using cli::parse_size;
@@ -232,6 +245,8 @@ Options parse_args(int argc, char** argv) {
       o.max_levels = parse_size(arg, value(), 1, 16);
     } else if (arg == "--top") {
       o.top = parse_size(arg, value(), 1, 1000);
+    } else if (arg == "--max-consensus-of") {
+      o.max_consensus_of = std::string(value());
     } else {
       throw usage_error("unknown argument \"" + std::string(arg) + "\" (try --help)");
     }
@@ -242,9 +257,8 @@ Options parse_args(int argc, char** argv) {
       throw usage_error("--plan ranks hierarchies itself; drop --hierarchy and --local-sgd");
     }
     if (!o.max_period) throw usage_error("--plan needs --max-period, e.g. --max-period 8");
-    if (o.rotate_groups)
-      throw usage_error("--plan does not rank shuffled groups; drop --rotate-groups");
   } else {
+    if (o.max_consensus_of) throw usage_error("--max-consensus-of only applies with --plan");
     if (o.hierarchy && o.local_period) {
       throw usage_error("give one of --hierarchy and --local-sgd, not both");
     }
@@ -287,6 +301,32 @@ Models models(const Options& o) {
                        o.inter_latency_us.value_or(p.inter_latency_us) * 1e-6};
   m.cost.backward_overlap = o.overlap.value_or(p.overlap);
   return m;
+}
+
+// A schedule in the command line's words: "sync", "local:P" or a hierarchy P:G,...
+sim::Method schedule_method(const Options& o, std::string_view flag, const std::string& text) {
+  if (text == "sync") {
+    if (o.warmup != 0) {
+      throw usage_error("--warmup applies to local and hierarchical SGD, not to " +
+                        std::string(flag) + " sync");
+    }
+    return sim::Method::synchronous(*o.world);
+  }
+  sim::Method m = sim::Method::synchronous(*o.world);
+  if (text.starts_with("local:")) {
+    const std::size_t p = parse_size(flag, std::string_view(text).substr(6), 1, 1'000'000);
+    m = sim::Method::local_sgd(*o.world, p, o.warmup);
+  } else {
+    try {
+      auto h = strata::RuntimeHierarchy::parse(text);
+      h.check_world_size(*o.world);
+      m = sim::Method::hierarchical(std::move(h), o.warmup);
+    } catch (const std::invalid_argument& e) {
+      throw usage_error(std::string(flag) + " \"" + text +
+                        "\": not sync, local:P or a hierarchy P:G,... (" + e.what() + ")");
+    }
+  }
+  return o.intra_node ? m.with_intra_node_gradients() : m;
 }
 
 sim::Method method(const Options& o) {
@@ -346,6 +386,8 @@ int run_estimate(const Options& o, const Models& m) {
   const auto t0 = std::chrono::steady_clock::now();
   const sim::Estimate e = sim::estimate(meth, m.delays, m.cost, mc);
   const auto t1 = std::chrono::steady_clock::now();
+  const sim::Consensus spread =
+      sim::consensus(meth, o.steps, {.ranks_per_node = m.cost.ranks_per_node});
   std::optional<sim::Estimate> contiguous;
   if (o.rotate_groups) {
     contiguous =
@@ -376,7 +418,7 @@ int run_estimate(const Options& o, const Models& m) {
           i ? "," : "", json_string(s.label()).c_str(), s.group_size, s.count,
           ms(s.wait_s) * per_step, ms(s.comm_s) * per_step);
     }
-    std::printf("]}\n");
+    std::printf("],\"consensus\":%.6g,\"consensus_max\":%.6g}\n", spread.mean, spread.max);
     return 0;
   }
   print_header(o, m);
@@ -401,10 +443,34 @@ int run_estimate(const Options& o, const Models& m) {
     std::printf("  %-30s %8zu %10.3f %14.3f\n", s.label().c_str(), s.count, ms(s.wait_s) * per_step,
                 ms(s.comm_s) * per_step);
   }
+  std::printf(
+      "\nexpected consensus distance (mean squared distance of the replicas from their mean, per\n"
+      "coordinate, for a unit random step per rank and step): %.4g on average, %.4g at most\n",
+      spread.mean, spread.max);
   std::printf("\nsimulated %zu runs of %zu ranks x %zu steps in %.0f ms\n",
               meth.kind() == sim::MethodKind::synchronous ? o.seeds : 2 * o.seeds, *o.world,
               o.steps, std::chrono::duration<double, std::milli>(t1 - t0).count());
   return 0;
+}
+
+// The reference in the planner's words: "sync", or its levels P:G,... (local SGD of period P is
+// the one level P:N).
+std::string reference_text(const sim::PlanRequest& r) {
+  const sim::Method& m = *r.max_consensus_of;
+  if (m.kind() == sim::MethodKind::synchronous) return "sync";
+  std::string s;
+  for (const strata::LevelSpec& l : m.levels()) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(l.period) + ':' + std::to_string(l.group_size);
+  }
+  return s;
+}
+
+std::string json_ratio(double x, double of) {
+  if (of == 0.0) return x == 0.0 ? "1" : "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", x / of);
+  return buf;
 }
 
 int run_plan(const Options& o, const Models& m) {
@@ -417,36 +483,96 @@ int run_plan(const Options& o, const Models& m) {
   r.warmup = o.warmup;
   r.intra_node = o.intra_node;
   r.mc = {o.steps, o.seeds, o.first_seed};
+  r.rotated = o.rotate_groups || o.max_consensus_of.has_value();
+  if (o.max_consensus_of) {
+    r.max_consensus_of = schedule_method(o, "--max-consensus-of", *o.max_consensus_of);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
   const sim::Plan p = sim::plan(r, m.delays, m.cost);
-  const double sync = p.ranked.empty() ? 0.0 : p.ranked.front().estimate.sync_seconds_per_step.mean;
+  const double took_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double sync = p.reference        ? p.reference->estimate.sync_seconds_per_step.mean
+                      : p.ranked.empty() ? 0.0
+                                         : p.ranked.front().estimate.sync_seconds_per_step.mean;
+  const double bound = p.reference ? p.reference->consensus.mean : 0.0;
+  const auto rotated = [](const sim::Candidate& c) {
+    return c.groups == sim::GroupAssignment::shuffled;
+  };
   if (o.json) {
-    std::printf("{\"sync_ms_per_step\":%.6g,\"candidates\":%zu,\"refined\":%zu,\"ranked\":[",
-                ms(sync), p.candidates, p.refined);
-    for (std::size_t i = 0; i < p.ranked.size(); ++i) {
-      const sim::Estimate& e = p.ranked[i].estimate;
+    const auto entry = [&](const sim::Candidate& c) {
+      const sim::Estimate& e = c.estimate;
       std::printf(
-          "%s{\"hierarchy\":\"%s\",\"ms_per_step\":%.6g,\"ci95\":[%.6g,%.6g],"
-          "\"speedup\":%.6g}",
-          i ? "," : "", p.ranked[i].hierarchy.to_string().c_str(), ms(e.seconds_per_step.mean),
-          ms(e.seconds_per_step.ci95.lo), ms(e.seconds_per_step.ci95.hi), e.speedup());
+          "{\"hierarchy\":\"%s\",\"rotated\":%s,\"ms_per_step\":%.6g,\"ci95\":[%.6g,%.6g],"
+          "\"speedup\":%.6g,\"speedup_ci95\":[%.6g,%.6g],\"consensus\":%.6g,"
+          "\"consensus_max\":%.6g",
+          c.hierarchy.to_string().c_str(), rotated(c) ? "true" : "false",
+          ms(e.seconds_per_step.mean), ms(e.seconds_per_step.ci95.lo),
+          ms(e.seconds_per_step.ci95.hi), e.speedup(), e.speedup_per_seed.ci95.lo,
+          e.speedup_per_seed.ci95.hi, c.consensus.mean, c.consensus.max);
+      if (p.reference) {
+        std::printf(",\"consensus_ratio\":%s", json_ratio(c.consensus.mean, bound).c_str());
+      }
+      std::printf("}");
+    };
+    if (p.reference) {
+      const sim::Estimate& e = p.reference->estimate;
+      std::printf(
+          "{\"reference\":{\"hierarchy\":%s,\"method\":%s,\"ms_per_step\":%.6g,"
+          "\"ci95\":[%.6g,%.6g],\"speedup\":%.6g,\"speedup_ci95\":[%.6g,%.6g],"
+          "\"consensus\":%.6g,\"consensus_max\":%.6g},",
+          json_string(reference_text(r)).c_str(), json_string(p.reference->method).c_str(),
+          ms(e.seconds_per_step.mean), ms(e.seconds_per_step.ci95.lo),
+          ms(e.seconds_per_step.ci95.hi), e.speedup(), e.speedup_per_seed.ci95.lo,
+          e.speedup_per_seed.ci95.hi, p.reference->consensus.mean, p.reference->consensus.max);
+      std::printf(
+          "\"sync_ms_per_step\":%.6g,\"candidates\":%zu,\"within_bound\":%zu,\"refined\":%zu,"
+          "\"plans\":[",
+          ms(sync), p.candidates, p.within_bound, p.refined);
+    } else {
+      std::printf("{\"sync_ms_per_step\":%.6g,\"candidates\":%zu,\"refined\":%zu,\"ranked\":[",
+                  ms(sync), p.candidates, p.refined);
+    }
+    for (std::size_t i = 0; i < p.ranked.size(); ++i) {
+      if (i != 0) std::printf(",");
+      entry(p.ranked[i]);
     }
     std::printf("]}\n");
     return 0;
   }
   print_header(o, m);
-  std::printf("%zu hierarchies with global period <= %zu", p.candidates, *o.max_period);
+  std::printf("%zu schedules with global period <= %zu", p.candidates, *o.max_period);
   if (o.max_local_period != 0) std::printf(" and smallest-level period <= %zu", o.max_local_period);
+  std::printf(", at most %zu levels%s", o.max_levels,
+              r.rotated ? ", contiguous and rotated groups" : "");
+  if (p.reference) {
+    std::printf(";\n%zu of them no farther apart than %s (consensus distance %.4g)", p.within_bound,
+                p.reference->method.c_str(), bound);
+  }
   std::printf(
-      ", at most %zu levels; the best %zu of a %zu-seed screen re-estimated with %zu "
-      "seeds\nsynchronous SGD: %.2f ms/step\n\n",
-      o.max_levels, p.refined, std::min<std::size_t>(2, o.seeds), o.seeds, ms(sync));
-  std::printf("%4s  %-28s %9s  %-22s  %8s\n", "rank", "hierarchy", "ms/step", "95% CI (Student t)",
-              "speed-up");
+      "; the best %zu of a %zu-seed screen re-estimated with %zu seeds, in %.1f s\n"
+      "synchronous SGD: %.2f ms/step\n",
+      p.refined, std::min<std::size_t>(2, o.seeds), o.seeds, took_s, ms(sync));
+  if (p.reference) {
+    const sim::Estimate& e = p.reference->estimate;
+    std::printf("reference %s: %.2f ms/step, %.2fx, consensus distance %.4g\n",
+                reference_text(r).c_str(), ms(e.seconds_per_step.mean), e.speedup(), bound);
+  }
+  std::printf("\n%4s  %-28s %7s %9s  %-22s  %8s  %9s", "rank", "hierarchy", "groups", "ms/step",
+              "95% CI (Student t)", "speed-up", "consensus");
+  if (p.reference) std::printf("  %6s  %s", "ratio", "vs reference");
+  std::printf("\n");
   for (std::size_t i = 0; i < p.ranked.size(); ++i) {
-    const sim::Estimate& e = p.ranked[i].estimate;
-    std::printf("%4zu  %-28s %9.2f  [%9.2f, %9.2f]  %7.2fx\n", i + 1,
-                p.ranked[i].hierarchy.to_string().c_str(), ms(e.seconds_per_step.mean),
-                ms(e.seconds_per_step.ci95.lo), ms(e.seconds_per_step.ci95.hi), e.speedup());
+    const sim::Candidate& c = p.ranked[i];
+    const sim::Estimate& e = c.estimate;
+    std::printf("%4zu  %-28s %7s %9.2f  [%9.2f, %9.2f]  %7.2fx  %9.4g", i + 1,
+                c.hierarchy.to_string().c_str(), rotated(c) ? "rotated" : "fixed",
+                ms(e.seconds_per_step.mean), ms(e.seconds_per_step.ci95.lo),
+                ms(e.seconds_per_step.ci95.hi), e.speedup(), c.consensus.mean);
+    if (p.reference) {
+      std::printf("  %6.3f  %.2fx faster", bound == 0.0 ? 1.0 : c.consensus.mean / bound,
+                  p.reference->estimate.seconds_per_step.mean / e.seconds_per_step.mean);
+    }
+    std::printf("\n");
   }
   return 0;
 }

@@ -134,3 +134,87 @@ TEST_CASE("the candidate limit counts real candidates, not a bound") {
   CHECK(c.size() == 139700);
   for (const auto& h : c) REQUIRE(h.level(0).period == 1);
 }
+
+TEST_CASE(
+    "the planner with a quality bound ranks only schedules as close together as the reference") {
+  const DelayModel d{.step_s = 0.05, .straggler_rate = 0.02, .straggler_delay_s = 0.5};
+  CostModel c;
+  c.ranks_per_node = 4;
+  c.model_bytes = 4e6;
+  c.intra_node = {4e9, 1e-5};
+  c.inter_node = {1e9, 2e-5};
+  using strata::sim::GroupAssignment;
+  using strata::sim::Method;
+  const Method reference = Method::hierarchical(strata::RuntimeHierarchy::parse("2:4,4:8,8:32"));
+  strata::sim::PlanRequest r{.world = 32,
+                             .max_period = 8,
+                             .max_levels = 4,
+                             .top = 6,
+                             .mc = {.steps = 160, .seeds = 3},
+                             .max_consensus_of = reference,
+                             .rotated = true};
+  const auto p = strata::sim::plan(r, d, c);
+  REQUIRE(p.reference);
+  const double bound = strata::sim::consensus(reference, 160, {.ranks_per_node = 4}).mean;
+  CHECK(p.reference->consensus.mean == bound);
+  CHECK(p.reference->estimate.method == reference.name());
+
+  // Every candidate, contiguous and (with two or more levels) rotated, counted independently.
+  std::size_t candidates = 0;
+  std::size_t within = 0;
+  for (const auto& h : candidate_hierarchies(32, 4, 8, 4)) {
+    for (const auto g : {GroupAssignment::contiguous, GroupAssignment::shuffled}) {
+      if (g == GroupAssignment::shuffled && h.num_levels() == 1) continue;
+      ++candidates;
+      const Method m = Method::hierarchical(h).with_groups(g);
+      within += strata::sim::consensus(m, 160, {.ranks_per_node = 4}).mean <= bound ? 1 : 0;
+    }
+  }
+  CHECK(p.candidates == candidates);
+  CHECK(p.within_bound == within);
+  CHECK(within < candidates);  // the bound excludes something
+
+  REQUIRE(p.ranked.size() == 6);
+  bool any_rotated = false;
+  for (std::size_t i = 0; i < p.ranked.size(); ++i) {
+    const auto& k = p.ranked[i];
+    CAPTURE(k.hierarchy.to_string());
+    CHECK(k.consensus.mean <= bound);
+    const Method m = Method::hierarchical(k.hierarchy).with_groups(k.groups);
+    CHECK(k.consensus.mean == strata::sim::consensus(m, 160, {.ranks_per_node = 4}).mean);
+    CHECK(k.estimate.method == m.name());
+    any_rotated = any_rotated || k.groups == GroupAssignment::shuffled;
+    if (i > 0) {
+      CHECK(p.ranked[i - 1].estimate.seconds_per_step.mean <= k.estimate.seconds_per_step.mean);
+    }
+  }
+  // The reference itself meets its own bound, so the best is at least as fast (up to screening).
+  CHECK(p.ranked[0].estimate.speedup() >= p.reference->estimate.speedup());
+  CHECK(any_rotated);
+
+  // The answer does not depend on the number of threads.
+  r.threads = 1;
+  const auto serial = strata::sim::plan(r, d, c);
+  REQUIRE(serial.ranked.size() == p.ranked.size());
+  for (std::size_t i = 0; i < p.ranked.size(); ++i) {
+    CHECK(serial.ranked[i].hierarchy.to_string() == p.ranked[i].hierarchy.to_string());
+    CHECK(serial.ranked[i].groups == p.ranked[i].groups);
+    CHECK(serial.ranked[i].estimate.seconds_per_step.mean ==
+          p.ranked[i].estimate.seconds_per_step.mean);
+  }
+
+  // Synchronous SGD as the reference: only averaging the world at every step keeps the replicas
+  // identical.
+  r.max_consensus_of = Method::synchronous(32);
+  r.top = 3;
+  const auto sync = strata::sim::plan(r, d, c);
+  CHECK(sync.within_bound == 1);
+  REQUIRE(sync.ranked.size() == 1);
+  CHECK(sync.ranked[0].hierarchy.to_string() == "1:32");
+  CHECK(sync.ranked[0].consensus.max == 0.0);
+
+  r.max_consensus_of = Method::local_sgd(16, 2);
+  CHECK_THROWS_WITH_AS((void)strata::sim::plan(r, d, c),
+                       "plan: the reference schedule has 16 ranks, the plan 32",
+                       std::invalid_argument);
+}
