@@ -19,7 +19,8 @@ import statistics
 import sys
 from collections import defaultdict
 
-VARIANTS = [("avg_flat", "flat"), ("avg_fused", "fused"), ("avg_per_tensor", "per-tensor")]
+VARIANTS = [("avg_flat", "flat"), ("avg_fused", "fused"), ("avg_zero_copy", "zero-copy"),
+            ("avg_per_tensor", "per-tensor")]
 
 
 def load(path):
@@ -110,7 +111,7 @@ def main():
         head = ["MB/rank", "memcpy GB/s"]
         for _, v in VARIANTS:
             head += [f"{v} GB/s", f"{v}/memcpy"]
-        head += ["fused/per-tensor", "fused/flat", f"flat×{n}/all-core memcpy"]
+        head += ["fused/per-tensor", "fused/flat", "zero-copy/flat", f"flat×{n}/all-core memcpy"]
         print("| " + " | ".join(head) + " |")
         print("|" + " ---: |" * len(head))
         for mb in sizes:
@@ -123,6 +124,7 @@ def main():
                 row += [gbs(v) if v else "–", ratio(v, m)]
             row += [ratio(vals["avg_fused"], vals["avg_per_tensor"]),
                     ratio(vals["avg_fused"], vals["avg_flat"]),
+                    ratio(vals["avg_zero_copy"], vals["avg_flat"]),
                     ratio(vals["avg_flat"] * n if vals["avg_flat"] else None, all_cores.get(mb))]
             print("| " + " | ".join(row) + " |")
         print()

@@ -20,10 +20,10 @@ the LAST line of its standard output, one JSON object:
 
 (world size, then MB per rank). The ratios are those of the tables in docs/performance.md:
 
-- local fused_over_flat: the averager's fused path on ~110 separate tensors (avg_fused: whatever
-  the averager does with a tensor list on the local backend) over its in-place path on one flat
-  buffer (avg_flat), as throughputs (bytes per rank per second), so above 1 means the fused path
-  is the faster;
+- local fused_over_flat: the fused average of ~110 separate tensors as the averagers run it on the
+  local backend (avg_zero_copy: LocalComm::all_reduce_tensors, no staging buffer) over the
+  in-place path on one flat buffer (avg_flat), as throughputs (bytes per rank per second), so
+  above 1 means the fused path is the faster;
 - local flat_over_allcore: the flat path's throughput times the rank count over the machine's
   all-core memcpy bandwidth measured in the same run (an all-reduce moves each rank's bytes about
   once, so the ranks together at best reach that bandwidth);
@@ -113,7 +113,7 @@ def local_summary(build):
     program = os.path.join(build, "bench", "averaging_bench")
     sizes = "|".join(str(mb) for mb in LOCAL_MB)
     ranks = "|".join(str(r) for r in LOCAL_RANKS)
-    pattern = f"^((avg_flat|avg_fused)/ranks:({ranks})|memcpy_all_cores)/MB:({sizes})(/|$)"
+    pattern = f"^((avg_flat|avg_zero_copy)/ranks:({ranks})|memcpy_all_cores)/MB:({sizes})(/|$)"
     output = run([program, f"--benchmark_filter={pattern}", "--benchmark_format=json",
                   "--benchmark_repetitions=3", "--benchmark_report_aggregates_only=true"])
     m = local_measurements(output)
@@ -122,7 +122,7 @@ def local_summary(build):
         per_size = {}
         for mb in LOCAL_MB:
             flat = m.get(("avg_flat", r, mb))
-            fused = m.get(("avg_fused", r, mb))
+            fused = m.get(("avg_zero_copy", r, mb))
             allcore = m.get(("memcpy_all_cores", 0, mb))
             per_size[str(mb)] = {
                 "fused_over_flat": round(fused / flat, 3) if fused and flat else None,
