@@ -325,8 +325,11 @@ class DeviceAverager : public AveragerClock<S> {
   // Enqueues the step directly, or through the level's graph: captured on first use, replayed
   // after. A capture that fails part-way is ended and discarded so the stream stays usable. A
   // step that fails after its collective was issued leaves this rank out of step with its peers
-  // (they will wait for work it never launches): its communicator is aborted, so that they fail
-  // instead of waiting, and so that nothing is paired wrongly later.
+  // (they will wait for work it never launches): every level's communicator is aborted, so that
+  // they fail instead of waiting, so that nothing is paired wrongly later, and so that a kernel
+  // stuck on this level cannot hold the stream the other levels share (as in `synchronize`).
+  // Whether the fault shows while enqueueing or only at the next synchronisation is timing; the
+  // outcome must not be.
   template <class Enqueue>
   void run(Comm& comm, detail::LevelGraphs<Graphs>& graphs, std::size_t level, stream_handle stream,
            Enqueue enqueue) {
@@ -335,7 +338,7 @@ class DeviceAverager : public AveragerClock<S> {
       try {
         enqueue(issued);
       } catch (...) {
-        if (issued) comm.abort();
+        if (issued) abort_all();
         throw;
       }
       return;
@@ -351,13 +354,13 @@ class DeviceAverager : public AveragerClock<S> {
         enqueue(issued);
       } catch (...) {
         if (Graphs::end_capture(stream, &exec) == Graphs::success) (void)Graphs::destroy(exec);
-        if (issued) comm.abort();
+        if (issued) abort_all();  // the capture has ended; this level's abort is still deferred
         throw;
       }
       const auto ended = Graphs::end_capture(stream, &exec);
       if (ended != Graphs::success) {
         // The step was not launched: its collective would never pair with the peers'.
-        comm.abort();
+        abort_all();
         Graphs::check("cudaStreamEndCapture (the communicator was aborted)", rank_, ended);
       }
       graph = exec;
@@ -367,7 +370,7 @@ class DeviceAverager : public AveragerClock<S> {
     const auto launched = Graphs::launch(*graph, stream);
     if (launched != Graphs::success) {
       // The step's collective was not issued on this rank: the peers' would never pair.
-      comm.abort();
+      abort_all();
       Graphs::check("cudaGraphLaunch (the communicator was aborted)", rank_, launched);
     }
   }
