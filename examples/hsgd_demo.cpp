@@ -1,16 +1,20 @@
 // hsgd_demo: why hierarchical SGD exists, in one run. Trains a small MLP on synthetic data with N
-// ranks as threads, injects random stragglers, and compares synchronous SGD, local SGD and
-// hierarchical SGD on the same data, the same initial model and the same straggler events.
+// ranks as threads, injects random stragglers, and compares synchronous SGD, local SGD,
+// hierarchical SGD, DiLoCo (local SGD with an outer Nesterov step) and streaming DiLoCo on the
+// same data, the same initial model and the same straggler events.
 //
 //   hsgd_demo [--world N] [--hierarchy P:G,...] [--local-period P] [--warmup W] [--steps S]
 //             [--straggler-rate p] [--straggler-delay-ms D] [--step-ms T] [--lr X] [--seed S]
-//             [--methods sync,local,hier] [--intra-node] [--ranks-per-node R] [--batch B]
-//             [--json] [--quiet] [--backend local|mpi]
+//             [--methods sync,local,hier,diloco,streaming] [--outer-lr X] [--outer-momentum M]
+//             [--fragments F] [--fragment-delay TAU] [--mix A] [--intra-node]
+//             [--ranks-per-node R] [--batch B] [--json] [--quiet] [--backend local|mpi]
 //   mpirun -np N hsgd_demo --backend mpi   (one process per rank; rank 0 prints)
 //
 // Bad arguments print one line on stderr and exit with status 2.
 #include <strata/averaging/averager.hpp>
+#include <strata/averaging/outer.hpp>
 #include <strata/averaging/post_local_sgd.hpp>
+#include <strata/averaging/streaming.hpp>
 #include <strata/comm/local.hpp>
 #ifdef STRATA_EXAMPLES_HAVE_MPI
 #include <strata/comm/mpi.hpp>
@@ -45,14 +49,17 @@ namespace {
 
 using cli::usage_error;
 
-enum class Method { sync, local, hier };
-constexpr std::array all_methods{Method::sync, Method::local, Method::hier};
+enum class Method { sync, local, hier, diloco, streaming };
+constexpr std::array all_methods{Method::sync, Method::local, Method::hier, Method::diloco,
+                                 Method::streaming};
 
 constexpr std::string_view method_key(Method m) {
   switch (m) {
     case Method::sync: return "sync";
     case Method::local: return "local";
     case Method::hier: return "hier";
+    case Method::diloco: return "diloco";
+    case Method::streaming: return "streaming";
   }
   return "?";
 }
@@ -70,6 +77,11 @@ struct Options {
   double lr = 0.5;
   std::uint64_t seed = 1;
   std::vector<Method> methods{all_methods.begin(), all_methods.end()};
+  double outer_lr = 0.7;  // DiLoCo's outer Nesterov step, for diloco and streaming
+  double outer_momentum = 0.9;
+  std::optional<std::size_t> fragments;       // default: see streaming_options
+  std::optional<std::size_t> fragment_delay;  // default: 1 where P/F allows it, else 0
+  double mix = 1.0;
   bool intra_node = false;
   std::optional<std::size_t> ranks_per_node;  // default: the hierarchy's smallest group
   bool json = false;
@@ -81,14 +93,16 @@ void print_help() {
       "usage: hsgd_demo [options]\n"
       "\n"
       "Trains an MLP (32-64-4, tanh) on synthetic clustered data with N ranks as threads, each\n"
-      "rank on its own shard, with random stragglers, and compares synchronous SGD, local SGD\n"
-      "and hierarchical SGD on the same data, initial model and straggler events.\n"
+      "rank on its own shard, with random stragglers, and compares synchronous SGD, local SGD,\n"
+      "hierarchical SGD, DiLoCo and streaming DiLoCo on the same data, initial model and\n"
+      "straggler events.\n"
       "\n"
       "  --world N               ranks (1..256, default 16)\n"
       "  --hierarchy P:G,...     hierarchical SGD levels, smallest group first, ending at N\n"
       "                          (default 2:4,4:8,8:16; derived from N if only --world is set)\n"
-      "  --local-period P        local SGD averages the whole world every P steps (default 8)\n"
-      "  --warmup W              synchronous SGD steps before local/hierarchical SGD (default 0)\n"
+      "  --local-period P        local SGD and DiLoCo meet the whole world every P steps\n"
+      "                          (default 8)\n"
+      "  --warmup W              synchronous SGD steps before the other methods (default 0)\n"
       "  --steps S               optimizer steps (1..100000, default 300)\n"
       "  --batch B               minibatch per rank (1..4096, default 32)\n"
       "  --straggler-rate p      chance that a rank is delayed at a step (0..1, default 0.05)\n"
@@ -96,8 +110,17 @@ void print_help() {
       "  --step-ms T             simulated compute in ms per step (0..10000, default 4)\n"
       "  --lr X                  learning rate (0..10, default 0.5)\n"
       "  --seed S                seed of the data, the model and the stragglers (default 1)\n"
-      "  --methods LIST          comma-separated subset of sync,local,hier (default all three)\n"
+      "  --methods LIST          comma-separated subset of sync,local,hier,diloco,streaming\n"
+      "                          (default all five)\n"
+      "  --outer-lr X            DiLoCo's outer Nesterov learning rate (0..10, default 0.7)\n"
+      "  --outer-momentum M      its momentum (0 <= M < 1, default 0.9)\n"
+      "  --fragments F           streaming: fragments, dividing P (default 4, or the largest\n"
+      "                          divisor of P below 4)\n"
+      "  --fragment-delay TAU    streaming: steps before a fragment's result is mixed in,\n"
+      "                          below P/F (default 1, or 0 when P/F is 1)\n"
+      "  --mix A                 streaming: weight of that result, 0 < A <= 1 (default 1)\n"
       "  --intra-node            after warm-up, average gradients inside each node every step\n"
+      "                          (all methods but synchronous SGD)\n"
       "  --ranks-per-node R      node size for --intra-node (default: smallest hierarchy group)\n"
       "  --json                  print the results as one JSON object instead of a table\n"
       "  --quiet                 no progress on stderr\n"
@@ -119,7 +142,7 @@ std::vector<Method> parse_methods(std::string_view text) {
                                  [&](Method m) { return method_key(m) == name; });
     if (it == all_methods.end()) {
       throw usage_error("--methods: unknown method \"" + std::string(name) +
-                        "\"; choose from sync,local,hier");
+                        "\"; choose from sync,local,hier,diloco,streaming");
     }
     if (std::find(chosen.begin(), chosen.end(), *it) != chosen.end()) {
       throw usage_error("--methods: \"" + std::string(name) + "\" is listed twice");
@@ -131,6 +154,29 @@ std::vector<Method> parse_methods(std::string_view text) {
   // Always run in the same order, so that the table reads the same whatever the list's order.
   std::sort(chosen.begin(), chosen.end());
   return chosen;
+}
+
+// Streaming DiLoCo's settings for the period. The defaults follow the period so that any
+// --local-period runs: 4 fragments where 4 divides it, else the largest divisor below 4; a delay
+// of one step where a fragment's turn comes round less often than every step. Values given on
+// the command line are checked as they are.
+strata::StreamingOptions streaming_options(const Options& o) {
+  const std::size_t p = o.local_period;
+  std::size_t f = 4;
+  while (p % f != 0) --f;
+  f = o.fragments.value_or(f);
+  if (p % f != 0) {
+    throw usage_error("--fragments " + std::to_string(f) + " does not divide --local-period " +
+                      std::to_string(p));
+  }
+  const std::size_t delay = o.fragment_delay.value_or(p / f > 1 ? 1 : 0);
+  if (delay >= p / f) {
+    throw usage_error("--fragment-delay " + std::to_string(delay) +
+                      " must be below --local-period / --fragments = " + std::to_string(p / f));
+  }
+  const strata::StreamingOptions s{.fragments = f, .delay = delay, .mix = o.mix};
+  s.check(p);
+  return s;
 }
 
 // `mpi_world`: the number of MPI processes, when running over MPI; it is the world size.
@@ -176,6 +222,21 @@ Options parse_args(int argc, char** argv, std::optional<std::size_t> mpi_world =
       o.seed = cli::parse_integer(arg, value());
     } else if (arg == "--methods") {
       o.methods = parse_methods(value());
+    } else if (arg == "--outer-lr") {
+      o.outer_lr = cli::parse_real(arg, value(), 0.0, 10.0, /*lo_open=*/true);
+    } else if (arg == "--outer-momentum") {
+      const std::string_view text = value();
+      o.outer_momentum = cli::parse_real(arg, text, 0.0, 1.0);
+      if (o.outer_momentum >= 1.0) {
+        throw usage_error("--outer-momentum needs a number in [0, 1), got \"" + std::string(text) +
+                          "\"");
+      }
+    } else if (arg == "--fragments") {
+      o.fragments = parse_size(arg, value(), 1, 1'000'000);
+    } else if (arg == "--fragment-delay") {
+      o.fragment_delay = parse_size(arg, value(), 0, 1'000'000);
+    } else if (arg == "--mix") {
+      o.mix = cli::parse_real(arg, value(), 0.0, 1.0, /*lo_open=*/true);
     } else if (arg == "--intra-node") {
       o.intra_node = true;
     } else if (arg == "--ranks-per-node") {
@@ -203,6 +264,7 @@ Options parse_args(int argc, char** argv, std::optional<std::size_t> mpi_world =
     throw usage_error("--ranks-per-node " + std::to_string(*o.ranks_per_node) +
                       " does not divide --world " + std::to_string(o.world));
   }
+  streaming_options(o);  // rejects fragments or a delay that do not fit the period
   return o;
 }
 
@@ -519,6 +581,7 @@ struct Result {
   Method method = Method::sync;
   double wall_s = 0;
   std::size_t world_syncs = 0;  // steps at which all ranks had to meet
+  double bytes_sent = 0;        // by each rank, for gradient syncs and averaging
   double train_loss = 0;
   double test_accuracy = 0;
   // Consensus distance C(s) = (1/n) sum_i ||x_i(s) - xbar(s)||^2 over all parameters, taken at
@@ -527,34 +590,127 @@ struct Result {
   double consensus_max = 0;
 };
 
-// How a method communicates around the local update.
+// Bytes one rank sends in a ring all-reduce of `elements` floats over a group of `group` ranks:
+// a reduce-scatter and an all-gather, each passing on (g - 1)/g of the buffer. What the demo's
+// communicators actually do on the wire may differ; the count is the textbook one, the same for
+// every method, so that the methods compare.
+double ring_bytes(std::size_t group, std::size_t elements) {
+  if (group <= 1) return 0;
+  const double g = static_cast<double>(group);
+  return 2.0 * (g - 1.0) / g * static_cast<double>(elements * sizeof(float));
+}
+
+// How a method communicates around the local update. Each counts the bytes it sends.
 template <class Comm>
 struct SyncSgd {
   Comm* world;
+  double bytes_sent = 0;
 
+  void begin(Params&) {}
   // Returns true when the whole world met.
   bool sync_gradients(Grads& g) {
     world->all_reduce(std::span<float>(g.flat), strata::ReduceOp::average);
+    bytes_sent += ring_bytes(static_cast<std::size_t>(world->size()), param_count);
     return true;
   }
   bool average_params(Params&) { return false; }
 };
 
+// The gradient sync of post-local SGD (warm-up over the world, then optionally inside nodes),
+// with its bytes counted.
+template <class Averager, class Comm>
+struct CountedGradientSync {
+  strata::PostLocalGradientSync<Averager> sync;
+  std::size_t world_size;
+  std::size_t ranks_per_node;
+
+  CountedGradientSync(const Averager& a, Comm& world, std::size_t rpn, bool intra_node)
+      : sync(a, world, static_cast<int>(rpn), intra_node),
+        world_size(static_cast<std::size_t>(world.size())),
+        ranks_per_node(rpn) {}
+
+  // Returns true when the whole world met.
+  bool run(Grads& g, double& bytes_sent) {
+    const strata::GradientSync where = sync.sync(g.tensors());
+    if (where == strata::GradientSync::world) bytes_sent += ring_bytes(world_size, param_count);
+    if (where == strata::GradientSync::node) bytes_sent += ring_bytes(ranks_per_node, param_count);
+    return where == strata::GradientSync::world;
+  }
+};
+
+// Local, hierarchical SGD and DiLoCo: a BasicAverager after the local update.
 template <class Averager, class Comm>
 struct AveragedSgd {
   Averager averager;
-  strata::PostLocalGradientSync<Averager> gradient_sync;
+  CountedGradientSync<Averager, Comm> gradient_sync;
   std::size_t world_level;
+  double bytes_sent = 0;
 
   AveragedSgd(Comm& world, Averager a, std::size_t ranks_per_node, bool intra_node)
       : averager(std::move(a)),
-        gradient_sync(averager, world, static_cast<int>(ranks_per_node), intra_node),
+        gradient_sync(averager, world, ranks_per_node, intra_node),
         world_level(averager.schedule().levels().size() - 1) {}
+  AveragedSgd(const AveragedSgd&) = delete;  // the gradient sync points at the averager
+  AveragedSgd& operator=(const AveragedSgd&) = delete;
 
-  bool sync_gradients(Grads& g) {
-    return gradient_sync.sync(g.tensors()) == strata::GradientSync::world;
+  // The anchors of DiLoCo's outer step start at the initial model; plain levels keep none.
+  void begin(Params& p) { averager.begin(p.tensors()); }
+  bool sync_gradients(Grads& g) { return gradient_sync.run(g, bytes_sent); }
+  bool average_params(Params& p) {
+    const std::optional<std::size_t> level = averager.average(p.tensors());
+    if (!level) return false;
+    // An outer step averages the pseudo-gradient, as many values as the parameters.
+    bytes_sent += ring_bytes(averager.schedule().levels()[*level].group_size, param_count);
+    return *level == world_level;
   }
-  bool average_params(Params& p) { return averager.average(p.tensors()) == world_level; }
+};
+
+// What PostLocalGradientSync reads of an averager (its step and warm-up), for the streaming
+// averager, which has no multi-level schedule.
+template <class Comm>
+struct StreamingClock {
+  using comm_type = Comm;
+  const strata::StreamingAverager<Comm>* averager;
+  std::size_t warmup_steps;
+
+  [[nodiscard]] std::size_t step() const noexcept { return averager->step(); }
+  [[nodiscard]] const StreamingClock& schedule() const noexcept { return *this; }
+  [[nodiscard]] std::size_t warmup() const noexcept { return warmup_steps; }
+};
+
+// Streaming DiLoCo over the world: one fragment of the parameters meets every P/F steps.
+template <class Comm>
+struct StreamingSgd {
+  strata::StreamingAverager<Comm> averager;
+  StreamingClock<Comm> clock;
+  CountedGradientSync<StreamingClock<Comm>, Comm> gradient_sync;
+  std::size_t world_size;
+  double bytes_sent = 0;
+
+  StreamingSgd(Comm& world, const Options& o, std::size_t ranks_per_node)
+      : averager(world, o.local_period, streaming_options(o), o.warmup,
+                 strata::OuterOptimizer::nesterov(o.outer_lr, o.outer_momentum)),
+        clock{&averager, o.warmup},
+        gradient_sync(clock, world, ranks_per_node, o.intra_node),
+        world_size(static_cast<std::size_t>(world.size())) {}
+  StreamingSgd(const StreamingSgd&) = delete;  // the clock and the sync point into this object
+  StreamingSgd& operator=(const StreamingSgd&) = delete;
+
+  void begin(Params& p) {
+    const auto t = p.tensors();
+    averager.begin(std::span<const std::span<float>>(t));
+  }
+  bool sync_gradients(Grads& g) { return gradient_sync.run(g, bytes_sent); }
+  // A fragment's sync is a meeting of the whole world, whenever its result is mixed in.
+  bool average_params(Params& p) {
+    const auto t = p.tensors();
+    const std::optional<std::size_t> f = averager.average(std::span<const std::span<float>>(t));
+    if (!f) return false;
+    const std::size_t fragments = averager.streaming().fragments;
+    bytes_sent += ring_bytes(world_size, strata::fragment_begin(param_count, fragments, *f + 1) -
+                                             strata::fragment_begin(param_count, fragments, *f));
+    return true;
+  }
 };
 
 // The consensus distance of every step, measured without perturbing training: inside the timed
@@ -664,6 +820,7 @@ void train(Comm& comm, const RunContext& ctx, Strategy& strategy, Result& result
   std::size_t world_syncs = 0;
   ConsensusMeter<Comm> consensus(comm, o.steps);
   std::chrono::steady_clock::duration unmeasured{};
+  strategy.begin(params);
 
   comm.barrier();
   const auto start = std::chrono::steady_clock::now();
@@ -713,6 +870,7 @@ void train(Comm& comm, const RunContext& ctx, Strategy& strategy, Result& result
   if (rank == 0) {
     result.wall_s = wall_s;
     result.world_syncs = world_syncs;
+    result.bytes_sent = strategy.bytes_sent;
     result.train_loss = sums[0] / sums[1];
     result.test_accuracy = sums[2] / sums[3];
     result.consensus_mean = consensus.mean();
@@ -748,6 +906,23 @@ void run_method_on(Comm& comm, Method m, const RunContext& ctx, Result& result,
       train(comm, ctx, s, result, progress);
       break;
     }
+    case Method::diloco: {
+      // Local SGD's schedule (periods counted from the end of warm-up) with DiLoCo's outer step
+      // at its one level, the world.
+      using Avg = strata::PeriodicAverager<Comm>;
+      strata::AveragerOptions options;
+      options.levels = {strata::LevelPolicy{
+          .outer = strata::OuterOptimizer::nesterov(o.outer_lr, o.outer_momentum)}};
+      AveragedSgd<Avg, Comm> s(comm, Avg(comm, o.local_period, o.warmup, std::move(options)),
+                               ctx.ranks_per_node, o.intra_node);
+      train(comm, ctx, s, result, progress);
+      break;
+    }
+    case Method::streaming: {
+      StreamingSgd<Comm> s(comm, o, ctx.ranks_per_node);
+      train(comm, ctx, s, result, progress);
+      break;
+    }
   }
 }
 
@@ -765,11 +940,27 @@ Result run_method(Method m, const RunContext& ctx) {
 // ---------------------------------------------------------------------------------------------
 // Output
 
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
 std::string method_label(Method m, const Options& o, const strata::RuntimeHierarchy& h) {
   switch (m) {
     case Method::sync: return "synchronous SGD";
     case Method::local: return "local SGD (period " + std::to_string(o.local_period) + ")";
     case Method::hier: return "hierarchical SGD (" + h.to_string() + ")";
+    case Method::diloco: return "DiLoCo (period " + std::to_string(o.local_period) + ")";
+    case Method::streaming: {
+      const strata::StreamingOptions s = streaming_options(o);
+      std::string label = "streaming DiLoCo (" + std::to_string(s.fragments) +
+                          (s.fragments == 1 ? " fragment" : " fragments") + ", delay " +
+                          std::to_string(s.delay);
+      if (s.mix != 1.0) label += ", mix " + json_number(s.mix);
+      return label + ")";
+    }
   }
   return "?";
 }
@@ -779,13 +970,6 @@ std::optional<double> speedup(const std::vector<Result>& results, const Result& 
     if (s.method == Method::sync && r.wall_s > 0) return s.wall_s / r.wall_s;
   }
   return std::nullopt;
-}
-
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
 }
 
 std::string json_string(std::string_view s) {
@@ -811,6 +995,12 @@ void print_json(const Options& o, const strata::RuntimeHierarchy& h, std::size_t
   s += ",\"step_ms\":" + json_number(o.step_ms);
   s += ",\"lr\":" + json_number(o.lr);
   s += ",\"seed\":" + std::to_string(o.seed);
+  s += ",\"outer_lr\":" + json_number(o.outer_lr);
+  s += ",\"outer_momentum\":" + json_number(o.outer_momentum);
+  const strata::StreamingOptions streaming = streaming_options(o);
+  s += ",\"fragments\":" + std::to_string(streaming.fragments);
+  s += ",\"fragment_delay\":" + std::to_string(streaming.delay);
+  s += ",\"mix\":" + json_number(streaming.mix);
   s += ",\"intra_node\":" + std::string(o.intra_node ? "true" : "false");
   s += ",\"ranks_per_node\":" + std::to_string(ranks_per_node);
   s += ",\"straggler_events\":" + std::to_string(stragglers);
@@ -823,6 +1013,7 @@ void print_json(const Options& o, const strata::RuntimeHierarchy& h, std::size_t
     s += ",\"wall_s\":" + json_number(r.wall_s);
     s += ",\"speedup\":" + (up ? json_number(*up) : std::string("null"));
     s += ",\"world_syncs\":" + std::to_string(r.world_syncs);
+    s += ",\"bytes_sent\":" + json_number(r.bytes_sent);
     s += ",\"train_loss\":" + json_number(r.train_loss);
     s += ",\"test_accuracy\":" + json_number(r.test_accuracy);
     s += ",\"consensus_mean\":" + json_number(r.consensus_mean);
@@ -847,19 +1038,27 @@ void print_table(const Options& o, const strata::RuntimeHierarchy& h, std::size_
     }
     std::printf("\n");
   }
+  const bool outer = std::any_of(results.begin(), results.end(), [](const Result& r) {
+    return r.method == Method::diloco || r.method == Method::streaming;
+  });
+  if (outer) {
+    std::printf("DiLoCo's outer step: Nesterov, lr %g, momentum %g\n", o.outer_lr,
+                o.outer_momentum);
+  }
   std::printf("\n");
 
   std::size_t width = std::string_view("method").size();
   for (const Result& r : results) width = std::max(width, method_label(r.method, o, h).size());
-  std::printf("%-*s  %8s  %8s  %11s  %10s  %8s  %9s\n", static_cast<int>(width), "method",
-              "wall (s)", "speed-up", "world syncs", "train loss", "test acc", "consensus");
+  std::printf("%-*s  %8s  %8s  %11s  %7s  %10s  %8s  %9s\n", static_cast<int>(width), "method",
+              "wall (s)", "speed-up", "world syncs", "MB sent", "train loss", "test acc",
+              "consensus");
   for (const Result& r : results) {
     const auto up = speedup(results, r);
     char up_text[16] = "-";
     if (up) std::snprintf(up_text, sizeof up_text, "%.2fx", *up);
-    std::printf("%-*s  %8.2f  %8s  %11zu  %10.4f  %7.1f%%  %9.3g\n", static_cast<int>(width),
+    std::printf("%-*s  %8.2f  %8s  %11zu  %7.2f  %10.4f  %7.1f%%  %9.3g\n", static_cast<int>(width),
                 method_label(r.method, o, h).c_str(), r.wall_s, up_text, r.world_syncs,
-                r.train_loss, 100.0 * r.test_accuracy, r.consensus_mean);
+                r.bytes_sent / 1e6, r.train_loss, 100.0 * r.test_accuracy, r.consensus_mean);
   }
 }
 

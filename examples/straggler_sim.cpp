@@ -7,6 +7,7 @@
 //   straggler_sim --world 256 --node-size 4 --hierarchy "2:8,4:64,8:256" --steps 1000
 //                 --step-ms 55 --straggler-rate 0.01 --straggler-delay-ms 1000 --seeds 10
 //                 [--model-bytes B] [--intra-gbps X] [--inter-gbps Y] [--json]
+//                 [--fragments F [--fragment-delay TAU]] [--wire [LEVEL=]FORMAT]
 //
 // Bad arguments print one line on stderr and exit with status 2.
 #include <chrono>
@@ -23,9 +24,11 @@
 #include <strata/sim/planner.hpp>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "cli.hpp"
+#include "level_flags.hpp"
 
 namespace {
 
@@ -84,6 +87,10 @@ struct Options {
   std::size_t warmup = 0;
   bool intra_node = false;
   bool rotate_groups = false;
+  std::optional<std::size_t> fragments;
+  std::optional<std::size_t> fragment_delay;
+  // (level, format); no level: the last one.
+  std::vector<std::pair<std::optional<std::size_t>, strata::WireFormat>> wires;
   std::optional<std::string> preset;
   std::optional<double> model_bytes;
   std::optional<double> intra_gbps;
@@ -121,6 +128,12 @@ void print_help() {
       "  --intra-node              after warm-up, all-reduce gradients in each node every step\n"
       "  --rotate-groups           shuffle the ranks of each level's groups at every averaging\n"
       "                            (simulated only); also shows the contiguous groups' result\n"
+      "  --fragments F             streaming: F fragments of the model synchronise at staggered\n"
+      "                            steps (--local-sgd P or a one-level --hierarchy P:N; F | P)\n"
+      "  --fragment-delay TAU      ... each applied TAU steps after it starts (TAU < P/F;\n"
+      "                            default 0: blocking)\n"
+      "  --wire [LEVEL=]FORMAT     a level (default: the last) sends bf16, fp16 or int8 values\n"
+      "                            (compressed average); repeatable\n"
       "delays\n"
       "  --step-ms T               normal compute time of a step (default 55)\n"
       "  --straggler-rate p        chance that a rank is late at a step (default 0.01)\n"
@@ -161,6 +174,13 @@ void print_help() {
 }
 
 using cli::parse_size;
+
+// "[LEVEL=]FORMAT": a level index (0 = the smallest group) and a wire format.
+std::pair<std::optional<std::size_t>, strata::WireFormat> parse_wire_flag(std::string_view flag,
+                                                                          std::string_view text) {
+  const auto [level, name] = cli::split_level(flag, text);
+  return {level, cli::parse_wire_name(flag, name)};
+}
 
 std::vector<std::size_t> parse_ranks(std::string_view flag, std::string_view text) {
   std::vector<std::size_t> ranks;
@@ -212,6 +232,12 @@ Options parse_args(int argc, char** argv) {
       o.intra_node = true;
     } else if (arg == "--rotate-groups") {
       o.rotate_groups = true;
+    } else if (arg == "--fragments") {
+      o.fragments = parse_size(arg, value(), 1, 1'000'000);
+    } else if (arg == "--fragment-delay") {
+      o.fragment_delay = parse_size(arg, value(), 0, 1'000'000);
+    } else if (arg == "--wire") {
+      o.wires.push_back(parse_wire_flag(arg, value()));
     } else if (arg == "--preset") {
       o.preset = std::string(value());
       if (*o.preset != "t4-resnet18") {
@@ -275,6 +301,17 @@ Options parse_args(int argc, char** argv) {
   }
   if (o.slow_factor && o.slow_ranks.empty()) {
     throw usage_error("--slow-factor needs --slow-ranks");
+  }
+  if (o.fragment_delay && !o.fragments) throw usage_error("--fragment-delay needs --fragments");
+  const bool one_level = o.local_period || (o.hierarchy && *o.hierarchy != "sync" &&
+                                            o.hierarchy->find(',') == std::string::npos);
+  if (o.fragments && o.plan) throw usage_error("--fragments does not apply to --plan");
+  if (o.fragments && !one_level) {
+    throw usage_error("--fragments needs a one-level schedule: --local-sgd P or --hierarchy P:N");
+  }
+  if (!o.wires.empty() && (o.plan || !(o.local_period || *o.hierarchy != "sync"))) {
+    throw usage_error("--wire applies to --local-sgd and --hierarchy P:G,..., not to " +
+                      std::string(o.plan ? "--plan" : "--hierarchy sync"));
   }
   return o;
 }
@@ -342,6 +379,25 @@ sim::Method method(const Options& o) {
   }
   if (o.intra_node) m = m.with_intra_node_gradients();
   if (o.rotate_groups) m = m.with_groups(sim::GroupAssignment::shuffled);
+  if (o.fragments) {
+    try {
+      m = m.with_streaming(*o.fragments, o.fragment_delay.value_or(0));
+    } catch (const std::invalid_argument& e) {
+      throw usage_error(std::string("--fragments: ") + e.what());
+    }
+  }
+  std::vector<bool> wired(m.levels().size(), false);
+  for (const auto& [level, format] : o.wires) {
+    const std::size_t l = level.value_or(m.levels().size() - 1);
+    if (l >= m.levels().size()) {
+      throw usage_error("--wire: level " + std::to_string(l) + " is beyond the schedule's " +
+                        std::to_string(m.levels().size()) + " levels (0.." +
+                        std::to_string(m.levels().size() - 1) + ")");
+    }
+    if (wired[l]) throw usage_error("--wire: level " + std::to_string(l) + " is given twice");
+    wired[l] = true;
+    m = m.with_wire(l, format);
+  }
   return m;
 }
 
@@ -386,8 +442,12 @@ int run_estimate(const Options& o, const Models& m) {
   const auto t0 = std::chrono::steady_clock::now();
   const sim::Estimate e = sim::estimate(meth, m.delays, m.cost, mc);
   const auto t1 = std::chrono::steady_clock::now();
-  const sim::Consensus spread =
-      sim::consensus(meth, o.steps, {.ranks_per_node = m.cost.ranks_per_node});
+  sim::ConsensusOptions spread_options{.ranks_per_node = m.cost.ranks_per_node};
+  if (meth.streaming()) {
+    spread_options.streaming =
+        sim::StreamingFragments{meth.fragments(), meth.fragment_delay(), /*mix=*/1.0};
+  }
+  const sim::Consensus spread = sim::consensus(meth, o.steps, spread_options);
   std::optional<sim::Estimate> contiguous;
   if (o.rotate_groups) {
     contiguous =

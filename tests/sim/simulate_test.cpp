@@ -359,3 +359,302 @@ TEST_CASE("bad runs are refused with a message") {
                        "one group, the world",
                        std::invalid_argument);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Streaming fragments and compressed wires.
+
+TEST_CASE("simulate, streaming: a delay lets the others run ahead of a late rank, by hand") {
+  // Two ranks, 1 s steps, rank 1 three seconds late at step 0; one fragment (the whole model) of
+  // period 4 starts at step 0 and is applied at the end of step tau. Its all-reduce is
+  // 2 * 1/2 * 1 MB over 1 GB/s = 1 ms and starts when rank 1 posts, at 4 s: done at 4.001.
+  const DelayModel d{.step_s = 1.0, .events = {{1, 0, 3.0}}};
+  const CostModel c = flat_cost(1e6, 1e9);
+  const auto plain = Method::local_sgd(2, 4);
+
+  // tau = 0: rank 0 waits at step 0 from 1 s to 4.001 s, as in plain local SGD.
+  const auto blocking = simulate(plain.with_streaming(1, 0), d, c, 4, 1);
+  CHECK(blocking.seconds == doctest::Approx(7.001));
+  CHECK(blocking.syncs[0].count == 1);
+  CHECK(blocking.syncs[0].wait_s == doctest::Approx(1.5));    // 3 s over 2 ranks
+  CHECK(blocking.syncs[0].comm_s == doctest::Approx(0.001));  // both see the whole transfer
+
+  // tau = 1, 2, 3: rank 0 computes tau more steps (reaching 1 + tau s) before it waits for
+  // 4.001 s; rank 1, at 4 + tau s by then, never waits and never sees the transfer, so the run
+  // ends with rank 1's own 7 s.
+  for (std::size_t tau = 1; tau <= 3; ++tau) {
+    CAPTURE(tau);
+    const auto run = simulate(plain.with_streaming(1, tau), d, c, 4, 1);
+    CHECK(run.seconds == doctest::Approx(7.0));
+    CHECK(run.syncs[0].count == 1);
+    CHECK(run.syncs[0].wait_s == doctest::Approx((3.0 - static_cast<double>(tau)) / 2));
+    CHECK(run.syncs[0].comm_s == doctest::Approx(0.0005));  // rank 0's 1 ms, over 2 ranks
+  }
+}
+
+TEST_CASE("simulate, streaming: F fragments each move 1/F of the model, and a delay hides them") {
+  // Four ranks, no stragglers, 1 s steps; T(4) of the whole model = 1.5 x 4 MB / 1 GB/s = 6 ms.
+  const DelayModel d{.step_s = 1.0};
+  const CostModel c = flat_cost(4e6, 1e9);
+  const auto plain = Method::local_sgd(4, 4);
+  // Blocking: F fragments of 6/F ms each, F per period: the same time as plain local SGD.
+  for (const std::size_t f : {1, 2, 4}) {
+    CAPTURE(f);
+    const auto run = simulate(plain.with_streaming(f, 0), d, c, 8, 1);
+    CHECK(run.seconds == doctest::Approx(8.012));
+    CHECK(run.syncs[0].count == 2 * f);
+    CHECK(run.syncs[0].comm_s == doctest::Approx(0.012));
+    CHECK(run.syncs[0].wait_s == 0.0);
+  }
+  // A delay of one step hides every transfer behind the next step's compute.
+  for (const std::size_t f : {1, 2}) {
+    CAPTURE(f);
+    const auto run = simulate(plain.with_streaming(f, 1), d, c, 8, 1);
+    CHECK(run.seconds == 8.0);
+    CHECK(run.syncs[0].count == 2 * f);
+    CHECK(run.syncs[0].comm_s == doctest::Approx(0.0));
+  }
+  // A fragment whose application would fall past the last step is not waited for: over 5 steps
+  // with F = 1, tau = 1, the fragment of step 4 never lands.
+  const auto cut = simulate(plain.with_streaming(1, 1), d, c, 5, 1);
+  CHECK(cut.seconds == 5.0);
+  CHECK(cut.syncs[0].count == 1);
+}
+
+TEST_CASE("simulate, streaming: one fragment without delay is the plain method, exactly") {
+  std::mt19937_64 rng(77);
+  const auto pick = [&](std::size_t lo, std::size_t hi) {
+    return std::uniform_int_distribution<std::size_t>(lo, hi)(rng);
+  };
+  for (int trial = 0; trial < 200; ++trial) {
+    CAPTURE(trial);
+    const std::size_t node = std::size_t{1} << pick(0, 2);
+    const std::size_t world = node * pick(1, 4);
+    const std::size_t period = pick(1, 6);
+    const std::size_t warmup = pick(0, 5);
+    Method m = pick(0, 1) == 1
+                   ? Method::local_sgd(world, period, warmup)
+                   : Method::hierarchical(
+                         RuntimeHierarchy(std::vector<strata::LevelSpec>{{period, world}}), warmup);
+    if (pick(0, 1) == 1) m = m.with_intra_node_gradients();
+    DelayModel d;
+    d.step_s = 0.01 * static_cast<double>(pick(1, 10));
+    d.straggler_rate = 0.1 * static_cast<double>(pick(0, 3));
+    d.straggler_delay_s = 0.1 * static_cast<double>(pick(0, 10));
+    d.lognormal_sigma = pick(0, 1) == 1 ? 0.3 : 0.0;
+    CostModel c;
+    c.model_bytes = 1e6 * static_cast<double>(pick(0, 50));
+    c.ranks_per_node = node;
+    c.intra_node = {1e9, 1e-6 * static_cast<double>(pick(0, 20))};
+    c.inter_node = {1e8 * static_cast<double>(pick(1, 40)), 1e-5};
+    c.backward_overlap = 0.5;
+    const std::size_t steps = pick(1, 40);
+    const std::uint64_t seed = pick(0, 1000);
+    const auto a = simulate(m, d, c, steps, seed);
+    const auto b = simulate(m.with_streaming(1, 0), d, c, steps, seed);
+    CHECK(a.seconds == b.seconds);
+    REQUIRE(a.syncs.size() == b.syncs.size());
+    for (std::size_t i = 0; i < a.syncs.size(); ++i) {
+      CHECK(a.syncs[i].count == b.syncs[i].count);
+      CHECK(a.syncs[i].wait_s == b.syncs[i].wait_s);
+      CHECK(a.syncs[i].comm_s == b.syncs[i].comm_s);
+    }
+  }
+}
+
+TEST_CASE("simulate, streaming: a larger delay never makes a run slower") {
+  // Straggler-free: 8 ranks on nodes of 4, a transfer longer than a step (80 ms vs 50 ms) so
+  // that each extra step of delay hides more of it.
+  CostModel c;
+  c.model_bytes = 40e6;
+  c.ranks_per_node = 4;
+  c.intra_node = {1e10, 0.0};
+  c.inter_node = {0.875e9, 0.0};  // T(8) = 1.75 x 40 MB / 0.875 GB/s = 80 ms
+  const DelayModel even{.step_s = 0.05};
+  for (const std::size_t f : {1, 2}) {
+    const auto base = Method::local_sgd(8, 8).with_streaming(f, 0);
+    double previous = simulate(base, even, c, 64, 1).seconds;
+    for (std::size_t tau = 1; tau < 8 / f; ++tau) {
+      CAPTURE(f);
+      CAPTURE(tau);
+      const double t =
+          simulate(Method::local_sgd(8, 8).with_streaming(f, tau), even, c, 64, 1).seconds;
+      // Each fragment costs max(0, 80 / F ms - tau x 50 ms) of waiting, once per fragment.
+      const double per = std::max(0.0, 0.08 / static_cast<double>(f) - 0.05 * tau);
+      CHECK(t == doctest::Approx(64 * 0.05 + 8.0 * static_cast<double>(f) * per));
+      CHECK(t <= previous);
+      previous = t;
+    }
+  }
+  // With stragglers too: waiting later never moves a clock forward.
+  const DelayModel late{
+      .step_s = 0.05, .straggler_rate = 0.1, .straggler_delay_s = 0.3, .lognormal_sigma = 0.2};
+  for (std::uint64_t seed = 1; seed <= 10; ++seed) {
+    double previous = 0.0;
+    for (std::size_t tau = 0; tau < 6; ++tau) {
+      const auto m =
+          Method::hierarchical(RuntimeHierarchy::parse("12:8"), 2).with_streaming(2, tau);
+      const double t = simulate(m, late, c, 100, seed).seconds;
+      if (tau > 0) CHECK(t <= previous);
+      previous = t;
+    }
+  }
+}
+
+TEST_CASE("simulate, streaming: fragments start on the method's phase") {
+  // Local SGD counts from the end of warm-up, a hierarchy P:N from step 0.
+  const auto local = Method::local_sgd(4, 4, /*warmup=*/3).with_streaming(2, 1);
+  CHECK(!local.fragment_at(2));
+  CHECK(local.fragment_at(3) == 0u);
+  CHECK(!local.fragment_at(4));
+  CHECK(local.fragment_at(5) == 1u);
+  CHECK(local.fragment_at(7) == 0u);
+  const auto absolute =
+      Method::hierarchical(RuntimeHierarchy::parse("4:4"), /*warmup=*/3).with_streaming(2, 1);
+  CHECK(!absolute.fragment_at(2));
+  CHECK(!absolute.fragment_at(3));
+  CHECK(absolute.fragment_at(4) == 0u);
+  CHECK(absolute.fragment_at(6) == 1u);
+  CHECK(!Method::local_sgd(4, 4).fragment_at(0));  // no streaming, no fragments
+  CHECK(local.streaming());
+  CHECK(local.fragments() == 2);
+  CHECK(local.fragment_delay() == 1);
+  CHECK(!Method::local_sgd(4, 4).streaming());
+  CHECK(Method::local_sgd(4, 4).fragments() == 1);
+  CHECK(absolute.name() == "hierarchical SGD 4:4, warm-up 3, 2 fragments, delay 1");
+  CHECK(Method::local_sgd(4, 4).with_streaming(1).name() ==
+        "local SGD (period 4), 1 fragment, delay 0");
+}
+
+TEST_CASE("simulate, streaming and wires: bad settings are refused with a message") {
+  CHECK_THROWS_WITH_AS((void)Method::synchronous(4).with_streaming(1),
+                       "Method: streaming fragments need a one-level schedule (local SGD or a "
+                       "hierarchy P:N), not synchronous SGD",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      (void)Method::hierarchical(RuntimeHierarchy::parse("2:2,4:4")).with_streaming(2),
+      "Method: streaming fragments need a one-level schedule (local SGD or a "
+      "hierarchy P:N), not 2:2,4:4",
+      std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)Method::local_sgd(4, 6).with_streaming(4),
+                       "Method: the fragment count F = 4 must divide the period P = 6",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)Method::local_sgd(4, 6).with_streaming(0),
+                       "Method: the fragment count F = 0 must divide the period P = 6",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)Method::local_sgd(4, 6).with_streaming(3, 2),
+                       "Method: the fragment delay 2 must be below P/F = 2", std::invalid_argument);
+  CHECK_NOTHROW((void)Method::local_sgd(4, 6).with_streaming(3, 1));
+  CHECK_THROWS_WITH_AS((void)Method::synchronous(4).with_wire(0, strata::WireFormat::bf16),
+                       "Method: a wire format applies to a level that averages the model; "
+                       "synchronous SGD has none",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS((void)Method::local_sgd(4, 2).with_wire(1, strata::WireFormat::bf16),
+                       "Method: level 1 is beyond the method's 1 levels", std::invalid_argument);
+}
+
+TEST_CASE("simulate, a compressed wire is priced by the bytes compressed_average sends") {
+  // Four ranks, one per node, averaging every step; 1024 float values (4096 bytes) at 1 MB/s.
+  // Ring: 1.5 x 4096 B = 6.144 ms. bf16: chunks of 256 values, 512 B each, sent 3 + 3 times =
+  // 3072 B. int8: chunks of 256 values, 256 + 4 B, 65 words, x 6 = 1560 B.
+  const DelayModel d{.step_s = 1.0};
+  const CostModel c = flat_cost(4096, 1e6);
+  const auto m = Method::local_sgd(4, 1);
+  using strata::WireFormat;
+  CHECK(simulate(m, d, c, 2, 1).seconds == doctest::Approx(2 + 2 * 6.144e-3));
+  CHECK(simulate(m.with_wire(0, WireFormat::bf16), d, c, 2, 1).seconds ==
+        doctest::Approx(2 + 2 * 3.072e-3));
+  CHECK(simulate(m.with_wire(0, WireFormat::int8), d, c, 2, 1).seconds ==
+        doctest::Approx(2 + 2 * 1.560e-3));
+  CHECK(simulate(m.with_wire(0, WireFormat::bf16).with_wire(0, WireFormat::native), d, c, 2, 1)
+            .seconds == doctest::Approx(2 + 2 * 6.144e-3));
+  // Two fragments of 512 values in bf16: chunks of 128 values, 256 B, x 6 = 1536 B each.
+  const auto frag = Method::local_sgd(4, 2).with_streaming(2).with_wire(0, WireFormat::bf16);
+  CHECK(simulate(frag, d, c, 2, 1).seconds == doctest::Approx(2 + 2 * 1.536e-3));
+  CHECK(frag.name() == "local SGD (period 2), 2 fragments, delay 0, bf16 wire");
+  // One level of several: only that level's time changes.
+  const auto h = Method::hierarchical(RuntimeHierarchy::parse("1:2,2:4"));
+  const double t2 = 4096 / 1e6;  // a pair: 2 x 1/2 x 4096 B
+  CHECK(simulate(h, d, c, 2, 1).seconds == doctest::Approx(2 + t2 + 6.144e-3));
+  CHECK(simulate(h.with_wire(1, WireFormat::bf16), d, c, 2, 1).seconds ==
+        doctest::Approx(2 + t2 + 3.072e-3));
+  CHECK(h.with_wire(1, WireFormat::bf16).name() ==
+        "hierarchical SGD 1:2,2:4, bf16 wire at level 1");
+}
+
+TEST_CASE("simulate, streaming agrees with a plain loop on random configurations") {
+  // The reference lists every fragment start in advance (origin + k P + f P/F) and keeps a queue
+  // of results in flight, each landing at the end of its step + tau.
+  std::mt19937_64 rng(4242);
+  const auto pick = [&](std::size_t lo, std::size_t hi) {
+    return std::uniform_int_distribution<std::size_t>(lo, hi)(rng);
+  };
+  for (int trial = 0; trial < 200; ++trial) {
+    CAPTURE(trial);
+    const std::size_t node = std::size_t{1} << pick(0, 2);
+    const std::size_t world = node * pick(1, 4);
+    std::vector<std::size_t> fs;
+    const std::size_t period = pick(1, 12);
+    for (std::size_t f = 1; f <= period; ++f) {
+      if (period % f == 0) fs.push_back(f);
+    }
+    const std::size_t frags = fs[pick(0, fs.size() - 1)];
+    const std::size_t tau = pick(0, period / frags - 1);
+    const std::size_t warmup = pick(0, 5);
+    const bool relative = pick(0, 1) == 1;
+    const bool intra = pick(0, 1) == 1;
+    Method m = relative
+                   ? Method::local_sgd(world, period, warmup)
+                   : Method::hierarchical(
+                         RuntimeHierarchy(std::vector<strata::LevelSpec>{{period, world}}), warmup);
+    if (intra) m = m.with_intra_node_gradients();
+    m = m.with_streaming(frags, tau);
+    DelayModel d;
+    d.step_s = 0.01 * static_cast<double>(pick(1, 10));
+    d.straggler_rate = 0.1 * static_cast<double>(pick(0, 3));
+    d.straggler_delay_s = 0.1 * static_cast<double>(pick(0, 10));
+    d.lognormal_sigma = pick(0, 1) == 1 ? 0.3 : 0.0;
+    CostModel c;
+    c.model_bytes = 1e6 * static_cast<double>(pick(0, 50));
+    c.ranks_per_node = node;
+    c.intra_node = {1e9, 1e-6 * static_cast<double>(pick(0, 20))};
+    c.inter_node = {1e8 * static_cast<double>(pick(1, 40)), 1e-5};
+    c.backward_overlap = 0.25 * static_cast<double>(pick(0, 4));
+    const std::size_t steps = pick(1, 60);
+    const std::uint64_t seed = pick(0, 1000);
+
+    std::set<std::size_t> starts;
+    const std::size_t origin = relative ? warmup : 0;
+    for (std::size_t k = 0; origin + k * period < steps; ++k) {
+      for (std::size_t f = 0; f < frags; ++f) {
+        const std::size_t t = origin + k * period + f * (period / frags);
+        if (t >= warmup && t < steps) starts.insert(t);
+      }
+    }
+    CostModel piece = c;
+    piece.model_bytes = c.model_bytes / static_cast<double>(frags);
+    const double comm = ring_time(piece, world);
+    std::vector<std::pair<std::size_t, double>> flight;  // (due step, completion)
+    std::vector<double> clock(world, 0.0);
+    std::size_t landed = 0;
+    for (std::size_t s = 0; s < steps; ++s) {
+      for (std::size_t r = 0; r < world; ++r) clock[r] += d.step_time(seed, r, s);
+      if (s < warmup) {
+        meet(clock, world, (1.0 - c.backward_overlap) * ring_time(c, world));
+      } else if (intra) {
+        meet(clock, node, (1.0 - c.backward_overlap) * ring_time(c, node));
+      }
+      if (starts.count(s) != 0) {
+        flight.emplace_back(s + tau, *std::max_element(clock.begin(), clock.end()) + comm);
+      }
+      for (const auto& [due, done] : flight) {
+        if (due != s) continue;
+        for (double& x : clock) x = std::max(x, done);
+        ++landed;
+      }
+    }
+    const auto run = simulate(m, d, c, steps, seed);
+    CHECK(run.seconds ==
+          doctest::Approx(*std::max_element(clock.begin(), clock.end())).epsilon(1e-12));
+    CHECK(run.syncs[0].count == landed);
+  }
+}

@@ -18,7 +18,9 @@
 #include <thrust/execution_policy.h>
 
 #include "strata/averaging/clock.hpp"
+#include "strata/averaging/outer.hpp"
 #include "strata/comm/communicator.hpp"
+#include "strata/comm/compressed_average.hpp"
 #include "strata/comm/hierarchical_all_reduce.hpp"
 #include "strata/comm/level_comms.hpp"
 #include "strata/error.hpp"
@@ -214,6 +216,20 @@ void fused_average(Comm& comm, PackCache<T>& cache, std::span<const std::span<T>
   }
 }
 
+// The anchors and outer states of the levels that keep them, for one parameter type; all flat,
+// over the concatenation of the parameters.
+template <class T>
+struct OuterCache {
+  bool started = false;
+  std::size_t elements = 0;
+  std::vector<std::vector<T>> anchor;  // per level; empty for levels without an anchor
+  std::vector<std::vector<T>> state;   // per level, state_per_element values per element
+  std::vector<T> flat;                 // scratch: the parameters
+  std::vector<T> delta;                // scratch: a - p, then its group mean
+};
+
+using OuterCaches = std::tuple<OuterCache<float>, OuterCache<double>>;
+
 using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std::int32_t>,
                               PackCache<std::int64_t>>;
 
@@ -241,6 +257,25 @@ struct AveragerOptions {
   //! most 4 MiB (measured on MPI: docs/averaging.md). A value at least the parameters' size: one
   //! segment. Every rank must pass the same value. Other communicators ignore it.
   std::size_t pipeline_bytes = 0;
+  //! Per level, smallest group first: an outer optimizer and a wire format (`LevelPolicy`,
+  //! strata/averaging/outer.hpp). Empty (the default): plain averaging on every level. A level
+  //! with an outer optimizer or a compressed wire keeps an anchor of the parameters, and needs
+  //! `begin(parameters)` before the first step. Every rank must pass the same policies. The
+  //! compile-time averagers take them from `LevelWith` levels instead.
+  std::vector<LevelPolicy> levels{};
+};
+
+//! The anchors and outer-optimizer states of an averager, for a restart: per level, smallest
+//! group first; empty for a level that keeps none.
+//!
+//! \code
+//! strata::OuterSnapshot<float> s;
+//! assert(s.anchors.empty());
+//! \endcode
+template <class T>
+struct OuterSnapshot {
+  std::vector<std::vector<T>> anchors;
+  std::vector<std::vector<T>> states;
 };
 
 //! An averager over any schedule (`Schedule<H, P>` or `RuntimeSchedule<P>`) and any
@@ -267,9 +302,17 @@ class BasicAverager : public AveragerClock<S> {
   BasicAverager(Comm& world, S schedule, AveragerOptions options = {})
       : AveragerClock<S>(std::move(schedule)),
         comms_(world, schedule_.levels()),
-        pipeline_bytes_(options.pipeline_bytes) {
+        pipeline_bytes_(options.pipeline_bytes),
+        policies_(std::move(options.levels)) {
     const std::size_t g = options.ranks_per_node;
     const auto levels = schedule_.levels();
+    if (policies_.empty()) policies_.resize(levels.size());
+    if (policies_.size() != levels.size()) {
+      throw std::invalid_argument("BasicAverager: " + std::to_string(policies_.size()) +
+                                  " level policies for " + std::to_string(levels.size()) +
+                                  " levels");
+    }
+    for (const LevelPolicy& p : policies_) anchors_ = anchors_ || p.keeps_anchor();
     hierarchical_.resize(levels.size());
     if (g == 0) return;
     for (std::size_t i = 0; i < levels.size(); ++i) {
@@ -288,6 +331,17 @@ class BasicAverager : public AveragerClock<S> {
   template <comm_value T>
   std::optional<std::size_t> average(std::span<const std::span<T>> tensors) {
     const std::optional<std::size_t> level = schedule_.level_at(step_);
+    if (anchors_) {
+      if constexpr (std::is_floating_point_v<T>) {
+        outer_step(tensors, level);
+        ++step_;
+        return level;
+      } else {
+        throw std::invalid_argument(
+            "BasicAverager: outer optimizers and compressed wires need floating-point "
+            "parameters");
+      }
+    }
     if (level) {
       auto& cache = std::get<detail::PackCache<T>>(caches_);
       if (auto& h = hierarchical_[*level]) {
@@ -310,6 +364,10 @@ class BasicAverager : public AveragerClock<S> {
   //! the result goes to a staging buffer first, so that a failure leaves `flat` as it was.
   template <comm_value T>
   std::optional<std::size_t> average(std::span<T> flat) {
+    if (anchors_) {
+      const std::span<T> one[1] = {flat};
+      return average(std::span<const std::span<T>>(one));
+    }
     const std::optional<std::size_t> level = schedule_.level_at(step_);
     if (level && hierarchical_[*level]) {
       hierarchical_[*level]->all_reduce(flat, ReduceOp::average);  // works on its own copy
@@ -334,6 +392,75 @@ class BasicAverager : public AveragerClock<S> {
     return average(arena.flat());
   }
 
+  //! Records the initial parameters as every anchor (outer optimizers' states at zero). Needed
+  //! once, before the first step, when a level keeps an anchor (`LevelPolicy::keeps_anchor`);
+  //! calling it again restarts the outer optimizers from the given parameters. Not collective.
+  template <comm_value T>
+  void begin(std::span<const std::span<T>> tensors) {
+    static_assert(std::is_floating_point_v<T>,
+                  "BasicAverager::begin: outer optimizers need floating-point parameters");
+    auto& oc = std::get<detail::OuterCache<T>>(outer_);
+    auto& pc = std::get<detail::PackCache<T>>(caches_);
+    const FusedPlan<T>& plan = pc.plan_for(tensors);
+    oc.elements = plan.total_elements();
+    oc.flat.resize(oc.elements);
+    pack(thrust::host, plan, std::span<T>(oc.flat));
+    oc.anchor.assign(policies_.size(), {});
+    oc.state.assign(policies_.size(), {});
+    for (std::size_t l = 0; l < policies_.size(); ++l) {
+      if (!policies_[l].keeps_anchor()) continue;
+      oc.anchor[l] = oc.flat;
+      const std::size_t k = policies_[l].outer ? policies_[l].outer->state_per_element() : 0;
+      oc.state[l].assign(oc.elements * k, T(0));
+    }
+    oc.started = true;
+  }
+  template <comm_value T>
+  void begin(const std::vector<std::span<T>>& tensors) {
+    begin(std::span<const std::span<T>>(tensors));
+  }
+  template <comm_value T>
+  void begin(std::span<T> flat) {
+    const std::span<T> one[1] = {flat};
+    begin(std::span<const std::span<T>>(one));
+  }
+
+  //! The anchors and outer states, for a restart (with `state()`).
+  template <comm_value T>
+  [[nodiscard]] OuterSnapshot<T> outer_state() const {
+    const auto& oc = std::get<detail::OuterCache<T>>(outer_);
+    return {oc.anchor, oc.state};
+  }
+
+  //! Restores `outer_state()`'s snapshot; throws `std::invalid_argument` when its levels or
+  //! sizes do not match this averager's policies and parameters of `elements` values.
+  template <comm_value T>
+  void load_outer_state(const OuterSnapshot<T>& s, std::size_t elements) {
+    auto& oc = std::get<detail::OuterCache<T>>(outer_);
+    if (s.anchors.size() != policies_.size() || s.states.size() != policies_.size()) {
+      throw std::invalid_argument("BasicAverager: an outer state of " +
+                                  std::to_string(s.anchors.size()) + " levels for " +
+                                  std::to_string(policies_.size()));
+    }
+    for (std::size_t l = 0; l < policies_.size(); ++l) {
+      const bool keeps = policies_[l].keeps_anchor();
+      const std::size_t k = policies_[l].outer ? policies_[l].outer->state_per_element() : 0;
+      if (s.anchors[l].size() != (keeps ? elements : 0) ||
+          s.states[l].size() != (keeps ? elements * k : 0)) {
+        throw std::invalid_argument("BasicAverager: the outer state of level " + std::to_string(l) +
+                                    " does not fit " + std::to_string(elements) +
+                                    " parameters and its policy");
+      }
+    }
+    oc.anchor = s.anchors;
+    oc.state = s.states;
+    oc.elements = elements;
+    oc.flat.resize(elements);
+    oc.started = true;
+  }
+
+  [[nodiscard]] std::span<const LevelPolicy> policies() const noexcept { return policies_; }
+
   [[nodiscard]] Comm& level_comm(std::size_t level) { return comms_.level(level); }
   //! Whether `level` averages with `HierarchicalAllReduce` (see `AveragerOptions`).
   [[nodiscard]] bool hierarchical(std::size_t level) const {
@@ -343,8 +470,71 @@ class BasicAverager : public AveragerClock<S> {
  private:
   LevelComms<Comm> comms_;
   std::vector<std::optional<HierarchicalAllReduce<Comm>>> hierarchical_;
+  // One step with anchors: warm-up steps move every anchor to the parameters; a level with an
+  // anchor averages a - p (natively or compressed) and applies its outer step; a plain level
+  // averages p; either way the anchors at or below the level follow the new parameters. The
+  // tensors and the states are written only after the collective has succeeded.
+  template <class T>
+  void outer_step(std::span<const std::span<T>> tensors, std::optional<std::size_t> level) {
+    auto& oc = std::get<detail::OuterCache<T>>(outer_);
+    auto& pc = std::get<detail::PackCache<T>>(caches_);
+    const FusedPlan<T>& plan = pc.plan_for(tensors);
+    if (!oc.started) {
+      throw std::invalid_argument(
+          "BasicAverager: a level keeps an anchor (outer optimizer or compressed wire); call "
+          "begin(parameters) with the initial parameters before the first step");
+    }
+    if (plan.total_elements() != oc.elements) {
+      throw std::invalid_argument("BasicAverager: the anchors hold " + std::to_string(oc.elements) +
+                                  " parameters, the call passes " +
+                                  std::to_string(plan.total_elements()));
+    }
+    const auto follow = [&](std::size_t up_to) {
+      for (std::size_t l = 0; l <= up_to && l < policies_.size(); ++l) {
+        if (!oc.anchor[l].empty()) std::copy(oc.flat.begin(), oc.flat.end(), oc.anchor[l].begin());
+      }
+    };
+    if (step_ < schedule_.warmup()) {
+      // Gradients are averaged over the world in warm-up: the anchors follow the parameters.
+      pack(thrust::host, plan, std::span<T>(oc.flat));
+      follow(policies_.size());
+      return;
+    }
+    if (!level) return;
+    const std::size_t l = *level;
+    const LevelPolicy& policy = policies_[l];
+    if (!policy.keeps_anchor()) {
+      detail::fused_average(comms_.level(l), pc, tensors, pipeline_bytes_);
+      pack(thrust::host, plan, std::span<T>(oc.flat));
+      follow(l);
+      return;
+    }
+    pack(thrust::host, plan, std::span<T>(oc.flat));
+    const std::vector<T>& a = oc.anchor[l];
+    oc.delta.resize(oc.elements);
+    for (std::size_t i = 0; i < oc.elements; ++i) oc.delta[i] = a[i] - oc.flat[i];
+    Comm& comm = comms_.level(l);
+    if (policy.wire == WireFormat::native) {
+      comm.all_reduce(std::span<T>(oc.delta), ReduceOp::average);
+    } else {
+      compressed_average(comm, std::span<const T>(oc.delta), std::span<T>(oc.delta), policy.wire);
+    }
+    // Past the collective: nothing below can fail.
+    if (policy.outer) {
+      policy.outer->apply(std::span<T>(oc.flat), std::span<const T>(a),
+                          std::span<const T>(oc.delta), std::span<T>(oc.state[l]));
+    } else {
+      for (std::size_t i = 0; i < oc.elements; ++i) oc.flat[i] = a[i] - oc.delta[i];
+    }
+    unpack(thrust::host, std::span<const T>(oc.flat), plan);
+    follow(l);
+  }
+
   std::size_t pipeline_bytes_ = 0;
+  std::vector<LevelPolicy> policies_;
+  bool anchors_ = false;
   detail::PackCaches caches_;
+  detail::OuterCaches outer_;
 };
 
 //! Hierarchical SGD with a compile-time hierarchy: PyTorch's `HierarchicalModelAverager`, step
@@ -367,7 +557,15 @@ template <hierarchy_type H, communicator Comm, phase_policy P = AbsolutePhase>
 class HierarchicalAverager : public BasicAverager<Schedule<H, P>, Comm> {
  public:
   explicit HierarchicalAverager(Comm& world, std::size_t warmup = 0, AveragerOptions options = {})
-      : BasicAverager<Schedule<H, P>, Comm>(world, Schedule<H, P>(warmup), options) {}
+      : BasicAverager<Schedule<H, P>, Comm>(world, Schedule<H, P>(warmup),
+                                            with_policies(std::move(options))) {}
+
+ private:
+  // The levels' `LevelWith` policies, unless the caller gave run-time ones.
+  static AveragerOptions with_policies(AveragerOptions o) {
+    if (o.levels.empty()) o.levels = level_policies<H>();
+    return o;
+  }
 };
 
 //! Hierarchical SGD with a hierarchy read at run time.

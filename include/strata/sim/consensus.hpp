@@ -49,7 +49,8 @@ struct OuterLevel {
 };
 
 //! Streaming fragments of a one-level schedule with period P: F contiguous fragments; fragment f
-//! synchronises at the steps t (not in warm-up) with `t % P == f * (P / F)`, and its result is
+//! synchronises at the steps t (not in warm-up) with `t % P == f * (P / F)` (local SGD:
+//! `(t - warm-up) % P`, its period counting from the end of warm-up), and its result is
 //! mixed in `delay` steps later as `p = (1 - mix) * p + mix * X`. Requires F | P, delay < P / F
 //! and 0 < mix <= 1.
 //!
@@ -429,6 +430,8 @@ void consensus_run(const sim::Method& m, std::size_t steps, const sim::Consensus
     const sim::StreamingFragments& s = *o.streaming;
     const std::size_t p = m.levels()[0].period;
     const std::size_t stride = p / s.fragments;
+    // Local SGD counts its period from the end of warm-up, a hierarchy P:N from step 0.
+    const std::size_t origin = m.kind() == sim::MethodKind::local ? m.warmup() : 0;
     sim::ConsensusOptions plain = o;
     plain.outer.clear();  // a one-level result is the same on every rank
     std::vector<NestedConsensus> frags(s.fragments, NestedConsensus(m, plain));
@@ -438,7 +441,8 @@ void consensus_run(const sim::Method& m, std::size_t steps, const sim::Consensus
       for (std::size_t f = 0; f < s.fragments; ++f) {
         if (!warm) frags[f].drift();
         // The result started at t - delay arrives now.
-        if (t >= s.delay && !m.world_gradients_at(t - s.delay) && (t - s.delay) % p == f * stride) {
+        if (t >= s.delay && !m.world_gradients_at(t - s.delay) &&
+            (t - s.delay - origin) % p == f * stride) {
           frags[f].mix(s.mix);
         }
         sum += frags[f].distance();

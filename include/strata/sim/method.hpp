@@ -14,6 +14,7 @@
 
 #include "strata/hierarchy/level.hpp"
 #include "strata/hierarchy/runtime_hierarchy.hpp"
+#include "strata/kernels/wire_codec.hpp"
 #include "strata/schedule/phase.hpp"
 #include "strata/schedule/schedule.hpp"
 
@@ -48,12 +49,18 @@ enum class GroupAssignment {
 };
 
 //! One training method: synchronous SGD, local SGD or hierarchical SGD, with its warm-up, its
-//! optional per-step intra-node gradient all-reduce (post-local SGD) and its group assignment.
+//! optional per-step intra-node gradient all-reduce (post-local SGD), its group assignment, the
+//! wire format of each level and, for a one-level schedule, streaming fragments.
 //!
 //! Local SGD counts its period from the end of warm-up (`WarmupRelativePhase`, as PyTorch's
 //! `PeriodicModelAverager`); hierarchical SGD counts from step 0 (`AbsolutePhase`, as
 //! `HierarchicalModelAverager`). Which level averages at a step is `RuntimeSchedule::level_at`.
 //! During warm-up, and at every step of synchronous SGD, gradients are all-reduced over the world.
+//!
+//! With streaming fragments (`with_streaming`) the one level does not average the whole model at
+//! once: fragment f of F starts its collective at the steps whose phase is f * P/F modulo P and
+//! is applied `delay` steps later (`fragment_at`); `averaging_levels` still describes the plain
+//! schedule. The mix of the result into the parameters changes no clock, so it is not modelled.
 //!
 //! \code
 //! using strata::sim::Method;
@@ -66,6 +73,11 @@ enum class GroupAssignment {
 //! const auto local = Method::local_sgd(64, 8, /*warmup=*/3);
 //! assert(local.averaging_levels(12)[3] == 0u && local.averaging_levels(12)[11] == 0u);
 //! assert(Method::synchronous(64).name() == "synchronous SGD");
+//! const auto streaming = Method::local_sgd(64, 8).with_streaming(4, /*delay=*/1);
+//! assert(streaming.fragment_at(2) == 1u && !streaming.fragment_at(3));
+//! assert(streaming.name() == "local SGD (period 8), 4 fragments, delay 1");
+//! assert(local.with_wire(0, strata::WireFormat::int8).name() ==
+//!        "local SGD (period 8), warm-up 3, int8 wire");
 //! \endcode
 class Method {
  public:
@@ -101,6 +113,57 @@ class Method {
     return m;
   }
 
+  //! Split the model of a one-level schedule (local SGD, or a hierarchy P:N) into `fragments` F
+  //! fragments that synchronise at staggered steps, each applied `delay` steps after it starts,
+  //! as `StreamingAverager` does: fragment f starts at the steps t past warm-up whose phase (t
+  //! for a hierarchy, t - warm-up for local SGD) is f * P/F modulo P. Throws
+  //! `std::invalid_argument` for any other method, unless F divides P, or unless delay < P/F (a
+  //! fragment is applied before the next one starts). With F = 1 and delay 0 the run is the plain
+  //! method's.
+  [[nodiscard]] Method with_streaming(std::size_t fragments, std::size_t delay = 0) const {
+    if (kind_ == MethodKind::synchronous || hierarchy_->num_levels() != 1) {
+      throw std::invalid_argument(
+          "Method: streaming fragments need a one-level schedule (local SGD or a hierarchy "
+          "P:N), not " +
+          (kind_ == MethodKind::synchronous ? std::string("synchronous SGD")
+                                            : hierarchy_->to_string()));
+    }
+    const std::size_t p = hierarchy_->level(0).period;
+    if (fragments == 0 || p % fragments != 0) {
+      throw std::invalid_argument("Method: the fragment count F = " + std::to_string(fragments) +
+                                  " must divide the period P = " + std::to_string(p));
+    }
+    if (delay >= p / fragments) {
+      throw std::invalid_argument("Method: the fragment delay " + std::to_string(delay) +
+                                  " must be below P/F = " + std::to_string(p / fragments));
+    }
+    Method m = *this;
+    m.fragments_ = fragments;
+    m.fragment_delay_ = delay;
+    return m;
+  }
+
+  //! Level `level` sends its averages in wire format `wire` (`compressed_average`): the simulator
+  //! prices the bytes that it sends (`compressed_average_bytes`, the model taken as 4-byte
+  //! values) over the ring's sequential steps. `native` restores the ring all-reduce. Throws
+  //! `std::invalid_argument` for synchronous SGD (it averages gradients, not the model) and for a
+  //! level the method does not have.
+  [[nodiscard]] Method with_wire(std::size_t level, WireFormat wire) const {
+    if (kind_ == MethodKind::synchronous) {
+      throw std::invalid_argument(
+          "Method: a wire format applies to a level that averages the model; synchronous SGD has "
+          "none");
+    }
+    if (level >= hierarchy_->num_levels()) {
+      throw std::invalid_argument("Method: level " + std::to_string(level) +
+                                  " is beyond the method's " +
+                                  std::to_string(hierarchy_->num_levels()) + " levels");
+    }
+    Method m = *this;
+    m.wires_[level] = wire;
+    return m;
+  }
+
   //! Choose how ranks are assigned to the groups of each level.
   [[nodiscard]] Method with_groups(GroupAssignment groups) const {
     if (groups == GroupAssignment::shuffled && kind_ != MethodKind::hierarchical) {
@@ -119,13 +182,25 @@ class Method {
   [[nodiscard]] std::size_t warmup() const noexcept { return warmup_; }
   [[nodiscard]] bool intra_node_gradients() const noexcept { return intra_node_; }
   [[nodiscard]] GroupAssignment groups() const noexcept { return groups_; }
+  //! True after `with_streaming`.
+  [[nodiscard]] bool streaming() const noexcept { return fragments_ != 0; }
+  //! The fragment count F (1 without streaming).
+  [[nodiscard]] std::size_t fragments() const noexcept { return fragments_ == 0 ? 1 : fragments_; }
+  //! Steps between a fragment's start and its application (0 without streaming).
+  [[nodiscard]] std::size_t fragment_delay() const noexcept { return fragment_delay_; }
+  //! The wire format of `level` (`native` for a level the method does not have).
+  [[nodiscard]] WireFormat wire(std::size_t level) const noexcept {
+    return level < wires_.size() ? wires_[level] : WireFormat::native;
+  }
   //! The averaging levels; empty for synchronous SGD, one world level for local SGD.
   [[nodiscard]] std::span<const LevelSpec> levels() const noexcept {
     return hierarchy_ ? hierarchy_->levels() : std::span<const LevelSpec>{};
   }
 
   //! "synchronous SGD", "local SGD (period 8)", "hierarchical SGD 2:8,4:32,8:64"; a warm-up, an
-  //! intra-node gradient all-reduce and shuffled groups are appended when present.
+  //! intra-node gradient all-reduce, shuffled groups, streaming fragments ("4 fragments, delay
+  //! 1") and compressed wires ("bf16 wire", or "bf16 wire at level 2" with several levels) are
+  //! appended when present.
   [[nodiscard]] std::string name() const {
     std::string s;
     switch (kind_) {
@@ -138,6 +213,15 @@ class Method {
     if (warmup_ != 0) s += ", warm-up " + std::to_string(warmup_);
     if (intra_node_) s += ", intra-node gradients";
     if (groups_ == GroupAssignment::shuffled) s += ", shuffled groups";
+    if (streaming()) {
+      s += ", " + std::to_string(fragments_) + (fragments_ == 1 ? " fragment" : " fragments") +
+           ", delay " + std::to_string(fragment_delay_);
+    }
+    for (std::size_t l = 0; l < wires_.size(); ++l) {
+      if (wires_[l] == WireFormat::native) continue;
+      s += ", " + std::string(wire_name(wires_[l])) + " wire";
+      if (wires_.size() > 1) s += " at level " + std::to_string(l);
+    }
     return s;
   }
 
@@ -154,6 +238,17 @@ class Method {
     return out;
   }
 
+  //! With streaming, the fragment that starts its collective at `step`, if any (see
+  //! `with_streaming`); none without streaming.
+  [[nodiscard]] std::optional<std::size_t> fragment_at(std::size_t step) const noexcept {
+    if (!streaming() || step < warmup_) return std::nullopt;
+    const std::size_t p = hierarchy_->level(0).period;
+    const std::size_t stride = p / fragments_;
+    const std::size_t phase = (kind_ == MethodKind::local ? step - warmup_ : step) % p;
+    if (phase % stride != 0) return std::nullopt;
+    return phase / stride;
+  }
+
   //! `out[i]`: the level that averages the model at step `first + i`; long runs fill a buffer
   //! piece by piece instead of holding one entry per step.
   void averaging_levels(std::size_t first, std::span<std::optional<std::size_t>> out) const {
@@ -168,7 +263,11 @@ class Method {
 
  private:
   Method(MethodKind kind, std::size_t world, std::optional<RuntimeHierarchy> h, std::size_t warmup)
-      : kind_(kind), world_(world), hierarchy_(std::move(h)), warmup_(warmup) {}
+      : kind_(kind),
+        world_(world),
+        hierarchy_(std::move(h)),
+        warmup_(warmup),
+        wires_(hierarchy_ ? hierarchy_->num_levels() : 0, WireFormat::native) {}
 
   static void check_world(std::size_t world) {
     if (world == 0) throw std::invalid_argument("Method: world size is 0");
@@ -186,6 +285,9 @@ class Method {
   std::size_t warmup_;
   bool intra_node_ = false;
   GroupAssignment groups_ = GroupAssignment::contiguous;
+  std::vector<WireFormat> wires_;  // one per level
+  std::size_t fragments_ = 0;      // 0: no streaming
+  std::size_t fragment_delay_ = 0;
 };
 
 }  // namespace strata::sim

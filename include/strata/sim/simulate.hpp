@@ -3,6 +3,7 @@
 //! One simulated training run: per-rank clocks under a delay model, a cost model and a method.
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -12,7 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include "strata/comm/compressed_average.hpp"
 #include "strata/hierarchy/topology.hpp"
+#include "strata/kernels/wire_codec.hpp"
 #include "strata/sim/cost.hpp"
 #include "strata/sim/delay.hpp"
 #include "strata/sim/detail/counter_rng.hpp"
@@ -26,7 +29,8 @@ namespace strata::sim {
 //! static_assert(strata::sim::SyncKind::model_average != strata::sim::SyncKind::node_gradients);
 //! \endcode
 enum class SyncKind {
-  model_average,    //!< a level of the method averages the model (no overlap with compute)
+  model_average,    //!< a level of the method averages the model (no overlap with compute,
+                    //!< except streaming fragments in flight)
   world_gradients,  //!< gradient all-reduce over the world (synchronous SGD, warm-up)
   node_gradients,   //!< gradient all-reduce inside each node after warm-up (post-local SGD)
 };
@@ -48,7 +52,9 @@ struct SyncStats {
   std::size_t period = 0;  //!< the level's period, for `model_average`
   std::size_t count = 0;   //!< how many steps ran this collective
   double wait_s = 0.0;     //!< mean over ranks of the time spent waiting for the group
-  double comm_s = 0.0;     //!< time each rank spent communicating (the exposed part)
+  //! Time each rank spent communicating (the exposed part; for streaming fragments, the mean
+  //! over ranks of the part of the collective still running when a rank applies it).
+  double comm_s = 0.0;
 
   [[nodiscard]] std::string label() const {
     const std::string g = "g=" + std::to_string(group_size);
@@ -119,6 +125,24 @@ inline double sync_blocks(std::span<double> clock, std::span<const std::size_t> 
   return waited;
 }
 
+// Seconds of one averaging over a group of g ranks: a ring all-reduce of `native_bytes`, or for a
+// compressed wire the bytes that `compressed_average` sends for `values` values, over the same
+// sequential steps.
+inline double averaging_s(const sim::CostModel& cost, std::size_t g, double native_bytes,
+                          WireFormat wire, std::size_t values) noexcept {
+  sim::CostModel c = cost;
+  if (wire == WireFormat::native) {
+    c.model_bytes = native_bytes;
+  } else {
+    if (g <= 1) return 0.0;
+    // allreduce_s charges 2(g-1)/g of model_bytes to each rank: scale so that it charges what
+    // the compressed average sends.
+    const auto sent = static_cast<double>(compressed_average_bytes(wire, values, g));
+    c.model_bytes = sent * static_cast<double>(g) / (2.0 * static_cast<double>(g - 1));
+  }
+  return c.allreduce_s(g);
+}
+
 // Fisher-Yates over [first, last) with counter-based draws keyed by (seed, step, key + i).
 inline void shuffle_range(std::size_t* first, std::size_t* last, std::uint64_t seed,
                           std::size_t step, std::uint64_t key) noexcept {
@@ -166,9 +190,21 @@ namespace strata::sim {
 //!
 //! A collective over a group moves every member's clock to the group's latest clock (the others
 //! wait for the slowest) plus the collective's time from `cost`, of which gradient all-reduces
-//! expose only `1 - backward_overlap`. The run lasts until the last rank's clock. Throws
+//! expose only `1 - backward_overlap`. A level with a compressed wire (`Method::with_wire`) takes
+//! the time of the bytes `compressed_average` sends (the model taken as `model_bytes / 4` 4-byte
+//! values) over the ring's sequential steps. The run lasts until the last rank's clock. Throws
 //! `std::invalid_argument` when `steps` is 0 or a model does not fit the method's world (slow
 //! ranks outside it, a node size that does not divide it).
+//!
+//! With streaming fragments (`Method::with_streaming`: F fragments, delay tau), step 3 becomes:
+//! when fragment f starts at s, no rank waits; its collective of `model_bytes / F` bytes over the
+//! world (a compressed wire: that fragment's values) begins when the last rank has reached the
+//! end of step s and completes that collective's time later; at the end of step s + tau every
+//! rank whose clock is earlier waits until that completion. Delay 0 is the plain averaging of
+//! the world; a larger delay lets the others run up to tau steps ahead of a late rank before
+//! they wait, and hides the transfer behind the steps in between. A fragment whose application
+//! would fall past the last step is never waited for, nor counted. Its wait is the part of a
+//! rank's wait before the last rank arrived, its communication the rest.
 //!
 //! \code
 //! // Two ranks, 1 s steps, rank 1 three seconds late at step 1; they average every 2 steps.
@@ -177,6 +213,11 @@ namespace strata::sim {
 //! const auto run = strata::sim::simulate(m, d, strata::sim::CostModel{}, /*steps=*/4, /*seed=*/1);
 //! // Step 2 averages: rank 0 reaches it at 3 s, rank 1 at 6 s, so rank 0 waits 3 s.
 //! assert(run.seconds == 7.0 && run.syncs[0].count == 2 && run.syncs[0].wait_s == 1.5);
+//! // Streaming, one fragment applied a step after it starts: rank 0 has done step 3 (at 4 s)
+//! // before it waits for the average that rank 1 joined at 6 s, so it waits 2 s.
+//! const auto s = strata::sim::simulate(m.with_streaming(1, /*delay=*/1), d,
+//!                                      strata::sim::CostModel{}, 4, 1);
+//! assert(s.seconds == 7.0 && s.syncs[0].count == 2 && s.syncs[0].wait_s == 1.0);
 //! \endcode
 [[nodiscard]] inline Run simulate(const Method& method, const DelayModel& delays,
                                   const CostModel& cost, std::size_t steps, std::uint64_t seed) {
@@ -205,10 +246,29 @@ namespace strata::sim {
     run.syncs.push_back({SyncKind::node_gradients, 0, node, 0, 0, 0.0, 0.0});
   }
 
+  // The model as 4-byte values, for compressed wires.
+  const auto values = static_cast<std::size_t>(std::llround(cost.model_bytes / 4.0));
   std::vector<double> level_comm(levels.size());
   for (std::size_t l = 0; l < levels.size(); ++l) {
-    level_comm[l] = cost.allreduce_s(levels[l].group_size);
+    level_comm[l] =
+        detail::averaging_s(cost, levels[l].group_size, cost.model_bytes, method.wire(l), values);
   }
+  // Streaming: each fragment's collective over the world (fragment sizes as `fragment_begin`).
+  const bool streaming = method.streaming();
+  const std::size_t fragments = method.fragments();
+  std::vector<double> fragment_comm(streaming ? fragments : 0);
+  for (std::size_t f = 0; f < fragment_comm.size(); ++f) {
+    const std::size_t n = values / fragments + (f < values % fragments ? 1 : 0);
+    fragment_comm[f] =
+        detail::averaging_s(cost, world, cost.model_bytes / fragments, method.wire(0), n);
+  }
+  // At most one fragment is in flight: its delay is below the steps between two fragments.
+  struct InFlight {
+    bool active = false;
+    std::size_t due = 0;  // the step at whose end it is applied
+    double posted = 0.0;  // when the last rank reached its start
+    double comm = 0.0;
+  } in_flight;
   const double world_grad_comm = cost.gradient_allreduce_s(world);
   const double node_grad_comm = cost.gradient_allreduce_s(node);
   const bool shuffled = method.groups() == GroupAssignment::shuffled;
@@ -219,7 +279,7 @@ namespace strata::sim {
   std::vector<double> times(world);
   std::vector<std::size_t> order(shuffled ? world : 0);
   for (std::size_t s = 0; s < steps; ++s) {
-    if (s % schedule.size() == 0) {
+    if (!streaming && s % schedule.size() == 0) {
       const std::size_t n = std::min(schedule.size(), steps - s);
       method.averaging_levels(s, std::span(schedule).first(n));
     }
@@ -238,7 +298,30 @@ namespace strata::sim {
       ++st.count;
     }
 
-    if (const auto l = schedule[s % schedule.size()]) {
+    if (streaming) {
+      if (const auto f = method.fragment_at(s)) {
+        const double last = *std::max_element(clock.begin(), clock.end());
+        in_flight = InFlight{true, s + method.fragment_delay(), last, fragment_comm[*f]};
+      }
+      if (in_flight.active && in_flight.due == s) {
+        SyncStats& st = run.syncs[0];
+        const double done = in_flight.posted + in_flight.comm;
+        double waited = 0.0;
+        double hidden = 0.0;  // the part of the collective that ran behind a rank's compute
+        for (double& c : clock) {
+          if (c <= in_flight.posted) {
+            waited += in_flight.posted - c;
+          } else {
+            hidden += in_flight.comm - std::clamp(done - c, 0.0, in_flight.comm);
+          }
+          c = std::max(c, done);
+        }
+        st.wait_s += waited;
+        st.comm_s += in_flight.comm - hidden / static_cast<double>(world);
+        ++st.count;
+        in_flight.active = false;
+      }
+    } else if (const auto l = schedule[s % schedule.size()]) {
       SyncStats& st = run.syncs[*l];
       const std::size_t g = levels[*l].group_size;
       if (shuffled && g < world) {
