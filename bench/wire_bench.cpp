@@ -25,6 +25,9 @@
 // (the slowest rank's step between barriers, cold caches, variants in turns, the median over the
 // rounds) and prints the same summary.
 //
+// In the MPI mode, sizes and the rep count are whole numbers above 0, and any other flag is
+// refused: one line on stderr and exit status 2.
+//
 // Bytes are what a network would carry. On one machine the transfers are memory copies, so the
 // time also pays for encoding and decoding on the CPU, which a fast link may not repay.
 #include <benchmark/benchmark.h>
@@ -37,6 +40,7 @@
 #endif
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -48,6 +52,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -339,15 +344,65 @@ void evict_caches() {
   std::memset(junk.data(), ++fill_value, junk.size());
 }
 
-std::vector<std::size_t> parse_list(const char* p) {
-  std::vector<std::size_t> v;
-  while (*p != '\0') {
-    char* end = nullptr;
-    v.push_back(std::strtoull(p, &end, 10));
-    if (end == p) break;
-    p = *end == ',' ? end + 1 : end;
+// Bad flags of the MPI mode: one line on stderr (rank 0's) and exit status 2 on every rank.
+struct MpiUsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A whole decimal number in [1, hi]: no sign, no spaces, no fraction, nothing after it.
+std::size_t parse_positive(const std::string& flag, std::string_view text, std::size_t hi) {
+  std::size_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v < 1 || v > hi) {
+    throw MpiUsageError(flag + " needs a whole number in 1.." + std::to_string(hi) + ", got \"" +
+                        std::string(text) + "\"");
   }
   return v;
+}
+
+struct MpiArgs {
+  std::vector<std::size_t> mbs{std::begin(sizes_mb), std::end(sizes_mb)};
+  int reps = 0;  // 0: by size
+};
+
+// The largest size: a float32 buffer of it fits any 64-bit allocation; the largest rep count
+// keeps a run finite.
+constexpr std::size_t max_size_mb = 65536;
+constexpr std::size_t max_reps = 1'000'000;
+
+MpiArgs parse_mpi_args(int argc, char** argv) {
+  MpiArgs a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--mpi") continue;
+    if (arg != "--sizes-mb" && arg != "--reps") {
+      throw MpiUsageError("unknown argument \"" + arg +
+                          "\" (the MPI mode takes --sizes-mb LIST and --reps N)");
+    }
+    if (i + 1 >= argc) throw MpiUsageError(arg + " needs a value");
+    const std::string_view value = argv[++i];
+    if (arg == "--reps") {
+      a.reps = static_cast<int>(parse_positive(arg, value, max_reps));
+      continue;
+    }
+    // Comma-separated sizes; an empty item ("1,,4", "4,") is refused like any other.
+    a.mbs.clear();
+    std::size_t begin = 0;
+    while (true) {
+      const std::size_t comma = value.find(',', begin);
+      const std::string_view item =
+          value.substr(begin, comma == std::string_view::npos ? value.npos : comma - begin);
+      try {
+        a.mbs.push_back(parse_positive(arg, item, max_size_mb));
+      } catch (const MpiUsageError&) {
+        throw MpiUsageError(arg + " needs whole numbers in 1.." + std::to_string(max_size_mb) +
+                            ", comma-separated, got \"" + std::string(value) + "\"");
+      }
+      if (comma == std::string_view::npos) break;
+      begin = comma + 1;
+    }
+  }
+  return a;
 }
 
 int run_mpi(int argc, char** argv) {
@@ -355,16 +410,15 @@ int run_mpi(int argc, char** argv) {
   auto world = strata::MpiComm::world();
   const MPI_Comm raw = world.native();
   const int g = world.size();
-  std::vector<std::size_t> mbs(std::begin(sizes_mb), std::end(sizes_mb));
-  int reps = 0;  // 0: by size
-  for (int i = 1; i < argc; ++i) {
-    const bool has_value = i + 1 < argc;
-    if (has_value && std::strcmp(argv[i], "--sizes-mb") == 0) {
-      mbs = parse_list(argv[++i]);
-    } else if (has_value && std::strcmp(argv[i], "--reps") == 0) {
-      reps = std::atoi(argv[++i]);
-    }
+  MpiArgs args;
+  try {
+    args = parse_mpi_args(argc, argv);
+  } catch (const MpiUsageError& e) {
+    if (world.rank() == 0) std::fprintf(stderr, "wire_bench: %s\n", e.what());
+    return 2;
   }
+  const std::vector<std::size_t>& mbs = args.mbs;
+  const int reps = args.reps;
   std::map<std::pair<std::size_t, int>, Row> rows;
   for (const std::size_t mb : mbs) {
     const std::size_t n = mb * MiB / sizeof(float);

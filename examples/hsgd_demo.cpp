@@ -174,7 +174,10 @@ strata::StreamingOptions streaming_options(const Options& o) {
     throw usage_error("--fragment-delay " + std::to_string(delay) +
                       " must be below --local-period / --fragments = " + std::to_string(p / f));
   }
-  const strata::StreamingOptions s{.fragments = f, .delay = delay, .mix = o.mix};
+  // Periods count from the end of warm-up, as the DiLoCo row's PeriodicAverager counts them, so
+  // that one fragment without delay runs exactly that row.
+  const strata::StreamingOptions s{
+      .fragments = f, .delay = delay, .mix = o.mix, .from_warmup = true};
   s.check(p);
   return s;
 }

@@ -29,6 +29,8 @@ namespace {
 constexpr std::size_t max_steps = 1'000'000;
 // The mean bytes per step count the averagings of one hyper-period, or of this many steps of it.
 constexpr std::size_t max_counted_steps = 10'000'000;
+// Parameters per rank: compressed_average_bytes counts a few bytes per parameter in 64 bits.
+constexpr std::size_t max_params = 1'000'000'000'000'000;
 
 using cli::usage_error;
 
@@ -61,8 +63,9 @@ void print_help() {
       "                 warmup-relative: from the end of warm-up (plain local SGD)\n"
       "  --param-bytes  parameter bytes per rank: adds the bytes each level sends (ring)\n"
       "  --width        steps per timeline row (default 64)\n"
-      "  --params       parameters per rank (fp32): adds per level the bytes each rank sends per\n"
-      "                averaging and per step (mean over a hyper-period) and the memory it keeps\n"
+      "  --params       parameters per rank (fp32, at most 1e15): adds per level the bytes each\n"
+      "                rank sends per averaging and per step (mean over a hyper-period) and the\n"
+      "                memory it keeps\n"
       "  --wire         a level (default: the last; 0 = the smallest group) averages in bf16, "
       "fp16\n"
       "                or int8 (compressed average) instead of a ring all-reduce; repeatable\n"
@@ -92,7 +95,7 @@ Options parse_args(int argc, char** argv) {
       o.width = cli::parse_integer(arg, value());
       if (o.width == 0) throw usage_error("--width must be positive");
     } else if (arg == "--params") {
-      o.params = cli::parse_integer(arg, value(), 1);
+      o.params = cli::parse_integer(arg, value(), 1, max_params);
     } else if (arg == "--wire") {
       const auto [level, text] = cli::split_level(arg, value());
       o.wires.emplace_back(level, cli::parse_wire_name(arg, text));

@@ -442,12 +442,9 @@ int run_estimate(const Options& o, const Models& m) {
   const auto t0 = std::chrono::steady_clock::now();
   const sim::Estimate e = sim::estimate(meth, m.delays, m.cost, mc);
   const auto t1 = std::chrono::steady_clock::now();
-  sim::ConsensusOptions spread_options{.ranks_per_node = m.cost.ranks_per_node};
-  if (meth.streaming()) {
-    spread_options.streaming =
-        sim::StreamingFragments{meth.fragments(), meth.fragment_delay(), /*mix=*/1.0};
-  }
-  const sim::Consensus spread = sim::consensus(meth, o.steps, spread_options);
+  // The model takes the method's own streaming fragments and delay, with a full mix.
+  const sim::Consensus spread =
+      sim::consensus(meth, o.steps, {.ranks_per_node = m.cost.ranks_per_node});
   std::optional<sim::Estimate> contiguous;
   if (o.rotate_groups) {
     contiguous =

@@ -137,7 +137,9 @@ std::vector<std::vector<T>> gather(strata::LocalComm& comm, const std::vector<T>
 
 template <class T>
 bool same_bits(std::span<const T> a, std::span<const T> b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+  // memcmp's pointers must not be null, even for no bytes (empty spans may hold null).
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 // --- The bound of a compressed mean --------------------------------------------------------
@@ -903,13 +905,13 @@ TEST_CASE("outer optimizers: LevelWith levels carry their policies into Hierarch
     HierModel model{{{2, 2}, {3, 4}, {5, 8}}, ps, 1, {}, {}, {}, {}, {}, {}};
     check_hier<double>(comm, avg, model, small_tensors, /*same_start=*/true, 24);
 
-    // Run-time policies given in the options take the place of the levels' own.
-    strata::HierarchicalAverager<Small, strata::LocalComm> overridden(
-        comm, 0, strata::AveragerOptions{.levels = std::vector<strata::LevelPolicy>(3)});
-    CHECK(!overridden.policies()[0].keeps_anchor());
-    std::vector<double> w{double(comm.rank())};
-    CHECK(overridden.average(std::span<double>(w)) == 2u);  // no begin needed: plain averaging
-    CHECK(w[0] == 3.5);
+    // Policies in both places are refused, on every rank alike (nothing collective has run).
+    const auto both = [&] {
+      strata::HierarchicalAverager<Small, strata::LocalComm> a(
+          comm, 0, strata::AveragerOptions{.levels = std::vector<strata::LevelPolicy>(3)});
+    };
+    CHECK_THROWS_WITH_AS(both(), doctest::Contains("give them in one place"),
+                         std::invalid_argument);
   });
 
   strata::LocalWorld(4).run([](strata::LocalComm& comm) {
@@ -1231,5 +1233,56 @@ TEST_CASE("streaming: StaticStreamingAverager takes its outer optimizer from Lev
     model.outer.lr = 0.7;
     model.outer.mu = 0.9;
     check_stream<double>(comm, avg, model, small_tensors, true, 3 + 3 * 8 + 2);
+  });
+}
+
+TEST_CASE("outer optimizers: ranks that pass different policies all fail at construction") {
+  strata::LocalWorld(4).run([](strata::LocalComm& comm) {
+    strata::AveragerOptions o;
+    o.levels = std::vector<strata::LevelPolicy>(2);
+    if (comm.rank() == 3) o.levels[1].outer = strata::OuterOptimizer::nesterov(0.7, 0.9);
+    const auto build = [&] {
+      strata::RuntimeHierarchicalAverager<strata::LocalComm> a(
+          comm, strata::RuntimeHierarchy::parse("1:2,2:4"), 0, o);
+    };
+    CHECK_THROWS_WITH_AS(build(), doctest::Contains("different level policies"),
+                         strata::usage_error);
+  });
+}
+
+namespace {
+
+// A user's outer step that fails half-way through, after changing some of its state.
+struct ThrowingStep {
+  template <class T>
+  void operator()(std::span<T> p, std::span<const T> a, std::span<const T> d,
+                  std::span<T> s) const {
+    for (std::size_t i = 0; i < p.size(); ++i) {
+      s[i] += 1;
+      if (i == 1) throw std::runtime_error("step refused");
+      p[i] = a[i] - d[i];
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("outer optimizers: a user step that throws leaves the state and refuses later steps") {
+  strata::LocalWorld(2).run([](strata::LocalComm& comm) {
+    strata::AveragerOptions o;
+    o.levels = {
+        strata::LevelPolicy{.outer = strata::OuterOptimizer::custom(ThrowingStep{}, 1, "t")}};
+    strata::RuntimeHierarchicalAverager<strata::LocalComm> avg(
+        comm, strata::RuntimeHierarchy::parse("1:2"), 0, o);
+    std::vector<double> w(3, 1.0);
+    avg.begin(std::span<double>(w));
+    w.assign(3, comm.rank());
+    CHECK_THROWS_WITH_AS(avg.average(std::span<double>(w)), "step refused", std::runtime_error);
+    CHECK(w == std::vector<double>(3, comm.rank()));  // the parameters as they were
+    const auto state = avg.outer_state<double>();
+    CHECK(state.states[0] == std::vector<double>(3, 0.0));  // the state as it was
+    CHECK(avg.step() == 0);
+    CHECK_THROWS_WITH_AS(avg.average(std::span<double>(w)), doctest::Contains("unusable"),
+                         strata::error);
   });
 }

@@ -233,8 +233,9 @@ std::vector<double> dense_shuffled(const Method& m, std::size_t steps, std::size
 
 // The dense reference for streaming fragments of a one-level world schedule, with a world-level
 // Nesterov outer optimizer. Per fragment, state blocks: p, anchor, momentum, result in flight X.
+// The period counts from step `origin`: 0 for a hierarchy P:N, the warm-up for local SGD.
 std::vector<double> dense_streaming(const Method& m, std::size_t steps, StreamingFragments sf,
-                                    OuterLevel u) {
+                                    OuterLevel u, std::size_t origin = 0) {
   const std::size_t n = m.world_size();
   const std::size_t period = m.levels()[0].period;
   const std::size_t dim = 4 * n;
@@ -248,7 +249,8 @@ std::vector<double> dense_streaming(const Method& m, std::size_t steps, Streamin
         for (std::size_t i = 0; i < n; ++i) s[f][i][i] += 1.0;
       }
       const auto starts_at = [&](std::size_t when) {
-        return !m.world_gradients_at(when) && when % period == f * (period / sf.fragments);
+        return !m.world_gradients_at(when) && when >= origin &&
+               (when - origin) % period == f * (period / sf.fragments);
       };
       const auto start = [&] {
         // d = a - W p; m = mu m + d; X = a - lr (d + mu m)
@@ -288,6 +290,29 @@ std::vector<double> dense_streaming(const Method& m, std::size_t steps, Streamin
         if (sf.delay == 0) apply();
       }
       sum += spread(s[f], n);
+    }
+    out.push_back(sum / static_cast<double>(sf.fragments));
+  }
+  return out;
+}
+
+// Streaming fragments as one spread per fragment, stepped one by one: each gains `per_step` at
+// every step past warm-up, and shrinks by (1 - mix)^2 when a result started `delay` steps
+// before, at a step whose phase from `origin` is its turn, arrives. O(steps x F).
+std::vector<double> per_fragment(const Method& m, std::size_t steps, StreamingFragments sf,
+                                 std::size_t origin, double per_step) {
+  const std::size_t period = m.levels()[0].period;
+  std::vector<double> spread_of(sf.fragments, 0.0);
+  std::vector<double> out;
+  for (std::size_t t = 0; t < steps; ++t) {
+    double sum = 0.0;
+    for (std::size_t f = 0; f < sf.fragments; ++f) {
+      if (!m.world_gradients_at(t)) spread_of[f] += per_step;
+      if (t >= sf.delay && t - sf.delay >= m.warmup() && t - sf.delay >= origin &&
+          (t - sf.delay - origin) % period == f * (period / sf.fragments)) {
+        spread_of[f] *= (1.0 - sf.mix) * (1.0 - sf.mix);
+      }
+      sum += spread_of[f];
     }
     out.push_back(sum / static_cast<double>(sf.fragments));
   }
@@ -415,6 +440,89 @@ TEST_CASE("consensus: streaming fragments equal the dense state with results in 
   check_equal(consensus_trace(m, 37, {.streaming = StreamingFragments{}}), consensus_trace(m, 37));
 }
 
+TEST_CASE("consensus: local SGD's fragments count their period from the end of warm-up") {
+  // A warm-up of 3 steps, not a multiple of P = 8: fragment f starts at 3 + k P + f P/F.
+  const Method local = Method::local_sgd(6, 8, /*warmup=*/3);
+  const Method absolute = Method::hierarchical(RuntimeHierarchy::parse("8:6"), 3);
+  for (std::size_t f : {1, 2, 4, 8}) {
+    for (std::size_t delay = 0; delay < 8 / f; ++delay) {
+      for (double mix : {1.0, 0.5}) {
+        const StreamingFragments sf{.fragments = f, .delay = delay, .mix = mix};
+        const OuterLevel u{.level = 0, .lr = 0.7, .momentum = 0.9};
+        INFO(f << " fragments, delay " << delay << ", mix " << mix);
+        const auto trace = consensus_trace(local, 37, {.outer = {u}, .streaming = sf});
+        check_equal(trace, dense_streaming(local, 37, sf, u, /*origin=*/3));
+        // The same fragments counted from step 0 (a hierarchy 8:6) meet at other steps; with
+        // F = P a fragment meets at every step, and only which one differs, not the spread.
+        check_equal(consensus_trace(absolute, 37, {.outer = {u}, .streaming = sf}),
+                    dense_streaming(absolute, 37, sf, u, /*origin=*/0));
+        if (f < 8) CHECK(trace != consensus_trace(absolute, 37, {.outer = {u}, .streaming = sf}));
+      }
+    }
+  }
+  // One fragment, no delay, full mix: plain local SGD with its warm-up.
+  check_equal(consensus_trace(local, 37, {.streaming = StreamingFragments{}}),
+              consensus_trace(local, 37));
+}
+
+TEST_CASE("consensus: a method's own streaming fragments are modelled, and must agree") {
+  const Method local = Method::local_sgd(6, 8, /*warmup=*/3);
+  const Method streamed = local.with_streaming(4, /*delay=*/1);
+  const StreamingFragments same{.fragments = 4, .delay = 1, .mix = 1.0};
+  const OuterLevel plain{.level = 0, .lr = 1.0, .momentum = 0.0};
+  // Unset options take the method's F and delay with a full mix.
+  check_equal(consensus_trace(streamed, 37), consensus_trace(local, 37, {.streaming = same}));
+  check_equal(consensus_trace(streamed, 37), dense_streaming(local, 37, same, plain, 3));
+  CHECK(consensus(streamed, 37).mean != doctest::Approx(consensus(local, 37).mean));
+  // Options that agree add their mix.
+  const StreamingFragments half{.fragments = 4, .delay = 1, .mix = 0.5};
+  check_equal(consensus_trace(streamed, 37, {.streaming = half}),
+              dense_streaming(local, 37, half, plain, 3));
+  // Options that disagree are refused, naming both.
+  for (const StreamingFragments other : {StreamingFragments{.fragments = 2, .delay = 1},
+                                         StreamingFragments{.fragments = 4, .delay = 0}}) {
+    CHECK_THROWS_WITH_AS(
+        (void)consensus(streamed, 37, {.streaming = other}),
+        ("consensus: the method's streaming (F = 4, delay 1) and "
+         "ConsensusOptions::streaming (F = " +
+         std::to_string(other.fragments) + ", delay " + std::to_string(other.delay) + ") differ")
+            .c_str(),
+        std::invalid_argument);
+  }
+}
+
+TEST_CASE("consensus: streaming over long runs and many fragments, one spread per fragment") {
+  // The model keeps a running sum over fragments; the reference steps every fragment.
+  struct Case {
+    Method m;
+    StreamingFragments sf;
+    std::size_t origin;
+    std::size_t node;
+    double per_step;  // one step's spread: (n - 1)/n, or (n - r)/(n r) with intra-node steps
+  };
+  const Case cases[] = {
+      {Method::local_sgd(16, 64, 5), {.fragments = 64, .delay = 0, .mix = 0.3}, 5, 0, 15.0 / 16},
+      {Method::local_sgd(16, 64, 7), {.fragments = 16, .delay = 3, .mix = 1.0}, 7, 0, 15.0 / 16},
+      {Method::hierarchical(RuntimeHierarchy::parse("48:32"), 9).with_intra_node_gradients(),
+       {.fragments = 12, .delay = 2, .mix = 0.8},
+       0,
+       4,
+       28.0 / 128},
+  };
+  for (const Case& c : cases) {
+    INFO(c.m.name() << ", " << c.sf.fragments << " fragments");
+    const std::size_t steps = 50'000;
+    const auto got = consensus_trace(c.m, steps, {.ranks_per_node = c.node, .streaming = c.sf});
+    const auto want = per_fragment(c.m, steps, c.sf, c.origin, c.per_step);
+    REQUIRE(got.size() == want.size());
+    std::size_t bad = 0;
+    for (std::size_t t = 0; t < steps; ++t) {
+      if (!(got[t] == doctest::Approx(want[t]).epsilon(1e-12).scale(1.0))) ++bad;
+    }
+    CHECK(bad == 0);
+  }
+}
+
 TEST_CASE("consensus: options that do not fit the method are refused with the rule") {
   const Method h = Method::hierarchical(RuntimeHierarchy::parse("2:2,4:8"));
   const auto fails = [](auto&& f, const std::string& text) {
@@ -451,6 +559,9 @@ TEST_CASE("consensus: options that do not fit the method are refused with the ru
   const Method one = Method::local_sgd(8, 6);
   fails([&] { (void)consensus(one, 8, {.streaming = StreamingFragments{.fragments = 4}}); },
         "do not divide the period 6");
+  fails([&] { (void)consensus(one.with_streaming(3), 8, {.streaming = StreamingFragments{}}); },
+        "the method's streaming (F = 3, delay 0) and ConsensusOptions::streaming (F = 1, "
+        "delay 0) differ");
   fails(
       [&] {
         (void)consensus(one, 8, {.streaming = StreamingFragments{.fragments = 3, .delay = 2}});

@@ -581,6 +581,61 @@ TEST_CASE("simulate, a compressed wire is priced by the bytes compressed_average
         "hierarchical SGD 1:2,2:4, bf16 wire at level 1");
 }
 
+TEST_CASE("simulate, streaming in a compressed wire: the world meets at the fragment's start") {
+  // StreamingAverager completes a compressed fragment's exchange at its start, whatever the
+  // delay: the delay hides nothing, and ranks wait for a late one at once.
+  using strata::WireFormat;
+  // Fragments start at 1 + 4k (local SGD of period 8 after one warm-up step, F = 2); ranks 1
+  // and 2 are late at two of them.
+  const DelayModel late{.step_s = 1.0, .events = {{1, 5, 3.0}, {2, 13, 0.5}}};
+  const CostModel c = flat_cost(4096, 1e6);
+  const auto plain = Method::local_sgd(4, 8, /*warmup=*/1);
+  for (const WireFormat wire : {WireFormat::bf16, WireFormat::fp16, WireFormat::int8}) {
+    CAPTURE(strata::wire_name(wire));
+    const auto blocking = simulate(plain.with_streaming(2, 0).with_wire(0, wire), late, c, 20, 1);
+    for (std::size_t tau = 1; tau < 4; ++tau) {
+      CAPTURE(tau);
+      const auto delayed =
+          simulate(plain.with_streaming(2, tau).with_wire(0, wire), late, c, 20, 1);
+      CHECK(delayed.seconds == blocking.seconds);
+      CHECK(delayed.syncs[0].count == blocking.syncs[0].count);
+      CHECK(delayed.syncs[0].wait_s == blocking.syncs[0].wait_s);
+      CHECK(delayed.syncs[0].comm_s == blocking.syncs[0].comm_s);
+    }
+  }
+  // In the native wire the same delay does hide the late rank and the transfer.
+  const auto native0 = simulate(plain.with_streaming(2, 0), late, c, 20, 1);
+  const auto native1 = simulate(plain.with_streaming(2, 1), late, c, 20, 1);
+  CHECK(native1.seconds < native0.seconds);
+
+  // By hand: 4 ranks, 1 s steps, no stragglers, local SGD of period 2 from step 0, one fragment,
+  // delay 1, int8: 1560 B at 1 MB/s = 1.56 ms at steps 0, 2 and 4, each counted where it runs,
+  // the last one too although its application (step 5) is past the end of a 5-step run.
+  const DelayModel even{.step_s = 1.0};
+  const auto m = Method::local_sgd(4, 2).with_streaming(1, 1).with_wire(0, WireFormat::int8);
+  const auto run = simulate(m, even, c, 5, 1);
+  CHECK(run.seconds == doctest::Approx(5 + 3 * 1.56e-3));
+  CHECK(run.syncs[0].count == 3);
+  CHECK(run.syncs[0].comm_s == doctest::Approx(3 * 1.56e-3));
+  CHECK(run.syncs[0].wait_s == 0.0);
+  const auto at_once = simulate(
+      Method::local_sgd(4, 2).with_streaming(1, 0).with_wire(0, WireFormat::int8), even, c, 5, 1);
+  CHECK(at_once.seconds == run.seconds);
+  CHECK(at_once.syncs[0].count == 3);
+}
+
+TEST_CASE("simulate: a model above 1e18 bytes is refused") {
+  const DelayModel d{.step_s = 1.0};
+  CostModel c = flat_cost(2e18, 1e9);
+  CHECK_THROWS_WITH_AS(
+      (void)simulate(Method::local_sgd(4, 2), d, c, 4, 1),
+      "CostModel: model bytes 2e+18 is above the largest the simulator counts, 1e+18",
+      std::invalid_argument);
+  c.model_bytes = CostModel::max_model_bytes;
+  CHECK_NOTHROW(
+      (void)simulate(Method::local_sgd(4, 2).with_wire(0, strata::WireFormat::int8), d, c, 4, 1));
+}
+
 TEST_CASE("simulate, streaming agrees with a plain loop on random configurations") {
   // The reference lists every fragment start in advance (origin + k P + f P/F) and keeps a queue
   // of results in flight, each landing at the end of its step + tau.

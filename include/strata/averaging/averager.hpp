@@ -4,7 +4,9 @@
 //! a schedule exactly, with one fused collective per averaging over all parameter tensors.
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -21,6 +23,7 @@
 #include "strata/averaging/outer.hpp"
 #include "strata/comm/communicator.hpp"
 #include "strata/comm/compressed_average.hpp"
+#include "strata/comm/detail/keep_forever.hpp"
 #include "strata/comm/hierarchical_all_reduce.hpp"
 #include "strata/comm/level_comms.hpp"
 #include "strata/error.hpp"
@@ -87,15 +90,8 @@ struct PackCache {
   }
 
   // After a failure that may leave the backend still writing into the staging buffer (an MPI
-  // request that timed out stays pending), the buffer is handed over to it for good: freeing or
-  // reusing it could let the backend write into memory that belongs to something else by then.
-  void give_up_staging() {
-    static std::mutex mutex;
-    static auto* const kept = new std::vector<std::vector<T>>();  // never freed
-    const std::lock_guard<std::mutex> lock(mutex);
-    kept->push_back(std::move(staging));
-    staging = {};
-  }
+  // request that timed out stays pending), the buffer is handed over to it for good.
+  void give_up_staging() { keep_forever(staging); }
 };
 
 // Elements packed between two progress calls of a pipelined averaging: MPI moves data only
@@ -230,6 +226,41 @@ struct OuterCache {
 
 using OuterCaches = std::tuple<OuterCache<float>, OuterCache<double>>;
 
+// A digest of the levels' policies (FNV-1a over what decides the arithmetic), for the members
+// to compare at construction.
+inline std::uint64_t policy_digest(std::span<const LevelPolicy> policies) {
+  std::uint64_t h = 14695981039346656037ull;
+  const auto mix = [&](std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (v >> (8 * i)) & 0xffu;
+      h *= 1099511628211ull;
+    }
+  };
+  for (const LevelPolicy& p : policies) {
+    mix(static_cast<std::uint64_t>(p.wire));
+    mix(p.outer ? 1 : 0);
+    if (p.outer) {
+      mix(p.outer->is_nesterov() ? 1 : 0);
+      mix(std::bit_cast<std::uint64_t>(p.outer->lr()));
+      mix(std::bit_cast<std::uint64_t>(p.outer->momentum()));
+      mix(p.outer->state_per_element());
+      for (const char c : p.outer->name()) mix(static_cast<unsigned char>(c));
+    }
+  }
+  return h;
+}
+
+// Values of outer state a level keeps for d parameters, with its overflow refused.
+inline std::size_t state_elements(std::size_t d, const LevelPolicy& p) {
+  const std::size_t k = p.outer ? p.outer->state_per_element() : 0;
+  if (k != 0 && d > static_cast<std::size_t>(-1) / k) {
+    throw std::invalid_argument("BasicAverager: " + std::to_string(k) +
+                                " outer state values per parameter overflow for " +
+                                std::to_string(d) + " parameters");
+  }
+  return d * k;
+}
+
 using PackCaches = std::tuple<PackCache<float>, PackCache<double>, PackCache<std::int32_t>,
                               PackCache<std::int64_t>>;
 
@@ -313,6 +344,17 @@ class BasicAverager : public AveragerClock<S> {
                                   " levels");
     }
     for (const LevelPolicy& p : policies_) anchors_ = anchors_ || p.keeps_anchor();
+    // Members with different policies would average parameters with pseudo-gradients without
+    // noticing (the sizes agree): compare them once, over the world.
+    const std::uint64_t digest = detail::policy_digest(policies_);
+    std::int64_t both[2] = {static_cast<std::int64_t>(digest), static_cast<std::int64_t>(~digest)};
+    Comm& world_comm = comms_.level(levels.size() - 1);
+    world_comm.all_reduce(std::span<std::int64_t>(both), ReduceOp::max);
+    if (static_cast<std::uint64_t>(both[1]) != ~static_cast<std::uint64_t>(both[0])) {
+      throw usage_error("BasicAverager", world_comm.rank(),
+                        "the ranks pass different level policies (outer optimizers or wire "
+                        "formats); every rank must pass the same");
+    }
     hierarchical_.resize(levels.size());
     if (g == 0) return;
     for (std::size_t i = 0; i < levels.size(); ++i) {
@@ -402,17 +444,21 @@ class BasicAverager : public AveragerClock<S> {
     auto& oc = std::get<detail::OuterCache<T>>(outer_);
     auto& pc = std::get<detail::PackCache<T>>(caches_);
     const FusedPlan<T>& plan = pc.plan_for(tensors);
-    oc.elements = plan.total_elements();
-    oc.flat.resize(oc.elements);
-    pack(thrust::host, plan, std::span<T>(oc.flat));
-    oc.anchor.assign(policies_.size(), {});
-    oc.state.assign(policies_.size(), {});
+    const std::size_t d = plan.total_elements();
+    // Built aside, then swapped in: a failed allocation leaves the averager as it was.
+    std::vector<T> flat(d);
+    pack(thrust::host, plan, std::span<T>(flat));
+    std::vector<std::vector<T>> anchor(policies_.size());
+    std::vector<std::vector<T>> state(policies_.size());
     for (std::size_t l = 0; l < policies_.size(); ++l) {
       if (!policies_[l].keeps_anchor()) continue;
-      oc.anchor[l] = oc.flat;
-      const std::size_t k = policies_[l].outer ? policies_[l].outer->state_per_element() : 0;
-      oc.state[l].assign(oc.elements * k, T(0));
+      anchor[l] = flat;
+      state[l].assign(detail::state_elements(d, policies_[l]), T(0));
     }
+    oc.flat.swap(flat);
+    oc.anchor.swap(anchor);
+    oc.state.swap(state);
+    oc.elements = d;
     oc.started = true;
   }
   template <comm_value T>
@@ -444,18 +490,20 @@ class BasicAverager : public AveragerClock<S> {
     }
     for (std::size_t l = 0; l < policies_.size(); ++l) {
       const bool keeps = policies_[l].keeps_anchor();
-      const std::size_t k = policies_[l].outer ? policies_[l].outer->state_per_element() : 0;
       if (s.anchors[l].size() != (keeps ? elements : 0) ||
-          s.states[l].size() != (keeps ? elements * k : 0)) {
+          s.states[l].size() != (keeps ? detail::state_elements(elements, policies_[l]) : 0)) {
         throw std::invalid_argument("BasicAverager: the outer state of level " + std::to_string(l) +
                                     " does not fit " + std::to_string(elements) +
                                     " parameters and its policy");
       }
     }
-    oc.anchor = s.anchors;
-    oc.state = s.states;
+    std::vector<std::vector<T>> anchor = s.anchors;
+    std::vector<std::vector<T>> state = s.states;
+    std::vector<T> flat(elements);
+    oc.anchor.swap(anchor);
+    oc.state.swap(state);
+    oc.flat.swap(flat);
     oc.elements = elements;
-    oc.flat.resize(elements);
     oc.started = true;
   }
 
@@ -494,6 +542,9 @@ class BasicAverager : public AveragerClock<S> {
         if (!oc.anchor[l].empty()) std::copy(oc.flat.begin(), oc.flat.end(), oc.anchor[l].begin());
       }
     };
+    if (!unusable_.empty()) {
+      throw error("BasicAverager", comms_.level(0).rank(), "unusable: " + unusable_);
+    }
     if (step_ < schedule_.warmup()) {
       // Gradients are averaged over the world in warm-up: the anchors follow the parameters.
       pack(thrust::host, plan, std::span<T>(oc.flat));
@@ -503,8 +554,13 @@ class BasicAverager : public AveragerClock<S> {
     if (!level) return;
     const std::size_t l = *level;
     const LevelPolicy& policy = policies_[l];
+    auto& h = hierarchical_[l];
     if (!policy.keeps_anchor()) {
-      detail::fused_average(comms_.level(l), pc, tensors, pipeline_bytes_);
+      if (h) {
+        detail::fused_average(*h, pc, tensors);
+      } else {
+        detail::fused_average(comms_.level(l), pc, tensors, pipeline_bytes_);
+      }
       pack(thrust::host, plan, std::span<T>(oc.flat));
       follow(l);
       return;
@@ -514,15 +570,36 @@ class BasicAverager : public AveragerClock<S> {
     oc.delta.resize(oc.elements);
     for (std::size_t i = 0; i < oc.elements; ++i) oc.delta[i] = a[i] - oc.flat[i];
     Comm& comm = comms_.level(l);
-    if (policy.wire == WireFormat::native) {
-      comm.all_reduce(std::span<T>(oc.delta), ReduceOp::average);
-    } else {
-      compressed_average(comm, std::span<const T>(oc.delta), std::span<T>(oc.delta), policy.wire);
+    try {
+      if (policy.wire != WireFormat::native) {
+        // Over the level's whole group: the compressed exchange has no node-aware form.
+        compressed_average(comm, std::span<const T>(oc.delta), std::span<T>(oc.delta), policy.wire);
+      } else if (h) {
+        h->all_reduce(std::span<T>(oc.delta), ReduceOp::average);  // works on its own copy
+      } else {
+        comm.all_reduce(std::span<T>(oc.delta), ReduceOp::average);
+      }
+    } catch (const usage_error&) {
+      throw;  // refused before anything was posted
+    } catch (...) {
+      // A collective that timed out may still be writing into the buffer (MPI).
+      if constexpr (!all_or_nothing_v<Comm>) detail::keep_forever(oc.delta);
+      throw;
     }
-    // Past the collective: nothing below can fail.
     if (policy.outer) {
-      policy.outer->apply(std::span<T>(oc.flat), std::span<const T>(a),
-                          std::span<const T>(oc.delta), std::span<T>(oc.state[l]));
+      // A user's step may throw after the group completed the collective: this rank can no
+      // longer follow the schedule with its peers, so the averager refuses every later call.
+      std::vector<T> saved;
+      if (!policy.outer->is_nesterov()) saved = oc.state[l];
+      try {
+        policy.outer->apply(std::span<T>(oc.flat), std::span<const T>(a),
+                            std::span<const T>(oc.delta), std::span<T>(oc.state[l]));
+      } catch (const std::exception& e) {
+        if (!policy.outer->is_nesterov()) oc.state[l].swap(saved);
+        unusable_ = std::string("the outer step of level ") + std::to_string(l) +
+                    " threw after its collective had completed: " + e.what();
+        throw;
+      }
     } else {
       for (std::size_t i = 0; i < oc.elements; ++i) oc.flat[i] = a[i] - oc.delta[i];
     }
@@ -531,6 +608,7 @@ class BasicAverager : public AveragerClock<S> {
   }
 
   std::size_t pipeline_bytes_ = 0;
+  std::string unusable_;  // why later calls are refused; empty while usable
   std::vector<LevelPolicy> policies_;
   bool anchors_ = false;
   detail::PackCaches caches_;
@@ -563,7 +641,18 @@ class HierarchicalAverager : public BasicAverager<Schedule<H, P>, Comm> {
  private:
   // The levels' `LevelWith` policies, unless the caller gave run-time ones.
   static AveragerOptions with_policies(AveragerOptions o) {
-    if (o.levels.empty()) o.levels = level_policies<H>();
+    std::vector<LevelPolicy> typed = level_policies<H>();
+    if (o.levels.empty()) {
+      o.levels = std::move(typed);
+    } else {
+      for (const LevelPolicy& p : typed) {
+        if (p.keeps_anchor()) {
+          throw std::invalid_argument(
+              "HierarchicalAverager: the hierarchy's LevelWith levels carry policies and "
+              "AveragerOptions::levels gives others; give them in one place");
+        }
+      }
+    }
     return o;
   }
 };

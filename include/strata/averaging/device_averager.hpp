@@ -21,6 +21,7 @@
 #include "strata/averaging/averager.hpp"
 #include "strata/averaging/clock.hpp"
 #include "strata/averaging/cuda_graphs.hpp"
+#include "strata/averaging/outer.hpp"
 #include "strata/comm/communicator.hpp"
 #include "strata/comm/level_comms.hpp"
 #include "strata/cuda/device_buffer.hpp"
@@ -178,6 +179,9 @@ using DeviceCaches = std::tuple<DeviceCache<float, Kernels, Runtime, Graphs>,
 template <schedule_type S, device_communicator Comm, template <class> class Kernels,
           graph_policy Graphs = CudaGraphs>
 class DeviceAverager : public AveragerClock<S> {
+  static_assert(!detail::schedule_has_policies<S>::value,
+                "DeviceAverager: outer optimizers and wire formats (LevelWith) run on the host "
+                "averagers only; the device averager averages plainly");
   using AveragerClock<S>::schedule_;
   using AveragerClock<S>::step_;
   using Runtime = typename Comm::runtime_type;

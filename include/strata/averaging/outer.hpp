@@ -23,6 +23,7 @@
 
 #include "strata/hierarchy/level.hpp"
 #include "strata/kernels/wire_codec.hpp"
+#include "strata/schedule/schedule.hpp"
 
 namespace strata {
 
@@ -251,6 +252,29 @@ template <class L>
   }
   return p;
 }
+
+namespace detail {
+
+template <class L>
+constexpr bool level_has_policies() {
+  if constexpr (requires { typename L::policies; }) {
+    return boost::mp11::mp_size<typename L::policies>::value != 0;
+  } else {
+    return false;
+  }
+}
+
+// Whether a compile-time schedule's hierarchy carries `LevelWith` policies.
+template <class S>
+struct schedule_has_policies : std::false_type {};
+template <class H, class P>
+struct schedule_has_policies<Schedule<H, P>> {
+  static constexpr bool value = []<class... Ls>(boost::mp11::mp_list<Ls...>) {
+    return (level_has_policies<Ls>() || ...);
+  }(typename H::level_list{});
+};
+
+}  // namespace detail
 
 //! The policies of every level of a compile-time hierarchy, smallest group first.
 template <class H>

@@ -20,7 +20,10 @@
 #include "strata/averaging/outer.hpp"
 #include "strata/comm/async.hpp"
 #include "strata/comm/communicator.hpp"
+#include "strata/comm/communicator_traits.hpp"
 #include "strata/comm/compressed_average.hpp"
+#include "strata/comm/detail/keep_forever.hpp"
+#include "strata/error.hpp"
 #include "strata/hierarchy/hierarchy.hpp"
 #include "strata/kernels/fused.hpp"
 
@@ -54,6 +57,9 @@ struct StreamingOptions {
   std::size_t fragments = 1;
   std::size_t delay = 0;
   double mix = 1.0;
+  //! Count the period from the end of warm-up, (t - W) % P, as local SGD (`PeriodicAverager`)
+  //! does, instead of from step 0, as a hierarchy `P:N` does (the default).
+  bool from_warmup = false;
 
   void check(std::size_t period) const {
     if (period == 0) throw std::invalid_argument("Streaming: the period is 0");
@@ -87,7 +93,7 @@ struct Streaming {
   static constexpr std::size_t fragments = F;
   static constexpr std::size_t delay = Delay;
   static constexpr double mix = Mix;
-  [[nodiscard]] static constexpr StreamingOptions options() { return {F, Delay, Mix}; }
+  [[nodiscard]] static constexpr StreamingOptions options() { return {F, Delay, Mix, false}; }
 };
 
 //! The first element of fragment f of F over D elements (the first D mod F fragments one larger).
@@ -145,6 +151,18 @@ class StreamingAverager {
     s_.check(period_);
   }
 
+  StreamingAverager(const StreamingAverager&) = delete;
+  StreamingAverager& operator=(const StreamingAverager&) = delete;
+  StreamingAverager(StreamingAverager&&) = default;
+  StreamingAverager& operator=(StreamingAverager&&) = default;
+
+  //! Results still in flight are abandoned; their buffers outlive the averager when MPI may still
+  //! write into them.
+  ~StreamingAverager() {
+    float_.abandon_pending();
+    double_.abandon_pending();
+  }
+
   [[nodiscard]] std::size_t step() const noexcept { return step_; }
   [[nodiscard]] const StreamingOptions& streaming() const noexcept { return s_; }
   [[nodiscard]] std::size_t period() const noexcept { return period_; }
@@ -153,7 +171,7 @@ class StreamingAverager {
   [[nodiscard]] std::optional<std::size_t> fragment_at(std::size_t t) const noexcept {
     if (t < warmup_) return std::nullopt;
     const std::size_t stride = period_ / s_.fragments;
-    const std::size_t r = t % period_;
+    const std::size_t r = (s_.from_warmup ? t - warmup_ : t) % period_;
     if (r % stride != 0) return std::nullopt;
     return r / stride;
   }
@@ -163,12 +181,22 @@ class StreamingAverager {
     static_assert(std::is_floating_point_v<T>, "StreamingAverager: floating-point parameters");
     State<T>& st = state<T>();
     const FusedPlan<T>& plan = st.plan_for(tensors);
-    st.d = plan.total_elements();
-    st.flat.resize(st.d);
-    pack(thrust::host, plan, std::span<T>(st.flat));
-    st.anchor = st.flat;
-    st.momentum.assign(outer_ ? st.d * outer_->state_per_element() : 0, T(0));
-    st.pending.clear();
+    const std::size_t d = plan.total_elements();
+    const std::size_t k = outer_ ? outer_->state_per_element() : 0;
+    if (k != 0 && d > static_cast<std::size_t>(-1) / k) {
+      throw std::invalid_argument("StreamingAverager: the outer state of " + std::to_string(d) +
+                                  " parameters overflows");
+    }
+    // Built aside, then swapped in: a failed allocation leaves the averager as it was.
+    std::vector<T> flat(d);
+    pack(thrust::host, plan, std::span<T>(flat));
+    std::vector<T> anchor = flat;
+    std::vector<T> momentum(d * k, T(0));
+    st.abandon_pending();
+    st.flat.swap(flat);
+    st.anchor.swap(anchor);
+    st.momentum.swap(momentum);
+    st.d = d;
     st.started = true;
   }
   template <class T>
@@ -192,16 +220,33 @@ class StreamingAverager {
                                   " parameters, the call passes " +
                                   std::to_string(plan.total_elements()));
     }
-    pack(thrust::host, plan, std::span<T>(st.flat));
     const std::size_t t = step_;
+    if (!usable_.empty()) {
+      throw error("StreamingAverager", comm_->rank(), "unusable: " + usable_);
+    }
     if (t < warmup_) {
-      st.anchor = st.flat;  // the world moves together in warm-up
+      pack(thrust::host, plan, std::span<T>(st.anchor));  // the world moves together in warm-up
       ++step_;
       return std::nullopt;
     }
-    // Results due now, then the fragment that starts now (the fragments are disjoint, and
-    // delay < P/F means a fragment never starts while its own result is in flight).
     const std::optional<std::size_t> starts = fragment_at(t);
+    bool due = false;
+    for (Pending<T>& p : st.pending) {
+      due = due || p.due == t;
+      // MPI moves data only inside MPI calls: give the results in flight a chance every step.
+      if constexpr (async_communicator_for<Comm, T>) {
+        if (p.request && p.due != t) (void)p.request->test();
+      }
+    }
+    if (!starts && !due) {  // nothing to send or apply: the parameters stay where they are
+      ++step_;
+      return std::nullopt;
+    }
+    pack(thrust::host, plan, std::span<T>(st.flat));
+    // The fragment that starts now first, then the results due now: a due step is never a start
+    // step of the same fragment (delay < P/F), and the fragments are disjoint, so the numbers are
+    // those of the spec's order (applications before starts), while a failed start leaves
+    // everything as it was.
     std::optional<Pending<T>> started;
     if (starts) started = start(st, *starts);
     for (auto it = st.pending.begin(); it != st.pending.end();) {
@@ -255,6 +300,22 @@ class StreamingAverager {
     std::size_t d = 0;
     std::vector<T> flat, anchor, momentum;
     std::vector<Pending<T>> pending;
+
+    // Drops the results in flight. A request that has not completed may still be written into by
+    // MPI (a collective that timed out is abandoned, not waited for): its buffer is kept alive.
+    void abandon_pending() noexcept {
+      for (Pending<T>& p : pending) {
+        if constexpr (async_communicator_for<Comm, T>) {
+          bool done = false;
+          try {
+            done = !p.request || p.request->test();
+          } catch (...) {
+          }
+          if (!done) detail::keep_forever(p.delta);
+        }
+      }
+      pending.clear();
+    }
     std::optional<FusedPlan<T>> plan;
     std::vector<const T*> data;
     std::vector<std::size_t> sizes;
@@ -297,16 +358,23 @@ class StreamingAverager {
     p.delta.resize(e - b);
     for (std::size_t i = b; i < e; ++i) p.delta[i - b] = st.anchor[i] - st.flat[i];
     const std::span<T> delta(p.delta);
-    if (wire_ != WireFormat::native) {
-      compressed_average(*comm_, std::span<const T>(delta), delta, wire_);
-    } else if constexpr (async_communicator_for<Comm, T>) {
-      if (s_.delay > 0) {
-        p.request.emplace(comm_->start_all_reduce(delta, ReduceOp::average));
+    try {
+      if (wire_ != WireFormat::native) {
+        compressed_average(*comm_, std::span<const T>(delta), delta, wire_);
+      } else if constexpr (async_communicator_for<Comm, T>) {
+        if (s_.delay > 0) {
+          p.request.emplace(comm_->start_all_reduce(delta, ReduceOp::average));
+        } else {
+          comm_->all_reduce(delta, ReduceOp::average);
+        }
       } else {
         comm_->all_reduce(delta, ReduceOp::average);
       }
-    } else {
-      comm_->all_reduce(delta, ReduceOp::average);
+    } catch (const usage_error&) {
+      throw;  // refused before anything was posted
+    } catch (...) {
+      if constexpr (!all_or_nothing_v<Comm>) detail::keep_forever(p.delta);
+      throw;
     }
     return p;
   }
@@ -315,7 +383,14 @@ class StreamingAverager {
   template <class T>
   void finish(State<T>& st, Pending<T>& p) {
     if constexpr (async_communicator_for<Comm, T>) {
-      if (p.request) p.request->wait();
+      if (p.request) {
+        try {
+          p.request->wait();
+        } catch (...) {
+          detail::keep_forever(p.delta);  // MPI may still write into it
+          throw;
+        }
+      }
     }
     const std::size_t b = fragment_begin(st.d, s_.fragments, p.fragment);
     const std::size_t n = p.delta.size();
@@ -323,8 +398,19 @@ class StreamingAverager {
     std::vector<T> x(n);
     if (outer_) {
       const std::size_t k = outer_->state_per_element();
-      outer_->apply(std::span<T>(x), std::span<const T>(a), std::span<const T>(p.delta),
-                    std::span<T>(st.momentum.data() + b * k, n * k));
+      const std::span<T> state(st.momentum.data() + b * k, n * k);
+      // A user's step may throw after the peers completed the collective: this rank can no
+      // longer follow the schedule, so the averager refuses every later call.
+      std::vector<T> saved;
+      if (!outer_->is_nesterov()) saved.assign(state.begin(), state.end());
+      try {
+        outer_->apply(std::span<T>(x), std::span<const T>(a), std::span<const T>(p.delta), state);
+      } catch (const std::exception& e) {
+        std::copy(saved.begin(), saved.end(), state.begin());
+        usable_ =
+            std::string("the outer step threw after its collective had completed: ") + e.what();
+        throw;
+      }
     } else {
       for (std::size_t i = 0; i < n; ++i) x[i] = a[i] - p.delta[i];
     }
@@ -343,6 +429,7 @@ class StreamingAverager {
   std::optional<OuterOptimizer> outer_;
   WireFormat wire_;
   std::size_t step_ = 0;
+  std::string usable_;  // why the averager is unusable; empty while it is usable
   State<float> float_;
   State<double> double_;
 };

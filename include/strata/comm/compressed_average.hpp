@@ -12,6 +12,9 @@
 #include <vector>
 
 #include "strata/comm/communicator.hpp"
+#include "strata/comm/communicator_traits.hpp"
+#include "strata/comm/detail/keep_forever.hpp"
+#include "strata/error.hpp"
 #include "strata/kernels/wire_codec.hpp"
 
 namespace strata {
@@ -52,13 +55,13 @@ namespace detail {
 //! wire format `f` (not `native`) and summed in the wider of T and float, bitwise identical on
 //! every member. Each member owns one chunk of n/g values: the members send their chunks encoded
 //! to the owners (an all-to-all), each owner decodes the g contributions, sums them in a fixed
-//! order and divides by g, and the encoded means are all-gathered and decoded. Every value is
+//! order and multiplies by 1/g, and the encoded means are all-gathered and decoded. Every value is
 //! thus rounded twice, on the way in and on the way out: |out - mean| <= wire_unit(f) times
 //! (the mean of the inputs' magnitudes + the result's magnitude), per value for bf16 and fp16 and
 //! per 256-value block's largest magnitude for int8, plus 2 wire_floor(f) (fp16's subnormals).
 //! A group of one returns `in` unrounded.
-//! Collective; `in` and `out` of the same size on every member (`usage_error` otherwise, from
-//! the collectives). Returns the bytes this member sent.
+//! Collective; `in` and `out` of the same size on every member (`usage_error` on every member
+//! otherwise, agreed in one small all-reduce before the transfer). Returns the bytes this member sent.
 //!
 //! \code
 //! #include <strata/comm/local.hpp>
@@ -86,11 +89,22 @@ std::size_t compressed_average(Comm& comm, std::span<const T> in, std::span<T> o
     if (out.data() != in.data()) std::copy(in.begin(), in.end(), out.begin());
     return 0;
   }
+  // The chunks' sizes hide n from the collectives' own checks (n = 3 and n = 4 both make chunks
+  // of 2 bf16 values over 2 members): the members agree on it first, in one small all-reduce.
+  std::int64_t sizes[2] = {static_cast<std::int64_t>(n), -static_cast<std::int64_t>(n)};
+  comm.all_reduce(std::span<std::int64_t>(sizes), ReduceOp::max);
+  if (sizes[0] != -sizes[1]) {
+    throw usage_error("compressed_average", comm.rank(),
+                      "the members pass between " + std::to_string(-sizes[1]) + " and " +
+                          std::to_string(sizes[0]) + " values; every member must pass the same");
+  }
   using Acc = std::conditional_t<(sizeof(T) > sizeof(float)), T, float>;
   const std::size_t c = detail::compressed_chunk(f, n, g);
   const std::size_t words = (wire_bytes(f, c) + 3) / 4;
   // Chunk j of this member's values, zero-padded past n, encoded into words [j*words, ...).
   std::vector<std::int32_t> send(g * words, 0);
+  std::vector<std::int32_t> recv(g * words);
+  std::vector<std::int32_t> mine(words, 0);
   std::vector<Acc> chunk(c);
   for (std::size_t j = 0; j < g; ++j) {
     for (std::size_t i = 0; i < c; ++i) {
@@ -99,19 +113,30 @@ std::size_t compressed_average(Comm& comm, std::span<const T> in, std::span<T> o
     }
     wire_encode(f, chunk.data(), c, reinterpret_cast<std::uint8_t*>(send.data() + j * words));
   }
-  std::vector<std::int32_t> recv(g * words);
-  comm.all_to_all(std::span<const std::int32_t>(send), std::span<std::int32_t>(recv));
-  // This member's chunk from every member, summed in member order.
-  std::vector<Acc> sum(c, Acc(0));
-  for (std::size_t m = 0; m < g; ++m) {
-    wire_decode(f, reinterpret_cast<const std::uint8_t*>(recv.data() + m * words), c, chunk.data());
-    for (std::size_t i = 0; i < c; ++i) sum[i] += chunk[i];
+  try {
+    comm.all_to_all(std::span<const std::int32_t>(send), std::span<std::int32_t>(recv));
+    // This member's chunk from every member, summed in member order.
+    std::vector<Acc> sum(c, Acc(0));
+    for (std::size_t m = 0; m < g; ++m) {
+      wire_decode(f, reinterpret_cast<const std::uint8_t*>(recv.data() + m * words), c,
+                  chunk.data());
+      for (std::size_t i = 0; i < c; ++i) sum[i] += chunk[i];
+    }
+    const Acc inv = Acc(1) / static_cast<Acc>(g);
+    for (Acc& v : sum) v *= inv;
+    wire_encode(f, sum.data(), c, reinterpret_cast<std::uint8_t*>(mine.data()));
+    comm.all_gather(std::span<const std::int32_t>(mine), std::span<std::int32_t>(recv));
+  } catch (const usage_error&) {
+    throw;  // refused before anything was posted
+  } catch (...) {
+    if constexpr (!all_or_nothing_v<Comm>) {
+      // A collective that timed out may still be writing into these (MPI): they stay alive.
+      detail::keep_forever(send);
+      detail::keep_forever(recv);
+      detail::keep_forever(mine);
+    }
+    throw;
   }
-  const Acc inv = Acc(1) / static_cast<Acc>(g);
-  for (Acc& v : sum) v *= inv;
-  std::vector<std::int32_t> mine(words, 0);
-  wire_encode(f, sum.data(), c, reinterpret_cast<std::uint8_t*>(mine.data()));
-  comm.all_gather(std::span<const std::int32_t>(mine), std::span<std::int32_t>(recv));
   for (std::size_t j = 0; j < g; ++j) {
     wire_decode(f, reinterpret_cast<const std::uint8_t*>(recv.data() + j * words), c, chunk.data());
     for (std::size_t i = 0; i < c && j * c + i < n; ++i) out[j * c + i] = static_cast<T>(chunk[i]);

@@ -272,12 +272,11 @@ __device__ __forceinline__ void encode_int8_block(float x, bool in_chunk, std::u
   }
   __syncthreads();
   const float scale = shared_scale;
-  const float inv = scale > 0.0f ? __fdiv_rn(1.0f, scale) : 0.0f;
   if (in_chunk) {
-    // The product rounded here, then scaled by exactly 1: the same value as the host's x * inv,
-    // whatever nvcc does with the codec's later addition.
+    // The quotient correctly rounded, as the host's x / scale.
+    const float q = scale > 0.0f ? __fdiv_rn(x, scale) : 0.0f;
     chunk[4 * blocks_per_chunk + b * int8_block + threadIdx.x] =
-        static_cast<std::uint8_t>(float_to_int8(__fmul_rn(x, inv), 1.0f));
+        static_cast<std::uint8_t>(float_to_int8(q));
   }
   __syncthreads();  // temp and shared_scale are reused by the block's next turn
 }

@@ -4,6 +4,7 @@
 //! 256 values. Element codecs are host-and-device functions, so the host averagers and the CUDA
 //! kernels encode the same bits.
 
+#include <math.h>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -167,14 +168,13 @@ STRATA_HOST_DEVICE inline float fp16_to_float(std::uint16_t h) noexcept {
   return x;
 }
 
-// int8 with a block scale: q = round(x / scale) in [-127, 127], ties away from zero (std::round).
-// A non-finite product (the block's scale is NaN then, see wire_encode) gives 0.
-STRATA_HOST_DEVICE inline std::int8_t float_to_int8(float x, float inv_scale) noexcept {
-  float q = x * inv_scale;
+// int8 of q = x / scale (divided by the caller, correctly rounded on host and device alike):
+// round(q) in [-127, 127], ties away from zero. NaN (a block with a non-finite value has a NaN
+// scale, see wire_encode; 0 / 0 in an all-zero block) gives 0.
+STRATA_HOST_DEVICE inline std::int8_t float_to_int8(float q) noexcept {
   if (!(q == q)) return 0;
   q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
-  return static_cast<std::int8_t>(q >= 0.0f ? static_cast<int>(q + 0.5f)
-                                            : -static_cast<int>(-q + 0.5f));
+  return static_cast<std::int8_t>(static_cast<int>(roundf(q)));
 }
 
 }  // namespace detail
@@ -223,10 +223,10 @@ void wire_encode(WireFormat f, const T* in, std::size_t n, std::uint8_t* out) {
         }
         const float scale = finite ? top / 127.0f : std::numeric_limits<float>::quiet_NaN();
         __builtin_memcpy(out + 4 * b, &scale, 4);
-        const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        // x / scale, not x * (1 / scale): the reciprocal of a subnormal scale overflows.
         for (std::size_t i = first; i < last; ++i) {
-          values[i] =
-              static_cast<std::uint8_t>(detail::float_to_int8(static_cast<float>(in[i]), inv));
+          const float q = scale > 0.0f ? static_cast<float>(in[i]) / scale : 0.0f;
+          values[i] = static_cast<std::uint8_t>(detail::float_to_int8(q));
         }
       }
       return;

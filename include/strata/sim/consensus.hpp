@@ -50,9 +50,9 @@ struct OuterLevel {
 
 //! Streaming fragments of a one-level schedule with period P: F contiguous fragments; fragment f
 //! synchronises at the steps t (not in warm-up) with `t % P == f * (P / F)` (local SGD:
-//! `(t - warm-up) % P`, its period counting from the end of warm-up), and its result is
-//! mixed in `delay` steps later as `p = (1 - mix) * p + mix * X`. Requires F | P, delay < P / F
-//! and 0 < mix <= 1.
+//! `(t - warm-up) % P`, its period counting from the end of warm-up, as `StreamingAverager` with
+//! `StreamingOptions::from_warmup`), and its result is mixed in `delay` steps later as
+//! `p = (1 - mix) * p + mix * X`. Requires F | P, delay < P / F and 0 < mix <= 1.
 //!
 //! \code
 //! const strata::sim::StreamingFragments s{.fragments = 4, .delay = 1, .mix = 0.5};
@@ -66,7 +66,9 @@ struct StreamingFragments {
 
 //! What the model needs beyond the method. `ranks_per_node` is required with intra-node
 //! gradients (the node's mean step is shared) and with shuffled groups (the node decides how
-//! groups are drawn).
+//! groups are drawn). `streaming` unset takes the method's own fragments and delay
+//! (`Method::with_streaming`) with mix 1; set, it adds the mix, and its fragment count and delay
+//! must then be the method's, when the method has streaming.
 //!
 //! \code
 //! const strata::sim::ConsensusOptions o{.ranks_per_node = 8};
@@ -169,13 +171,6 @@ class NestedConsensus {
         }
       }
     }
-  }
-
-  // A fragment's delayed result arrives: p = (1 - mix) p + mix X, and X is the same on every
-  // rank (one level, the world), so only p's spread shrinks.
-  void mix(double alpha) {
-    const double f = (1.0 - alpha) * (1.0 - alpha);
-    for (std::size_t j = 0; j < subspaces_; ++j) at(j, 0, 0) *= f;
   }
 
   [[nodiscard]] double distance() const {
@@ -412,7 +407,21 @@ inline void check_consensus_options(const sim::Method& m, const sim::ConsensusOp
     if (!(s.mix > 0.0 && s.mix <= 1.0)) {
       throw std::invalid_argument("consensus: the mix must be in (0, 1]");
     }
+    if (m.streaming() && (s.fragments != m.fragments() || s.delay != m.fragment_delay())) {
+      throw std::invalid_argument(
+          "consensus: the method's streaming (F = " + std::to_string(m.fragments()) + ", delay " +
+          std::to_string(m.fragment_delay()) + ") and ConsensusOptions::streaming (F = " +
+          std::to_string(s.fragments) + ", delay " + std::to_string(s.delay) + ") differ");
+    }
   }
+}
+
+// The fragments the model runs: the options' (checked to agree with the method's), else the
+// method's own with a full mix.
+inline std::optional<sim::StreamingFragments> consensus_streaming(const sim::Method& m,
+                                                                  const sim::ConsensusOptions& o) {
+  if (o.streaming || !m.streaming()) return o.streaming;
+  return sim::StreamingFragments{m.fragments(), m.fragment_delay(), 1.0};
 }
 
 // Calls `out(step, distance)` for every step of the run.
@@ -424,30 +433,53 @@ void consensus_run(const sim::Method& m, std::size_t steps, const sim::Consensus
     for (std::size_t t = 0; t < steps; ++t) out(t, 0.0);
     return;
   }
-  if (o.streaming) {
-    // One state per fragment; every fragment of a coordinate drifts alike, so the distance is
-    // the mean over fragments (their sizes differ by one element at most: weights 1/F).
-    const sim::StreamingFragments& s = *o.streaming;
+  if (const std::optional<sim::StreamingFragments> streaming = consensus_streaming(m, o)) {
+    // The distance is the mean over fragments (their sizes differ by one element at most:
+    // weights 1/F). A fragment's result X is the same on every rank (one level, the world), so
+    // whatever the outer optimizer, its arrival only scales that fragment's spread by
+    // (1 - mix)^2; between arrivals every fragment gains the same spread per step. So each
+    // fragment is one number, its spread at its last arrival and the drift count then, and the
+    // sum over fragments is kept running: a step costs O(1), an arrival O(1), and a full cycle
+    // of F arrivals resums the bases so that rounding cannot build up over a long run.
+    const sim::StreamingFragments& s = *streaming;
+    const std::size_t frags = s.fragments;
     const std::size_t p = m.levels()[0].period;
-    const std::size_t stride = p / s.fragments;
+    const std::size_t stride = p / frags;
     // Local SGD counts its period from the end of warm-up, a hierarchy P:N from step 0.
     const std::size_t origin = m.kind() == sim::MethodKind::local ? m.warmup() : 0;
     sim::ConsensusOptions plain = o;
-    plain.outer.clear();  // a one-level result is the same on every rank
-    std::vector<NestedConsensus> frags(s.fragments, NestedConsensus(m, plain));
+    plain.outer.clear();
+    plain.streaming.reset();
+    NestedConsensus unit(m, plain);  // also refuses a node that does not nest with the groups
+    unit.drift();
+    const double per_step = unit.distance();
+    const double keep = (1.0 - s.mix) * (1.0 - s.mix);
+    std::vector<double> base(frags, 0.0);
+    std::vector<std::size_t> base_drifts(frags, 0);
+    double base_sum = 0.0;
+    std::size_t base_drifts_sum = 0;
+    std::size_t drifts = 0;
     for (std::size_t t = 0; t < steps; ++t) {
-      const bool warm = m.world_gradients_at(t);
-      double sum = 0.0;
-      for (std::size_t f = 0; f < s.fragments; ++f) {
-        if (!warm) frags[f].drift();
-        // The result started at t - delay arrives now.
-        if (t >= s.delay && !m.world_gradients_at(t - s.delay) &&
-            (t - s.delay - origin) % p == f * stride) {
-          frags[f].mix(s.mix);
+      if (!m.world_gradients_at(t)) ++drifts;
+      // The result started at t - delay arrives now.
+      if (t >= s.delay && !m.world_gradients_at(t - s.delay)) {
+        const std::size_t phase = (t - s.delay - origin) % p;
+        if (phase % stride == 0) {
+          const std::size_t f = phase / stride;
+          const double next =
+              keep * (base[f] + per_step * static_cast<double>(drifts - base_drifts[f]));
+          base_sum += next - base[f];
+          base_drifts_sum += drifts - base_drifts[f];
+          base[f] = next;
+          base_drifts[f] = drifts;
+          if (f + 1 == frags) {
+            base_sum = 0.0;
+            for (const double b : base) base_sum += b;
+          }
         }
-        sum += frags[f].distance();
       }
-      out(t, sum / static_cast<double>(s.fragments));
+      const std::size_t pending = frags * drifts - base_drifts_sum;
+      out(t, (base_sum + per_step * static_cast<double>(pending)) / static_cast<double>(frags));
     }
     return;
   }
@@ -480,7 +512,9 @@ namespace strata::sim {
 //! The expected consensus distance after each of the first `steps` steps of `m` (drift, then the
 //! step's averaging), per coordinate, for a unit random step per rank and step. Synchronous SGD
 //! and warm-up steps add no spread (gradients are averaged over the world); intra-node gradients
-//! share the node's mean step. Throws `std::invalid_argument` for options that do not fit `m`.
+//! share the node's mean step. A method with streaming fragments (`Method::with_streaming`) is
+//! modelled with them (`ConsensusOptions::streaming`). Throws `std::invalid_argument` for options
+//! that do not fit `m`, streaming fragments or a delay other than the method's included.
 //!
 //! \code
 //! const auto local = strata::sim::Method::local_sgd(/*world=*/4, /*period=*/2);

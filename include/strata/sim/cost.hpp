@@ -87,12 +87,21 @@ struct CostModel {
     return c;
   }
 
+  //! The largest `model_bytes` accepted: the simulator counts a model's values and a fragment's
+  //! bytes in 64-bit integers, which this keeps far from overflowing.
+  static constexpr double max_model_bytes = 1e18;
+
   //! Throws `std::invalid_argument` naming the first field that makes no sense.
   void validate() const {
     using detail::sim_number;
     if (!(std::isfinite(model_bytes) && model_bytes >= 0.0)) {
       throw std::invalid_argument("CostModel: model bytes " + sim_number(model_bytes) +
                                   " is not a finite non-negative number");
+    }
+    if (model_bytes > max_model_bytes) {
+      throw std::invalid_argument("CostModel: model bytes " + sim_number(model_bytes) +
+                                  " is above the largest the simulator counts, " +
+                                  sim_number(max_model_bytes));
     }
     if (ranks_per_node == 0) throw std::invalid_argument("CostModel: ranks per node is 0");
     check_link("intra-node", intra_node);

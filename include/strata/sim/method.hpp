@@ -114,12 +114,13 @@ class Method {
   }
 
   //! Split the model of a one-level schedule (local SGD, or a hierarchy P:N) into `fragments` F
-  //! fragments that synchronise at staggered steps, each applied `delay` steps after it starts,
-  //! as `StreamingAverager` does: fragment f starts at the steps t past warm-up whose phase (t
-  //! for a hierarchy, t - warm-up for local SGD) is f * P/F modulo P. Throws
-  //! `std::invalid_argument` for any other method, unless F divides P, or unless delay < P/F (a
-  //! fragment is applied before the next one starts). With F = 1 and delay 0 the run is the plain
-  //! method's.
+  //! fragments that synchronise at staggered steps, each applied `delay` steps after it starts:
+  //! fragment f starts at the steps t past warm-up whose phase (t for a hierarchy, t - warm-up
+  //! for local SGD) is f * P/F modulo P. That is `StreamingAverager` with
+  //! `StreamingOptions::from_warmup = true` for local SGD, and with its default (false) for a
+  //! hierarchy P:N. Throws `std::invalid_argument` for any other method, unless F divides P, or
+  //! unless delay < P/F (a fragment is applied before the next one starts). With F = 1 and delay 0
+  //! the run is the plain method's.
   [[nodiscard]] Method with_streaming(std::size_t fragments, std::size_t delay = 0) const {
     if (kind_ == MethodKind::synchronous || hierarchy_->num_levels() != 1) {
       throw std::invalid_argument(

@@ -198,13 +198,21 @@ namespace strata::sim {
 //!
 //! With streaming fragments (`Method::with_streaming`: F fragments, delay tau), step 3 becomes:
 //! when fragment f starts at s, no rank waits; its collective of `model_bytes / F` bytes over the
-//! world (a compressed wire: that fragment's values) begins when the last rank has reached the
-//! end of step s and completes that collective's time later; at the end of step s + tau every
-//! rank whose clock is earlier waits until that completion. Delay 0 is the plain averaging of
-//! the world; a larger delay lets the others run up to tau steps ahead of a late rank before
-//! they wait, and hides the transfer behind the steps in between. A fragment whose application
-//! would fall past the last step is never waited for, nor counted. Its wait is the part of a
-//! rank's wait before the last rank arrived, its communication the rest.
+//! world begins when the last rank has reached the end of step s and completes that collective's
+//! time later; at the end of step s + tau every rank whose clock is earlier waits until that
+//! completion. Delay 0 is the plain averaging of the world; a larger delay lets the others run up
+//! to tau steps ahead of a late rank before they wait, and hides the transfer behind the steps in
+//! between. A fragment whose application would fall past the last step is never waited for, nor
+//! counted. Its wait is the part of a rank's wait before the last rank arrived, its communication
+//! the rest.
+//!
+//! A fragment sent in a compressed wire (`Method::with_wire`) does not overlap: no backend starts
+//! `compressed_average`'s all-to-all and all-gather without waiting for them, so
+//! `StreamingAverager` completes that exchange at the fragment's start and only holds its result
+//! until it is applied. The simulator prices it so: at its start step the world meets, as with
+//! delay 0 (every rank waits for the slowest, then the time of the bytes `compressed_average`
+//! sends for that fragment's values), and it is counted there, even when its application, still
+//! tau steps later, would fall past the last step; the application moves no clock.
 //!
 //! \code
 //! // Two ranks, 1 s steps, rank 1 three seconds late at step 1; they average every 2 steps.
@@ -262,6 +270,8 @@ namespace strata::sim {
     fragment_comm[f] =
         detail::averaging_s(cost, world, cost.model_bytes / fragments, method.wire(0), n);
   }
+  // A compressed fragment completes at its start (see above); a native one may be in flight.
+  const bool blocking_fragments = method.wire(0) != WireFormat::native;
   // At most one fragment is in flight: its delay is below the steps between two fragments.
   struct InFlight {
     bool active = false;
@@ -300,8 +310,15 @@ namespace strata::sim {
 
     if (streaming) {
       if (const auto f = method.fragment_at(s)) {
-        const double last = *std::max_element(clock.begin(), clock.end());
-        in_flight = InFlight{true, s + method.fragment_delay(), last, fragment_comm[*f]};
+        if (blocking_fragments) {
+          SyncStats& st = run.syncs[0];
+          st.wait_s += detail::sync_group(clock, fragment_comm[*f]);
+          st.comm_s += fragment_comm[*f];
+          ++st.count;
+        } else {
+          const double last = *std::max_element(clock.begin(), clock.end());
+          in_flight = InFlight{true, s + method.fragment_delay(), last, fragment_comm[*f]};
+        }
       }
       if (in_flight.active && in_flight.due == s) {
         SyncStats& st = run.syncs[0];
