@@ -174,7 +174,13 @@ STRATA_HOST_DEVICE inline float fp16_to_float(std::uint16_t h) noexcept {
 STRATA_HOST_DEVICE inline std::int8_t float_to_int8(float q) noexcept {
   if (!(q == q)) return 0;
   q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
-  return static_cast<std::int8_t>(static_cast<int>(roundf(q)));
+  // Truncate, then step away from zero when the dropped part is at least a half: q - i is exact
+  // in float for |q| <= 127, so this is round-half-away-from-zero without a libm call.
+  int i = static_cast<int>(q);
+  const float rest = q - static_cast<float>(i);
+  if (rest >= 0.5f) ++i;
+  if (rest <= -0.5f) --i;
+  return static_cast<std::int8_t>(i);
 }
 
 }  // namespace detail
