@@ -341,16 +341,8 @@ class DeviceAverager : public AveragerClock<S> {
     if (!options_.use_graphs) {
       try {
         enqueue(issued);
-      } catch (const usage_error&) {
-        if (issued) abort_all();  // a refused call before the collective leaves the group sound
-        throw;
-      } catch (const std::invalid_argument&) {
-        if (issued) abort_all();
-        throw;
       } catch (...) {
-        // A fault, even one that surfaced while the members compared their calls (before this
-        // rank issued its collective): the peers may be inside theirs.
-        abort_all();
+        if (issued) abort_all();
         throw;
       }
       return;
