@@ -17,6 +17,7 @@
 
 #include <thrust/execution_policy.h>
 
+#include "strata/averaging/averager.hpp"
 #include "strata/averaging/outer.hpp"
 #include "strata/comm/async.hpp"
 #include "strata/comm/communicator.hpp"
@@ -317,21 +318,12 @@ class StreamingAverager {
       pending.clear();
     }
     std::optional<FusedPlan<T>> plan;
-    std::vector<const T*> data;
-    std::vector<std::size_t> sizes;
+    detail::TensorLayout<T> layout;
 
+    // The averagers' rule: the plan is rebuilt only when a tensor moved or resized.
     const FusedPlan<T>& plan_for(std::span<const std::span<T>> tensors) {
-      bool same = plan.has_value() && data.size() == tensors.size();
-      for (std::size_t i = 0; same && i < tensors.size(); ++i) {
-        same = data[i] == tensors[i].data() && sizes[i] == tensors[i].size();
-      }
-      if (!same) {
-        data.clear();
-        sizes.clear();
-        for (const std::span<T> x : tensors) {
-          data.push_back(x.data());
-          sizes.push_back(x.size());
-        }
+      if (!plan || !layout.matches(tensors)) {
+        layout.record(tensors);
         plan.emplace(tensors);
       }
       return *plan;
