@@ -6,7 +6,8 @@ set -euo pipefail
 
 packages=(cmake ninja-build ccache g++ doctest-dev libboost-dev libthrust-dev libcub-dev
           libopenmpi-dev openmpi-bin libbenchmark-dev python3 clang-format-14
-          python3-numpy python3-torch)
+          python3-numpy python3-torch libtorch-dev libgloo-dev pybind11-dev python3-dev
+          python3-pip python3-setuptools)
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
   echo "setup: not a Debian system; install these yourself: ${packages[*]}" >&2

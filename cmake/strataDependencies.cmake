@@ -1,6 +1,6 @@
 # Finds strata's dependencies and wraps each in an imported target strata_deps::<name>. Used by
 # the build and by the installed package config alike. Required: Threads, Boost.MP11, Thrust
-# (CCCL from the CUDA toolkit, or Debian's libthrust-dev). Optional: cuda, mpi, nccl.
+# (CCCL from the CUDA toolkit, or Debian's libthrust-dev). Optional: cuda, mpi, nccl, torch.
 include_guard(GLOBAL)
 
 macro(strata_find_dependencies)
@@ -73,6 +73,27 @@ macro(strata_find_dependencies)
     if(MPI_CXX_FOUND)
       add_library(strata_deps::mpi INTERFACE IMPORTED GLOBAL)
       set_target_properties(strata_deps::mpi PROPERTIES INTERFACE_LINK_LIBRARIES MPI::MPI_CXX)
+    endif()
+  endif()
+
+  # libtorch (Debian: libtorch-dev; or a pip-installed torch, whose cmake directory
+  # torch.utils.cmake_prefix_path names) for strata::torch; gloo's headers (libgloo-dev) add its
+  # gloo process groups.
+  if((NOT DEFINED STRATA_ENABLE_TORCH OR STRATA_ENABLE_TORCH) AND NOT TARGET strata_deps::torch)
+    find_package(Torch CONFIG QUIET)
+    if(Torch_FOUND)
+      add_library(strata_deps::torch INTERFACE IMPORTED GLOBAL)
+      set_target_properties(strata_deps::torch PROPERTIES
+        INTERFACE_INCLUDE_DIRECTORIES "${TORCH_INCLUDE_DIRS}"
+        INTERFACE_LINK_LIBRARIES "${TORCH_LIBRARIES}")
+      find_path(STRATA_GLOO_INCLUDE_DIR gloo/rendezvous/store.h HINTS ${TORCH_INCLUDE_DIRS}
+        DOC "Directory that holds gloo/rendezvous/store.h (libgloo-dev)")
+      if(STRATA_GLOO_INCLUDE_DIR)
+        set_property(TARGET strata_deps::torch APPEND PROPERTY
+          INTERFACE_INCLUDE_DIRECTORIES "${STRATA_GLOO_INCLUDE_DIR}")
+        set_property(TARGET strata_deps::torch APPEND PROPERTY
+          INTERFACE_COMPILE_DEFINITIONS USE_C10D_GLOO)
+      endif()
     endif()
   endif()
 endmacro()

@@ -10,7 +10,7 @@ install(EXPORT strataTargets NAMESPACE strata:: FILE strata-targets.cmake
 
 # Each optional target has its own export file, loaded by the config only where its dependency
 # is found on the consumer's machine.
-foreach(component cuda mpi nccl)
+foreach(component cuda mpi nccl torch)
   if(TARGET strata_${component})
     install(TARGETS strata_${component} EXPORT strata_${component}Targets)
     install(EXPORT strata_${component}Targets NAMESPACE strata::

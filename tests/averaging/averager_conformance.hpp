@@ -130,6 +130,13 @@ double tolerance() {
 }
 
 // Elements of `got` that differ from the model by more than T's tolerance.
+// Whether a backend's all-reduce sums each element in an order that does not depend on the
+// buffer's size, so that the tensor-list path and the in-place arena path (whose buffer holds
+// padding) give the same bits. A backend whose algorithm splits the buffer by its size (gloo's
+// ring) specialises it to false; the two paths then agree to rounding.
+template <class Comm>
+inline constexpr bool size_independent_sums = true;
+
 template <class T>
 std::size_t mismatches(const Params<T>& got, const Model& expected) {
   std::size_t bad = 0;
@@ -230,7 +237,11 @@ void matches_serial(Rank& r, const strata::RuntimeHierarchy& h, std::size_t warm
 
     p = r.read(apart);
     CHECK(mismatches(p, model[static_cast<std::size_t>(me)]) == 0);
-    CHECK(same_bits(p, r.read(together)));  // both paths give the same bits
+    if constexpr (size_independent_sums<std::remove_cvref_t<decltype(r.comm())>>) {
+      CHECK(same_bits(p, r.read(together)));  // both paths give the same bits
+    } else {
+      CHECK(mismatches(r.read(together), model[static_cast<std::size_t>(me)]) == 0);
+    }
     if (level) {
       // The members of each group hold bitwise identical parameters.
       const std::vector<T> mine = flatten(p);
@@ -301,7 +312,11 @@ void failed_averaging_changes_nothing(Rank& r) {
   CHECK(fused.step() == 1);
   CHECK(in_place.step() == 1);
   CHECK(mismatches(r.read(apart), model[static_cast<std::size_t>(me)]) == 0);
-  CHECK(same_bits(r.read(together), r.read(apart)));
+  if constexpr (size_independent_sums<std::remove_cvref_t<decltype(r.comm())>>) {
+    CHECK(same_bits(r.read(together), r.read(apart)));
+  } else {
+    CHECK(mismatches(r.read(together), model[static_cast<std::size_t>(me)]) == 0);
+  }
 }
 
 // An averager restored from a saved state continues the schedule it was saved from: the run

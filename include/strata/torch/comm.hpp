@@ -1,0 +1,442 @@
+#pragma once
+//! \file
+//! `strata::TorchComm`: the `communicator` concept over a PyTorch `c10d::ProcessGroup` (gloo on
+//! the CPU; any backend whose collectives take CPU tensors), so that strata's averagers and
+//! optimizers run inside a PyTorch job on the process groups it already has.
+//!
+//! What the process group gives, and what this wrapper adds (docs/torch.md):
+//! - every collective runs on a staging tensor owned by the process group's work object, and the
+//!   caller's buffer is written only after the work completed: a failure or a timeout leaves it
+//!   as it was (all-or-nothing), and a work that is still running after a timeout writes only
+//!   into memory it owns;
+//! - each wait is bounded: `Work::isCompleted()` is polled until the communicator's deadline
+//!   (`TorchOptions::timeout`, by default the process group's own timeout where the caller knows
+//!   it, see strata/torch/gloo.hpp); a timeout makes the communicator unusable, since the process
+//!   group still has the collective queued;
+//! - the members' calls are compared first (sizes, types, roots, counts) over the process group
+//!   itself, so misuse is a `strata::usage_error` on every member, as on every backend;
+//! - `average` is the sum times 1/n (the truncated quotient for integers), as on the local and
+//!   MPI backends; reduce-scatter on gloo, which does not offer it, is an all-reduce of which each
+//!   member keeps its block;
+//! - `split` creates the sub-groups through a `TorchGroupFactory` over the job's `c10d::Store`,
+//!   under keys of this communicator's own, so only the members of this communicator take part.
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <numeric>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "strata/comm/communicator.hpp"
+#include "strata/comm/communicator_traits.hpp"
+#include "strata/comm/detail/call.hpp"
+#include "strata/comm/detail/deadline.hpp"
+#include "strata/comm/detail/facade.hpp"
+#include "strata/error.hpp"
+
+namespace strata {
+
+//! A failure the process group reported (a peer that closed its connection, a backend that
+//! refuses an operation): the cause carries PyTorch's own message, without its backtrace.
+//!
+//! \code
+//! strata::torch_error e("all_reduce", 1, "Connection closed by peer");
+//! assert(e.rank() == 1);
+//! \endcode
+class torch_error : public error {
+ public:
+  using error::error;
+};
+
+//! Settings of a `TorchComm`.
+//!
+//! \code
+//! strata::TorchOptions o;
+//! o.timeout = std::chrono::seconds(30);
+//! assert(o.verify_arguments);
+//! \endcode
+struct TorchOptions {
+  //! How long one collective (or the set-up of a split) may wait for its peers.
+  std::chrono::milliseconds timeout = detail::default_timeout;
+  //! Compare the members' calls before each collective (one small all-gather, and one all-to-all
+  //! of a word per peer for uneven counts), so that misuse is a `usage_error` on every member.
+  //! Off: each member checks only its own arguments.
+  bool verify_arguments = true;
+};
+
+//! Creates the process group of `size` ranks in which this process is `rank`, rendezvousing
+//! through `store` (keys of its own: a prefix store). strata/torch/gloo.hpp has one for gloo.
+using TorchGroupFactory = std::function<c10::intrusive_ptr<c10d::ProcessGroup>(
+    const c10::intrusive_ptr<c10d::Store>& store, int rank, int size)>;
+
+namespace detail::torch {
+
+template <class T>
+constexpr c10::ScalarType scalar_type() noexcept {
+  if constexpr (std::is_same_v<T, float>) return c10::ScalarType::Float;
+  else if constexpr (std::is_same_v<T, double>) return c10::ScalarType::Double;
+  else if constexpr (std::is_same_v<T, std::int32_t>) return c10::ScalarType::Int;
+  else return c10::ScalarType::Long;
+}
+
+// A CPU tensor over memory the caller owns; only ever the source or target of a copy.
+template <class T>
+at::Tensor view(const T* data, std::size_t n) {
+  return at::from_blob(const_cast<T*>(data), {static_cast<std::int64_t>(n)},
+                       at::TensorOptions().dtype(scalar_type<T>()).device(at::kCPU));
+}
+
+template <class T>
+at::Tensor staging(std::size_t n) {
+  return at::empty({static_cast<std::int64_t>(n)}, at::TensorOptions().dtype(scalar_type<T>()));
+}
+
+inline c10d::ReduceOp reduction(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::min: return c10d::ReduceOp(c10d::ReduceOp::MIN);
+    case ReduceOp::max: return c10d::ReduceOp(c10d::ReduceOp::MAX);
+    case ReduceOp::sum:
+    case ReduceOp::average: break;
+  }
+  return c10d::ReduceOp(c10d::ReduceOp::SUM);
+}
+
+// PyTorch's message without the backtrace c10::Error appends.
+inline std::string message(const std::exception& e) {
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+}  // namespace detail::torch
+
+//! The `communicator` concept over a `c10d::ProcessGroup` whose collectives take CPU tensors
+//! (gloo; see the file's comment for what it adds to the process group). Construction is
+//! collective over the process group. Movable, not copyable; its splits hold process groups of
+//! their own.
+//!
+//! \code
+//! static_assert(strata::communicator<strata::TorchComm>);
+//! static_assert(strata::all_or_nothing_v<strata::TorchComm>);
+//! static_assert(!std::is_copy_constructible_v<strata::TorchComm>);
+//! \endcode
+class TorchComm : public detail::CollectiveFacade<TorchComm> {
+ public:
+  template <class T>
+  static constexpr bool accepts = comm_value<T>;
+  using stream_type = void;
+
+  //! Collective over `group`. With a `store` (the job's rendezvous store, as the process group
+  //! was created with) and a `factory`, `split` works; without them it throws `usage_error`.
+  TorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intrusive_ptr<c10d::Store> store,
+            TorchGroupFactory factory, TorchOptions options = {})
+      : group_(std::move(group)),
+        store_(std::move(store)),
+        factory_(std::move(factory)),
+        options_(options) {
+    if (!group_) throw std::invalid_argument("TorchComm: the process group is null");
+    rank_ = group_->getRank();
+    size_ = group_->getSize();
+    if (store_) prefix_ = "strata/" + std::to_string(unique_id()) + "/";
+  }
+
+  //! Collective over `group`, without splits.
+  explicit TorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group, TorchOptions options = {})
+      : TorchComm(std::move(group), {}, {}, options) {}
+
+  TorchComm(TorchComm&&) noexcept = default;
+  TorchComm& operator=(TorchComm&&) noexcept = default;
+  TorchComm(const TorchComm&) = delete;
+  TorchComm& operator=(const TorchComm&) = delete;
+  ~TorchComm() = default;
+
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+  [[nodiscard]] int size() const noexcept { return size_; }
+  //! The process group, for code that mixes in its own calls.
+  [[nodiscard]] const c10::intrusive_ptr<c10d::ProcessGroup>& native() const noexcept {
+    return group_;
+  }
+  [[nodiscard]] const TorchOptions& options() const noexcept { return options_; }
+  //! Why the communicator can no longer be used (a collective timed out or failed with the
+  //! process group still holding it); empty while it can.
+  [[nodiscard]] const std::string& broken() const noexcept { return broken_; }
+
+ private:
+  friend class detail::CollectiveFacade<TorchComm>;
+  using Call = detail::Call;
+  using Collective = detail::Collective;
+
+  struct child_tag {};
+  TorchComm(child_tag, c10::intrusive_ptr<c10d::ProcessGroup> group,
+            c10::intrusive_ptr<c10d::Store> store, TorchGroupFactory factory, TorchOptions options,
+            std::string prefix)
+      : group_(std::move(group)),
+        store_(std::move(store)),
+        factory_(std::move(factory)),
+        options_(options),
+        prefix_(std::move(prefix)) {
+    rank_ = group_->getRank();
+    size_ = group_->getSize();
+  }
+
+  // Store keys that no other communicator of the job uses: rank 0 draws a number from the store,
+  // and the others learn it over the process group.
+  std::int64_t unique_id() {
+    at::Tensor id = at::zeros({1}, at::TensorOptions().dtype(at::kLong));
+    if (rank_ == 0) id.fill_(run("TorchComm", [&] { return store_->add("strata/comms", 1); }));
+    std::vector<at::Tensor> t{id};
+    finish("TorchComm", [&] { return group_->broadcast(t, c10d::BroadcastOptions{}); });
+    return id.item<std::int64_t>();
+  }
+
+  // --- for the facade ---------------------------------------------------------------------------
+  [[nodiscard]] int error_rank() const noexcept { return rank_; }
+
+  void ensure_usable(std::string_view op) const {
+    if (!broken_.empty()) {
+      throw error(op, rank_, "the communicator is unusable since " + broken_);
+    }
+  }
+
+  void agree(const Call& c) { agree_by_exchange(c, options_.verify_arguments); }
+
+  void gather_words(std::string_view op, std::span<const std::int64_t> mine,
+                    std::span<std::int64_t> all) {
+    at::Tensor in = detail::torch::staging<std::int64_t>(mine.size());
+    in.copy_(detail::torch::view(mine.data(), mine.size()));
+    at::Tensor out = detail::torch::staging<std::int64_t>(all.size());
+    std::vector<std::vector<at::Tensor>> outputs(1);
+    for (int r = 0; r < size_; ++r) {
+      outputs[0].push_back(out.narrow(0, static_cast<std::int64_t>(r * mine.size()),
+                                      static_cast<std::int64_t>(mine.size())));
+    }
+    std::vector<at::Tensor> inputs{in};
+    finish(op, [&] { return group_->allgather(outputs, inputs); });
+    detail::torch::view(all.data(), all.size()).copy_(out);
+  }
+
+  void exchange_words(std::string_view op, std::span<const std::int64_t> mine,
+                      std::span<std::int64_t> theirs) {
+    at::Tensor in = detail::torch::staging<std::int64_t>(mine.size());
+    in.copy_(detail::torch::view(mine.data(), mine.size()));
+    at::Tensor out = detail::torch::staging<std::int64_t>(theirs.size());
+    std::vector<std::int64_t> none;
+    finish(op, [&] { return group_->alltoall_base(out, in, none, none); });
+    detail::torch::view(theirs.data(), theirs.size()).copy_(out);
+  }
+
+  template <comm_value T>
+  void transport(const Call& c, const T* in, T* out) {
+    const std::string_view op = detail::collective_name(c.op);
+    const auto n = static_cast<std::int64_t>(size_);
+    switch (c.op) {
+      case Collective::all_reduce: {
+        if (c.in == 0) return;
+        at::Tensor s = detail::torch::staging<T>(c.in);
+        s.copy_(detail::torch::view(in, c.in));
+        std::vector<at::Tensor> t{s};
+        c10d::AllreduceOptions o;
+        o.reduceOp = detail::torch::reduction(c.reduce);
+        finish(op, [&] { return group_->allreduce(t, o); });
+        deliver(c, s, out, c.in);
+        return;
+      }
+      case Collective::broadcast: {
+        if (c.in == 0) return;
+        at::Tensor s = detail::torch::staging<T>(c.in);
+        s.copy_(detail::torch::view(in, c.in));
+        std::vector<at::Tensor> t{s};
+        c10d::BroadcastOptions o;
+        o.rootRank = c.root;
+        finish(op, [&] { return group_->broadcast(t, o); });
+        detail::torch::view(out, c.in).copy_(s);
+        return;
+      }
+      case Collective::all_gather: {
+        if (c.in == 0) return;
+        at::Tensor s = detail::torch::staging<T>(c.in);
+        s.copy_(detail::torch::view(in, c.in));
+        at::Tensor r = detail::torch::staging<T>(c.out);
+        std::vector<std::vector<at::Tensor>> outputs(1);
+        for (std::int64_t j = 0; j < n; ++j) {
+          outputs[0].push_back(r.narrow(0, j * static_cast<std::int64_t>(c.in),
+                                        static_cast<std::int64_t>(c.in)));
+        }
+        std::vector<at::Tensor> inputs{s};
+        finish(op, [&] { return group_->allgather(outputs, inputs); });
+        detail::torch::view(out, c.out).copy_(r);
+        return;
+      }
+      case Collective::reduce_scatter: {
+        if (c.out == 0) return;
+        at::Tensor s = detail::torch::staging<T>(c.in);
+        s.copy_(detail::torch::view(in, c.in));
+        const auto block = static_cast<std::int64_t>(c.out);
+        if (group_->getBackendName() == "gloo") {
+          // Gloo has no reduce-scatter: the whole reduction, of which this member keeps its block.
+          std::vector<at::Tensor> t{s};
+          c10d::AllreduceOptions o;
+          o.reduceOp = detail::torch::reduction(c.reduce);
+          finish(op, [&] { return group_->allreduce(t, o); });
+          deliver(c, s.narrow(0, rank_ * block, block), out, c.out);
+          return;
+        }
+        at::Tensor r = detail::torch::staging<T>(c.out);
+        std::vector<std::vector<at::Tensor>> inputs(1);
+        for (std::int64_t j = 0; j < n; ++j) inputs[0].push_back(s.narrow(0, j * block, block));
+        std::vector<at::Tensor> outputs{r};
+        c10d::ReduceScatterOptions o;
+        o.reduceOp = detail::torch::reduction(c.reduce);
+        finish(op, [&] { return group_->reduce_scatter(outputs, inputs, o); });
+        deliver(c, r, out, c.out);
+        return;
+      }
+      case Collective::all_to_all: {
+        if (c.in == 0) return;
+        at::Tensor s = detail::torch::staging<T>(c.in);
+        s.copy_(detail::torch::view(in, c.in));
+        at::Tensor r = detail::torch::staging<T>(c.out);
+        std::vector<std::int64_t> equal;
+        finish(op, [&] { return group_->alltoall_base(r, s, equal, equal); });
+        detail::torch::view(out, c.out).copy_(r);
+        return;
+      }
+      case Collective::all_to_all_v: {
+        at::Tensor s = detail::torch::staging<T>(c.in);
+        s.copy_(detail::torch::view(in, c.in));
+        at::Tensor r = detail::torch::staging<T>(c.out);
+        std::vector<std::int64_t> sends(c.send_counts.begin(), c.send_counts.end());
+        std::vector<std::int64_t> recvs(c.recv_counts.begin(), c.recv_counts.end());
+        finish(op, [&] { return group_->alltoall_base(r, s, recvs, sends); });
+        if (c.out != 0) detail::torch::view(out, c.out).copy_(r);
+        return;
+      }
+      case Collective::barrier:
+      case Collective::split: return;
+    }
+  }
+
+  // The result of a reduction into the caller's buffer, averaged there when asked.
+  template <comm_value T>
+  void deliver(const Call& c, const at::Tensor& result, T* out, std::size_t count) const {
+    const at::Tensor target = detail::torch::view(out, count);
+    target.copy_(result);
+    if (c.reduce == ReduceOp::average) {
+      const detail::AverageOf<T> average(size_);
+      for (std::size_t i = 0; i < count; ++i) out[i] = average(out[i]);
+    }
+  }
+
+  // With verify_arguments the agreement was itself a barrier: an all-gather completes on a
+  // member only once every member has contributed.
+  void transport_barrier(const Call&) {
+    if (options_.verify_arguments) return;
+    finish("barrier", [&] { return group_->barrier(c10d::BarrierOptions{}); });
+  }
+
+  TorchComm transport_split(const Call&, int color, int key) {
+    if (!store_ || !factory_) {
+      throw usage_error("split", rank_,
+                        "this TorchComm was made without a store and a group factory, so it "
+                        "cannot create process groups");
+    }
+    // Every member learns every (color, key): the members of a color, ordered by key then rank.
+    std::vector<std::int64_t> mine{color, key};
+    std::vector<std::int64_t> all(2 * static_cast<std::size_t>(size_));
+    gather_words("split", mine, all);
+    std::vector<int> members;
+    for (int r = 0; r < size_; ++r) {
+      if (all[2 * static_cast<std::size_t>(r)] == color) members.push_back(r);
+    }
+    std::stable_sort(members.begin(), members.end(), [&](int a, int b) {
+      return all[2 * static_cast<std::size_t>(a) + 1] < all[2 * static_cast<std::size_t>(b) + 1];
+    });
+    const int sub_rank =
+        static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
+    const std::string prefix =
+        prefix_ + "s" + std::to_string(splits_++) + "/c" + std::to_string(color) + "/";
+    auto sub_store = c10::make_intrusive<c10d::PrefixStore>(prefix + "group", store_);
+    c10::intrusive_ptr<c10d::ProcessGroup> sub = run("split", [&] {
+      return factory_(sub_store, sub_rank, static_cast<int>(members.size()));
+    });
+    if (!sub) throw error("split", rank_, "the group factory returned no process group");
+    return TorchComm(child_tag{}, std::move(sub), store_, factory_, options_, prefix);
+  }
+
+  // --- process-group calls ----------------------------------------------------------------------
+  // Runs a call that reports failures as exceptions, as strata's errors.
+  template <class F>
+  auto run(std::string_view op, F&& f) -> decltype(f()) {
+    try {
+      return f();
+    } catch (const strata::error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw torch_error(op, rank_, detail::torch::message(e));
+    }
+  }
+
+  // Issues a collective and waits for it under the deadline. The work object keeps the tensors
+  // it was given alive, so a work abandoned here never writes into memory that was freed.
+  template <class Issue>
+  void finish(std::string_view op, Issue&& issue) {
+    c10::intrusive_ptr<c10d::Work> work = run(op, issue);
+    const detail::Deadline deadline(options_.timeout);
+    detail::Poller poller;
+    while (!run(op, [&] { return work->isCompleted(); })) {
+      if (deadline.passed()) {
+        broken_ = "a " + std::string(op) + " timed out";
+        throw timeout_error(op, rank_,
+                            deadline.expired() +
+                                "; the process group cannot tell which peers had not arrived, "
+                                "and still holds the collective, so the communicator is unusable");
+      }
+      poller.pause();
+    }
+    try {
+      work->wait();
+    } catch (const std::exception& e) {
+      broken_ = "a " + std::string(op) + " failed";
+      throw torch_error(op, rank_, detail::torch::message(e));
+    }
+  }
+
+  c10::intrusive_ptr<c10d::ProcessGroup> group_;
+  c10::intrusive_ptr<c10d::Store> store_;
+  TorchGroupFactory factory_;
+  TorchOptions options_;
+  std::string prefix_;  // this communicator's keys in the store
+  int rank_ = 0;
+  int size_ = 0;
+  std::size_t splits_ = 0;
+  std::string broken_;
+};
+
+//! The collectives complete before they return, and leave the caller's buffers as they were
+//! when they fail (they run on staging tensors).
+template <>
+struct communicator_traits<TorchComm> {
+  static constexpr bool all_or_nothing = true;
+  static constexpr MemorySpace memory_space = MemorySpace::host;
+  using stream_type = void;
+};
+
+static_assert(communicator<TorchComm>);
+
+}  // namespace strata
