@@ -132,8 +132,8 @@ TEST_CASE("sharded optimizer: flat and hierarchical Adam over gloo against the s
       CAPTURE(node);
       const serial::Problem p{{100, 37, 1000, 0, 5}, w, 77};
       constexpr std::uint64_t steps = 3;
-      const auto e = serial::run(p, serial::AdamRef{.lr = 0.01, .weight_decay = 0.1}, steps,
-                                 std::nullopt);
+      const auto e =
+          serial::run(p, serial::AdamRef{.lr = 0.01, .weight_decay = 0.1}, steps, std::nullopt);
       opt::ShardedOptions o;
       o.schedule = node == 0 ? opt::ShardSchedule::flat : opt::ShardSchedule::hierarchical;
       o.ranks_per_node = node;
@@ -149,7 +149,8 @@ TEST_CASE("sharded optimizer: flat and hierarchical Adam over gloo against the s
   }
 }
 
-TEST_CASE("torch backend: a rank that never arrives is a timeout, and the communicator is unusable") {
+TEST_CASE(
+    "torch backend: a rank that never arrives is a timeout, and the communicator is unusable") {
   gloo_world(
       2,
       [](strata::TorchComm& comm) {

@@ -4,7 +4,8 @@
 //! communicator that takes its deadline from the group's own timeout.
 
 #ifndef USE_C10D_GLOO
-#error "strata/torch/gloo.hpp: PyTorch's gloo process group needs USE_C10D_GLOO and gloo's headers (the strata::torch target defines it when they are found)"
+#error \
+    "strata/torch/gloo.hpp: PyTorch's gloo process group needs USE_C10D_GLOO and gloo's headers (the strata::torch target defines it when they are found)"
 #endif
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
