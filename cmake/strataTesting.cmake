@@ -50,10 +50,13 @@ function(strata_unmask text out)
 endfunction()
 
 # What a public header needs beyond strata::strata, read from its includes: "nccl" (NCCL and the
-# CUDA runtime), "cuda" (the CUDA runtime headers; g++ still compiles it), "mpi" or "".
+# CUDA runtime), "cuda" (the CUDA runtime headers; g++ still compiles it), "mpi", "torch"
+# (libtorch) or "".
 function(strata_header_needs header out)
   file(READ "${header}" text)
-  if(text MATCHES "#include <nccl\\.h>|#include \"strata/comm/nccl\\.hpp\"|#include \"strata/averaging/device_averager\\.hpp\"")
+  if(text MATCHES "#include <torch/|#include \"strata/torch/")
+    set(${out} torch PARENT_SCOPE)
+  elseif(text MATCHES "#include <nccl\\.h>|#include \"strata/comm/nccl\\.hpp\"|#include \"strata/averaging/device_averager\\.hpp\"")
     set(${out} nccl PARENT_SCOPE)
   elseif(text MATCHES "#include <cuda|#include \"strata/cuda/")
     set(${out} cuda PARENT_SCOPE)
@@ -261,7 +264,7 @@ function(strata_add_header_check target)
   configure_file("${dir}/main.cpp.in" "${dir}/main.cpp" COPYONLY)
   add_executable(${target} ${sources} "${dir}/main.cpp")
   target_link_libraries(${target} PRIVATE strata::strata)
-  foreach(component mpi cuda nccl)
+  foreach(component mpi cuda nccl torch)
     if(TARGET strata::${component})
       target_link_libraries(${target} PRIVATE strata::${component})
     endif()

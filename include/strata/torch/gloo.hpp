@@ -50,6 +50,7 @@ inline c10::intrusive_ptr<c10d::ProcessGroupGloo> make_gloo_group(
 //! Collective over the group.
 //!
 //! \code
+//! #include <torch/csrc/distributed/c10d/HashStore.hpp>
 //! auto store = c10::make_intrusive<c10d::HashStore>();
 //! auto group = strata::make_gloo_group(store, 0, 1, std::chrono::seconds(10));
 //! strata::TorchComm comm = strata::gloo_comm(group, store);
