@@ -81,6 +81,35 @@ TEST_CASE("torch backend: the collective conformance suite on gloo worlds of 1 t
   });
 }
 
+// The device communicator's own code (staging on the device, reductions as tensor operations,
+// the device's stream settled at the end) on the CPU "device", over gloo: everything but the
+// CUDA stream itself.
+TEST_CASE("torch backend: the device communicator's conformance suite, on the CPU device") {
+  conformance::for_each_world("torch device", {1, 2, 3, 4, 7}, [](int n) {
+    auto store = c10::make_intrusive<c10d::HashStore>();
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
+    std::vector<std::thread> ranks;
+    for (int r = 0; r < n; ++r) {
+      ranks.emplace_back([&, r] {
+        try {
+          auto group = strata::make_gloo_group(store, r, n, 60s);
+          strata::TorchDeviceComm comm(group, store,
+                                       strata::gloo_group_factory(group->getOptions()),
+                                       c10::Device(c10::kCPU));
+          CHECK(comm.device().is_cpu());
+          conformance::run_all(comm);
+        } catch (...) {
+          errors[static_cast<std::size_t>(r)] = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : ranks) t.join();
+    for (auto& e : errors) {
+      if (e) std::rethrow_exception(e);
+    }
+  });
+}
+
 TEST_CASE("torch backend: the conformance suite without argument agreement") {
   conformance::for_each_world("torch, unverified", {1, 3, 4}, [](int n) {
     gloo_world(

@@ -1,8 +1,9 @@
 #pragma once
 //! \file
-//! `strata::TorchComm`: the `communicator` concept over a PyTorch `c10d::ProcessGroup` (gloo on
-//! the CPU; any backend whose collectives take CPU tensors), so that strata's averagers and
-//! optimizers run inside a PyTorch job on the process groups it already has.
+//! `strata::TorchComm` and `strata::TorchDeviceComm`: the `communicator` concept over a PyTorch
+//! `c10d::ProcessGroup`, so that strata's algorithms run inside a PyTorch job on the process
+//! groups it already has: `TorchComm` over host memory (gloo), `TorchDeviceComm` over the memory
+//! of one device (a CUDA device with an NCCL group, or gloo's CUDA support).
 //!
 //! What the process group gives, and what this wrapper adds (docs/torch.md):
 //! - every collective runs on a staging tensor owned by the process group's work object, and the
@@ -28,6 +29,9 @@
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <ATen/ATen.h>
+#include <c10/core/Device.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -96,16 +100,17 @@ constexpr c10::ScalarType scalar_type() noexcept {
   else return c10::ScalarType::Long;
 }
 
-// A CPU tensor over memory the caller owns; only ever the source or target of a copy.
+// A tensor over memory the caller owns, on `device`; only ever the source or target of a copy.
 template <class T>
-at::Tensor view(const T* data, std::size_t n) {
+at::Tensor view(const T* data, std::size_t n, c10::Device device = c10::Device(c10::kCPU)) {
   return at::from_blob(const_cast<T*>(data), {static_cast<std::int64_t>(n)},
-                       at::TensorOptions().dtype(scalar_type<T>()).device(at::kCPU));
+                       at::TensorOptions().dtype(scalar_type<T>()).device(device));
 }
 
 template <class T>
-at::Tensor staging(std::size_t n) {
-  return at::empty({static_cast<std::int64_t>(n)}, at::TensorOptions().dtype(scalar_type<T>()));
+at::Tensor staging(std::size_t n, c10::Device device = c10::Device(c10::kCPU)) {
+  return at::empty({static_cast<std::int64_t>(n)},
+                   at::TensorOptions().dtype(scalar_type<T>()).device(device));
 }
 
 inline c10d::ReduceOp reduction(ReduceOp op) {
@@ -126,45 +131,53 @@ inline std::string message(const std::exception& e) {
 
 }  // namespace detail::torch
 
-//! The `communicator` concept over a `c10d::ProcessGroup` whose collectives take CPU tensors
-//! (gloo; see the file's comment for what it adds to the process group). Construction is
-//! collective over the process group. Movable, not copyable; its splits hold process groups of
-//! their own.
+//! The `communicator` concept over a `c10d::ProcessGroup` (see the file's comment for what it
+//! adds to the process group), with the caller's buffers in host memory (`TorchComm`) or in the
+//! memory of one device (`TorchDeviceComm`). Construction is collective over the process group.
+//! Movable, not copyable; its splits hold process groups of their own.
 //!
 //! \code
 //! static_assert(strata::communicator<strata::TorchComm>);
 //! static_assert(strata::all_or_nothing_v<strata::TorchComm>);
 //! static_assert(!std::is_copy_constructible_v<strata::TorchComm>);
 //! \endcode
-class TorchComm : public detail::CollectiveFacade<TorchComm> {
+template <MemorySpace Space>
+class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
+  static constexpr bool on_device = Space == MemorySpace::device;
+
  public:
   template <class T>
   static constexpr bool accepts = comm_value<T>;
   using stream_type = void;
 
-  //! Collective over `group`. With a `store` (the job's rendezvous store, as the process group
-  //! was created with) and a `factory`, `split` works; without them it throws `usage_error`.
-  TorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intrusive_ptr<c10d::Store> store,
-            TorchGroupFactory factory, TorchOptions options = {})
-      : group_(std::move(group)),
-        store_(std::move(store)),
-        factory_(std::move(factory)),
-        options_(options) {
-    if (!group_) throw std::invalid_argument("TorchComm: the process group is null");
-    rank_ = group_->getRank();
-    size_ = group_->getSize();
-    if (store_) prefix_ = "strata/" + std::to_string(unique_id()) + "/";
+  //! Collective over `group`, with host buffers. With a `store` (the job's rendezvous store, as
+  //! the process group was created with) and a `factory`, `split` works; without them it throws
+  //! `usage_error`.
+  BasicTorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group,
+                 c10::intrusive_ptr<c10d::Store> store, TorchGroupFactory factory,
+                 TorchOptions options = {}) requires(!on_device)
+      : BasicTorchComm(std::move(group), std::move(store), std::move(factory),
+                       c10::Device(c10::kCPU), options, 0) {}
+
+  //! Collective over `group`, with host buffers, without splits.
+  explicit BasicTorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group,
+                          TorchOptions options = {}) requires(!on_device)
+      : BasicTorchComm(std::move(group), {}, {}, c10::Device(c10::kCPU), options, 0) {}
+
+  //! Collective over `group`, with buffers in the memory of `device` (the device the process
+  //! group's collectives run on). Each collective completes before it returns: it runs on the
+  //! device's current stream, which it synchronises at the end.
+  BasicTorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group,
+                 c10::intrusive_ptr<c10d::Store> store, TorchGroupFactory factory,
+                 c10::Device device, TorchOptions options = {}) requires(on_device)
+      : BasicTorchComm(std::move(group), std::move(store), std::move(factory), device, options, 0) {
   }
 
-  //! Collective over `group`, without splits.
-  explicit TorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group, TorchOptions options = {})
-      : TorchComm(std::move(group), {}, {}, options) {}
-
-  TorchComm(TorchComm&&) noexcept = default;
-  TorchComm& operator=(TorchComm&&) noexcept = default;
-  TorchComm(const TorchComm&) = delete;
-  TorchComm& operator=(const TorchComm&) = delete;
-  ~TorchComm() = default;
+  BasicTorchComm(BasicTorchComm&&) noexcept = default;
+  BasicTorchComm& operator=(BasicTorchComm&&) noexcept = default;
+  BasicTorchComm(const BasicTorchComm&) = delete;
+  BasicTorchComm& operator=(const BasicTorchComm&) = delete;
+  ~BasicTorchComm() = default;
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] int size() const noexcept { return size_; }
@@ -176,33 +189,70 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
   //! Why the communicator can no longer be used (a collective timed out or failed with the
   //! process group still holding it); empty while it can.
   [[nodiscard]] const std::string& broken() const noexcept { return broken_; }
+  //! Where the buffers live: the CPU for `TorchComm`.
+  [[nodiscard]] c10::Device device() const noexcept { return device_; }
 
  private:
-  friend class detail::CollectiveFacade<TorchComm>;
+  friend class detail::CollectiveFacade<BasicTorchComm>;
   using Call = detail::Call;
   using Collective = detail::Collective;
 
-  struct child_tag {};
-  TorchComm(child_tag, c10::intrusive_ptr<c10d::ProcessGroup> group,
-            c10::intrusive_ptr<c10d::Store> store, TorchGroupFactory factory, TorchOptions options,
-            std::string prefix)
+  // The public constructors' common part; collective: draws the communicator's store keys.
+  BasicTorchComm(c10::intrusive_ptr<c10d::ProcessGroup> group,
+                 c10::intrusive_ptr<c10d::Store> store, TorchGroupFactory factory,
+                 c10::Device device, TorchOptions options, int)
       : group_(std::move(group)),
         store_(std::move(store)),
         factory_(std::move(factory)),
         options_(options),
+        device_(device) {
+    if (!group_) throw std::invalid_argument("TorchComm: the process group is null");
+    rank_ = group_->getRank();
+    size_ = group_->getSize();
+    if (store_) prefix_ = "strata/" + std::to_string(unique_id()) + "/";
+  }
+
+  struct child_tag {};
+  BasicTorchComm(child_tag, c10::intrusive_ptr<c10d::ProcessGroup> group,
+                 c10::intrusive_ptr<c10d::Store> store, TorchGroupFactory factory,
+                 TorchOptions options, c10::Device device, std::string prefix)
+      : group_(std::move(group)),
+        store_(std::move(store)),
+        factory_(std::move(factory)),
+        options_(options),
+        device_(device),
         prefix_(std::move(prefix)) {
     rank_ = group_->getRank();
     size_ = group_->getSize();
   }
 
+  template <class T>
+  at::Tensor staging(std::size_t n) const {
+    return detail::torch::staging<T>(n, device_);
+  }
+  template <class T>
+  at::Tensor view(const T* data, std::size_t n) const {
+    return detail::torch::view(data, n, device_);
+  }
+
+  // A device communicator's copies and reductions run on the device's current stream: the call
+  // completes only once that stream has.
+  void settle() const {
+    if constexpr (on_device) {
+      if (!device_.is_cpu()) {
+        c10::impl::getDeviceGuardImpl(device_.type())->getStream(device_).synchronize();
+      }
+    }
+  }
+
   // Store keys that no other communicator of the job uses: rank 0 draws a number from the store,
   // and the others learn it over the process group.
   std::int64_t unique_id() {
-    at::Tensor id = at::zeros({1}, at::TensorOptions().dtype(at::kLong));
+    at::Tensor id = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(device_));
     if (rank_ == 0) id.fill_(run("TorchComm", [&] { return store_->add("strata/comms", 1); }));
     std::vector<at::Tensor> t{id};
     finish("TorchComm", [&] { return group_->broadcast(t, c10d::BroadcastOptions{}); });
-    return id.item<std::int64_t>();
+    return id.to(c10::kCPU).template item<std::int64_t>();
   }
 
   // --- for the facade ---------------------------------------------------------------------------
@@ -214,13 +264,13 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
     }
   }
 
-  void agree(const Call& c) { agree_by_exchange(c, options_.verify_arguments); }
+  void agree(const Call& c) { this->agree_by_exchange(c, options_.verify_arguments); }
 
   void gather_words(std::string_view op, std::span<const std::int64_t> mine,
                     std::span<std::int64_t> all) {
-    at::Tensor in = detail::torch::staging<std::int64_t>(mine.size());
+    at::Tensor in = staging<std::int64_t>(mine.size());
     in.copy_(detail::torch::view(mine.data(), mine.size()));
-    at::Tensor out = detail::torch::staging<std::int64_t>(all.size());
+    at::Tensor out = staging<std::int64_t>(all.size());
     std::vector<std::vector<at::Tensor>> outputs(1);
     for (int r = 0; r < size_; ++r) {
       outputs[0].push_back(out.narrow(0, static_cast<std::int64_t>(r * mine.size()),
@@ -228,17 +278,17 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
     }
     std::vector<at::Tensor> inputs{in};
     finish(op, [&] { return group_->allgather(outputs, inputs); });
-    detail::torch::view(all.data(), all.size()).copy_(out);
+    detail::torch::view(all.data(), all.size()).copy_(out.to(c10::kCPU));
   }
 
   void exchange_words(std::string_view op, std::span<const std::int64_t> mine,
                       std::span<std::int64_t> theirs) {
-    at::Tensor in = detail::torch::staging<std::int64_t>(mine.size());
+    at::Tensor in = staging<std::int64_t>(mine.size());
     in.copy_(detail::torch::view(mine.data(), mine.size()));
-    at::Tensor out = detail::torch::staging<std::int64_t>(theirs.size());
+    at::Tensor out = staging<std::int64_t>(theirs.size());
     std::vector<std::int64_t> none;
     finish(op, [&] { return group_->alltoall_base(out, in, none, none); });
-    detail::torch::view(theirs.data(), theirs.size()).copy_(out);
+    detail::torch::view(theirs.data(), theirs.size()).copy_(out.to(c10::kCPU));
   }
 
   template <comm_value T>
@@ -248,8 +298,8 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
     switch (c.op) {
       case Collective::all_reduce: {
         if (c.in == 0) return;
-        at::Tensor s = detail::torch::staging<T>(c.in);
-        s.copy_(detail::torch::view(in, c.in));
+        at::Tensor s = staging<T>(c.in);
+        s.copy_(view(in, c.in));
         std::vector<at::Tensor> t{s};
         c10d::AllreduceOptions o;
         o.reduceOp = detail::torch::reduction(c.reduce);
@@ -259,34 +309,34 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
       }
       case Collective::broadcast: {
         if (c.in == 0) return;
-        at::Tensor s = detail::torch::staging<T>(c.in);
-        s.copy_(detail::torch::view(in, c.in));
+        at::Tensor s = staging<T>(c.in);
+        s.copy_(view(in, c.in));
         std::vector<at::Tensor> t{s};
         c10d::BroadcastOptions o;
         o.rootRank = c.root;
         finish(op, [&] { return group_->broadcast(t, o); });
-        detail::torch::view(out, c.in).copy_(s);
+        copy_out(s, out, c.in);
         return;
       }
       case Collective::all_gather: {
         if (c.in == 0) return;
-        at::Tensor s = detail::torch::staging<T>(c.in);
-        s.copy_(detail::torch::view(in, c.in));
-        at::Tensor r = detail::torch::staging<T>(c.out);
+        at::Tensor s = staging<T>(c.in);
+        s.copy_(view(in, c.in));
+        at::Tensor r = staging<T>(c.out);
         std::vector<std::vector<at::Tensor>> outputs(1);
         for (std::int64_t j = 0; j < n; ++j) {
-          outputs[0].push_back(r.narrow(0, j * static_cast<std::int64_t>(c.in),
-                                        static_cast<std::int64_t>(c.in)));
+          outputs[0].push_back(
+              r.narrow(0, j * static_cast<std::int64_t>(c.in), static_cast<std::int64_t>(c.in)));
         }
         std::vector<at::Tensor> inputs{s};
         finish(op, [&] { return group_->allgather(outputs, inputs); });
-        detail::torch::view(out, c.out).copy_(r);
+        copy_out(r, out, c.out);
         return;
       }
       case Collective::reduce_scatter: {
         if (c.out == 0) return;
-        at::Tensor s = detail::torch::staging<T>(c.in);
-        s.copy_(detail::torch::view(in, c.in));
+        at::Tensor s = staging<T>(c.in);
+        s.copy_(view(in, c.in));
         const auto block = static_cast<std::int64_t>(c.out);
         if (group_->getBackendName() == "gloo") {
           // Gloo has no reduce-scatter: the whole reduction, of which this member keeps its block.
@@ -297,7 +347,7 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
           deliver(c, s.narrow(0, rank_ * block, block), out, c.out);
           return;
         }
-        at::Tensor r = detail::torch::staging<T>(c.out);
+        at::Tensor r = staging<T>(c.out);
         std::vector<std::vector<at::Tensor>> inputs(1);
         for (std::int64_t j = 0; j < n; ++j) inputs[0].push_back(s.narrow(0, j * block, block));
         std::vector<at::Tensor> outputs{r};
@@ -309,22 +359,22 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
       }
       case Collective::all_to_all: {
         if (c.in == 0) return;
-        at::Tensor s = detail::torch::staging<T>(c.in);
-        s.copy_(detail::torch::view(in, c.in));
-        at::Tensor r = detail::torch::staging<T>(c.out);
+        at::Tensor s = staging<T>(c.in);
+        s.copy_(view(in, c.in));
+        at::Tensor r = staging<T>(c.out);
         std::vector<std::int64_t> equal;
         finish(op, [&] { return group_->alltoall_base(r, s, equal, equal); });
-        detail::torch::view(out, c.out).copy_(r);
+        copy_out(r, out, c.out);
         return;
       }
       case Collective::all_to_all_v: {
-        at::Tensor s = detail::torch::staging<T>(c.in);
-        s.copy_(detail::torch::view(in, c.in));
-        at::Tensor r = detail::torch::staging<T>(c.out);
+        at::Tensor s = staging<T>(c.in);
+        s.copy_(view(in, c.in));
+        at::Tensor r = staging<T>(c.out);
         std::vector<std::int64_t> sends(c.send_counts.begin(), c.send_counts.end());
         std::vector<std::int64_t> recvs(c.recv_counts.begin(), c.recv_counts.end());
         finish(op, [&] { return group_->alltoall_base(r, s, recvs, sends); });
-        if (c.out != 0) detail::torch::view(out, c.out).copy_(r);
+        if (c.out != 0) copy_out(r, out, c.out);
         return;
       }
       case Collective::barrier:
@@ -332,14 +382,32 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
     }
   }
 
-  // The result of a reduction into the caller's buffer, averaged there when asked.
   template <comm_value T>
-  void deliver(const Call& c, const at::Tensor& result, T* out, std::size_t count) const {
-    const at::Tensor target = detail::torch::view(out, count);
-    target.copy_(result);
-    if (c.reduce == ReduceOp::average) {
-      const detail::AverageOf<T> average(size_);
-      for (std::size_t i = 0; i < count; ++i) out[i] = average(out[i]);
+  void copy_out(const at::Tensor& result, T* out, std::size_t count) const {
+    view(out, count).copy_(result);
+    settle();
+  }
+
+  // The result of a reduction into the caller's buffer, averaged when asked: the sum times 1/n
+  // (the truncated quotient for integers), the rounding of the local and MPI backends. A tensor
+  // times a scalar of its own type rounds as the scalar product does.
+  template <comm_value T>
+  void deliver(const Call& c, at::Tensor result, T* out, std::size_t count) const {
+    if constexpr (on_device) {
+      if (c.reduce == ReduceOp::average) {
+        if constexpr (std::is_floating_point_v<T>) {
+          result.mul_(static_cast<double>(T(1) / static_cast<T>(size_)));
+        } else {
+          result.div_(size_, "trunc");
+        }
+      }
+      copy_out(result, out, count);
+    } else {
+      view(out, count).copy_(result);
+      if (c.reduce == ReduceOp::average) {
+        const detail::AverageOf<T> average(size_);
+        for (std::size_t i = 0; i < count; ++i) out[i] = average(out[i]);
+      }
     }
   }
 
@@ -350,7 +418,7 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
     finish("barrier", [&] { return group_->barrier(c10d::BarrierOptions{}); });
   }
 
-  TorchComm transport_split(const Call&, int color, int key) {
+  BasicTorchComm transport_split(const Call&, int color, int key) {
     if (!store_ || !factory_) {
       throw usage_error("split", rank_,
                         "this TorchComm was made without a store and a group factory, so it "
@@ -372,11 +440,10 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
     const std::string prefix =
         prefix_ + "s" + std::to_string(splits_++) + "/c" + std::to_string(color) + "/";
     auto sub_store = c10::make_intrusive<c10d::PrefixStore>(prefix + "group", store_);
-    c10::intrusive_ptr<c10d::ProcessGroup> sub = run("split", [&] {
-      return factory_(sub_store, sub_rank, static_cast<int>(members.size()));
-    });
+    c10::intrusive_ptr<c10d::ProcessGroup> sub = run(
+        "split", [&] { return factory_(sub_store, sub_rank, static_cast<int>(members.size())); });
     if (!sub) throw error("split", rank_, "the group factory returned no process group");
-    return TorchComm(child_tag{}, std::move(sub), store_, factory_, options_, prefix);
+    return BasicTorchComm(child_tag{}, std::move(sub), store_, factory_, options_, device_, prefix);
   }
 
   // --- process-group calls ----------------------------------------------------------------------
@@ -421,6 +488,7 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
   c10::intrusive_ptr<c10d::Store> store_;
   TorchGroupFactory factory_;
   TorchOptions options_;
+  c10::Device device_ = c10::Device(c10::kCPU);
   std::string prefix_;  // this communicator's keys in the store
   int rank_ = 0;
   int size_ = 0;
@@ -428,15 +496,28 @@ class TorchComm : public detail::CollectiveFacade<TorchComm> {
   std::string broken_;
 };
 
+//! The `communicator` over host buffers (gloo process groups).
+using TorchComm = BasicTorchComm<MemorySpace::host>;
+
+//! The `communicator` over the buffers of one device (NCCL process groups on a CUDA device).
+//! Construction names the device; every collective completes before it returns.
+//!
+//! \code
+//! static_assert(strata::communicator<strata::TorchDeviceComm>);
+//! static_assert(strata::device_memory_v<strata::TorchDeviceComm>);
+//! \endcode
+using TorchDeviceComm = BasicTorchComm<MemorySpace::device>;
+
 //! The collectives complete before they return, and leave the caller's buffers as they were
 //! when they fail (they run on staging tensors).
-template <>
-struct communicator_traits<TorchComm> {
+template <MemorySpace Space>
+struct communicator_traits<BasicTorchComm<Space>> {
   static constexpr bool all_or_nothing = true;
-  static constexpr MemorySpace memory_space = MemorySpace::host;
+  static constexpr MemorySpace memory_space = Space;
   using stream_type = void;
 };
 
 static_assert(communicator<TorchComm>);
+static_assert(communicator<TorchDeviceComm>);
 
 }  // namespace strata
