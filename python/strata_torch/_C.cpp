@@ -49,7 +49,9 @@ strata::RuntimeHierarchy hierarchy_of(const Levels& levels) {
 enum class Kind { f32, f64 };
 
 Kind kind_of(const std::vector<at::Tensor>& tensors) {
-  if (tensors.empty()) throw py::type_error("strata_torch: no tensors to average");
+  // Nothing to average (no parameter has a gradient yet) still takes its step, in agreement
+  // with the other ranks: an averaging of no elements.
+  if (tensors.empty()) return Kind::f64;
   const auto type = tensors.front().scalar_type();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];

@@ -89,17 +89,19 @@ def _store_of(group):
 def _tensors(params):
     """The tensors PyTorch's averager would average: nn.Parameters with a gradient (as
     ``get_params_to_average``), every plain tensor, and the parameters of parameter groups."""
+    # The tensors themselves, not their .data: the averaging writes them in place and moves
+    # their version counters, as an optimizer's in-place step does.
     out = []
     for p in params:
         if isinstance(p, torch.nn.Parameter):
             if p.grad is not None:
-                out.append(p.data)
+                out.append(p)
         elif isinstance(p, torch.Tensor):
-            out.append(p.data if p.requires_grad else p)
+            out.append(p)
         elif isinstance(p, dict):
             for q in p["params"]:
                 if q.grad is not None:
-                    out.append(q.data)
+                    out.append(q)
         else:
             raise TypeError(f"strata_torch: cannot average a {type(p).__name__}; pass tensors, "
                             "parameters or parameter groups")
