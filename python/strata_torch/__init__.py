@@ -143,6 +143,9 @@ class HierarchicalModelAverager:
     def __init__(self, period_group_size_dict=None, warmup_steps=0, process_group=None,
                  outer=None, timeout=None, verify_arguments=True):
         levels = _levels(period_group_size_dict)
+        # Every rule but the world size first, so that a bad hierarchy is a ValueError even
+        # before torch.distributed is set up.
+        _C.check_hierarchy(levels, levels[-1][1])
         if warmup_steps < 0:
             raise ValueError("Arg ``warmup_steps`` must be a non-negative number.")
         group = process_group if process_group is not None else dist.group.WORLD
