@@ -80,8 +80,21 @@ macro(strata_find_dependencies)
   # torch.utils.cmake_prefix_path names) for strata::torch; gloo's headers (libgloo-dev) add its
   # gloo process groups.
   if((NOT DEFINED STRATA_ENABLE_TORCH OR STRATA_ENABLE_TORCH) AND NOT TARGET strata_deps::torch)
+    get_directory_property(_strata_before IMPORTED_TARGETS)
     find_package(Torch CONFIG QUIET)
     if(Torch_FOUND)
+      # Torch's imported targets are local to the directory that found them; strata_deps::torch
+      # needs them wherever strata is used (a consumer's add_subdirectory), so the targets
+      # find_package(Torch) created become global.
+      get_directory_property(_strata_after IMPORTED_TARGETS)
+      foreach(_strata_t IN LISTS _strata_after)
+        if(NOT _strata_t IN_LIST _strata_before)
+          get_target_property(_strata_global "${_strata_t}" IMPORTED_GLOBAL)
+          if(NOT _strata_global)
+            set_target_properties("${_strata_t}" PROPERTIES IMPORTED_GLOBAL TRUE)
+          endif()
+        endif()
+      endforeach()
       add_library(strata_deps::torch INTERFACE IMPORTED GLOBAL)
       set_target_properties(strata_deps::torch PROPERTIES
         INTERFACE_INCLUDE_DIRECTORIES "${TORCH_INCLUDE_DIRS}"

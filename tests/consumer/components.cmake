@@ -1,9 +1,9 @@
-# The consumer program, shared by both ways of getting strata. It uses strata::mpi and
-# strata::nccl when STRATA_CONSUMER_MPI / STRATA_CONSUMER_NCCL say that the strata under test
-# was built with them: each is then required, compiled against and linked.
+# The consumer program, shared by both ways of getting strata. It uses strata::mpi,
+# strata::nccl and strata::torch when STRATA_CONSUMER_MPI / _NCCL / _TORCH say that the strata
+# under test was built with them: each is then required, compiled against and linked.
 add_executable(strata_consumer "${CMAKE_CURRENT_LIST_DIR}/main.cpp")
 target_link_libraries(strata_consumer PRIVATE strata::strata)
-foreach(component mpi nccl)
+foreach(component mpi nccl torch)
   string(TOUPPER "${component}" upper)
   if(STRATA_CONSUMER_${upper})
     if(NOT TARGET strata::${component})

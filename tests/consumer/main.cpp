@@ -1,5 +1,5 @@
-// A program outside strata's tree that uses it as a dependency: the core always, MPI and NCCL
-// when the strata it was built against has them (components.cmake).
+// A program outside strata's tree that uses it as a dependency: the core always, MPI, NCCL and
+// PyTorch when the strata it was built against has them (components.cmake).
 #include <strata/strata.hpp>
 
 #include <cstdio>
@@ -10,6 +10,9 @@ int strata_consumer_mpi_version();
 #endif
 #ifdef STRATA_CONSUMER_NCCL
 int strata_consumer_nccl_version();
+#endif
+#ifdef STRATA_CONSUMER_TORCH
+bool strata_consumer_torch_averages();
 #endif
 
 using H = strata::Hierarchy<strata::Level<2, 8>, strata::Level<4, 32>, strata::Level<8, 64>>;
@@ -31,6 +34,11 @@ int main() {
   const int nccl = strata_consumer_nccl_version();
   std::printf("strata::nccl: NCCL %d\n", nccl);
   ok = ok && nccl > 0;
+#endif
+#ifdef STRATA_CONSUMER_TORCH
+  const bool torch = strata_consumer_torch_averages();
+  std::printf("strata::torch: %s\n", torch ? "averages" : "fails");
+  ok = ok && torch;
 #endif
   return ok ? 0 : 1;
 }
