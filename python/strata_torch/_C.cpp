@@ -125,6 +125,10 @@ std::unique_ptr<strata::TorchComm> world_of(const c10::intrusive_ptr<c10d::Proce
   return std::make_unique<strata::TorchComm>(gloo, store, strata::gloo_group_factory(options), o);
 }
 
+// Every call that talks to a process group runs without the GIL: gloo's worker threads free the
+// tensors of finished work under gloo's own lock, and a tensor that had a Python object needs
+// the GIL to be freed, so a thread that held the GIL while it waited for gloo's lock (to enqueue
+// a collective, or to stop the workers when a group is destroyed) would wait forever.
 class PyAverager {
  public:
   PyAverager(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
@@ -146,8 +150,20 @@ class PyAverager {
         o.levels.push_back(p);
       }
     }
+    py::gil_scoped_release release;
     world_ = world_of(group, store, timeout_s, verify);
     averager_ = std::make_unique<Averager>(*world_, std::move(h), warmup, o);
+  }
+
+  PyAverager(const PyAverager&) = delete;
+  PyAverager& operator=(const PyAverager&) = delete;
+
+  // Destroying the level groups joins their gloo workers: without the GIL (class comment).
+  ~PyAverager() {
+    py::gil_scoped_release release;
+    sync_.reset();
+    averager_.reset();
+    world_.reset();
   }
 
   std::optional<std::size_t> average(const std::vector<at::Tensor>& tensors) {
@@ -167,6 +183,7 @@ class PyAverager {
 
   void begin(const std::vector<at::Tensor>& tensors) {
     const Kind k = kind_of(tensors);
+    py::gil_scoped_release release;
     if (k == Kind::f32) {
       averager_->begin(spans_of<float>(tensors));
     } else {
@@ -242,7 +259,9 @@ class PyAverager {
   }
 
   // The post-local SGD gradient synchronisation over this averager's world and warm-up.
+  // Collective (it creates the node groups): without the GIL, see the class comment.
   void make_gradient_sync(int ranks_per_node) {
+    py::gil_scoped_release release;
     sync_ = std::make_unique<strata::PostLocalGradientSync<Averager>>(*averager_, *world_,
                                                                       ranks_per_node, true);
   }

@@ -86,21 +86,22 @@ def _store_of(group):
     return entry[1]
 
 
-def _tensors(params):
+def _tensors(params, every=False):
     """The tensors PyTorch's averager would average: nn.Parameters with a gradient (as
-    ``get_params_to_average``), every plain tensor, and the parameters of parameter groups."""
+    ``get_params_to_average``), every plain tensor, and the parameters of parameter groups with a
+    gradient; with ``every``, all of them (an outer optimizer's anchors cover every parameter)."""
     # The tensors themselves, not their .data: the averaging writes them in place and moves
     # their version counters, as an optimizer's in-place step does.
     out = []
     for p in params:
         if isinstance(p, torch.nn.Parameter):
-            if p.grad is not None:
+            if every or p.grad is not None:
                 out.append(p)
         elif isinstance(p, torch.Tensor):
             out.append(p)
         elif isinstance(p, dict):
             for q in p["params"]:
-                if q.grad is not None:
+                if every or q.grad is not None:
                     out.append(q)
         else:
             raise TypeError(f"strata_torch: cannot average a {type(p).__name__}; pass tensors, "
@@ -175,16 +176,19 @@ class HierarchicalModelAverager:
     def begin(self, params):
         """Records the current parameters as every outer optimizer's anchor; needed once, before
         the first step, with an outer optimizer (and restarts the outer optimizers when called
-        again)."""
-        tensors = _tensors(params)
+        again). Takes every parameter, with a gradient or not: with an outer optimizer,
+        ``average_parameters`` averages every parameter too."""
+        tensors = _tensors(params, every=True)
         self._impl.begin(tensors)
         self._elements = sum(t.numel() for t in tensors)
 
     def average_parameters(self, params):
         """Averages ``params`` (tensors, a module's parameters or an optimizer's parameter groups)
         in place if this step averages; returns the size of the groups that averaged, or
-        ``None``. A failed call leaves the parameters and the step as they were."""
-        level = self._impl.average(_tensors(params))
+        ``None``. As PyTorch's averager, it skips parameters without a gradient, unless an outer
+        optimizer is set (then it takes every parameter, as ``begin``). A failed call leaves the
+        parameters and the step as they were."""
+        level = self._impl.average(_tensors(params, every=self._outer is not None))
         return None if level is None else self._sizes[level]
 
     def schedule(self, steps, start=0):

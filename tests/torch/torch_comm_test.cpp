@@ -98,6 +98,13 @@ TEST_CASE("torch backend: the device communicator's conformance suite, on the CP
                                        c10::Device(c10::kCPU));
           CHECK(comm.device().is_cpu());
           conformance::run_all(comm);
+          std::vector<float> x{float(r)}, y{1.0f, 2.0f * float(r)};
+          std::vector<std::span<float>> list{x, y};
+          comm.all_reduce_tensors(std::span<const std::span<float>>(list),
+                                  strata::ReduceOp::average);
+          CHECK(x[0] == doctest::Approx((n - 1) / 2.0));
+          CHECK(y[0] == doctest::Approx(1.0));
+          CHECK(y[1] == doctest::Approx(n - 1.0));
         } catch (...) {
           errors[static_cast<std::size_t>(r)] = std::current_exception();
         }
@@ -201,7 +208,7 @@ TEST_CASE(
         CHECK(!comm.broken().empty());
         CHECK_THROWS_WITH_AS(
             comm.barrier(),
-            "strata: barrier on rank 0: the communicator is unusable since a all_reduce timed out",
+            "strata: barrier on rank 0: the communicator is unusable since an all_reduce timed out",
             strata::error);
       },
       300ms);
@@ -239,5 +246,57 @@ TEST_CASE("torch backend: splits of splits rendezvous under keys of their own") 
     const int p = world.rank() % 2;
     const int first = a.rank() < 2 ? p : p + 4;
     CHECK(v[0] == first + first + 2);
+  });
+}
+
+TEST_CASE("torch backend: all_reduce_tensors averages a tensor list, and refuses what differs") {
+  gloo_world(3, [](strata::TorchComm& comm) {
+    const int me = comm.rank();
+    std::vector<double> a{1.0 * me, 2.0}, b{3.0 * me};
+    std::vector<std::span<double>> list{a, b};
+    comm.all_reduce_tensors(std::span<const std::span<double>>(list), strata::ReduceOp::average);
+    CHECK(a == std::vector<double>{1.0, 2.0});
+    CHECK(b == std::vector<double>{3.0});
+
+    // One member passes one tensor fewer, then one a longer tensor: every member throws the same
+    // message, and nothing is written.
+    std::vector<std::span<double>> fewer{a};
+    conformance::expect_usage_error(
+        me, "all_reduce_tensors",
+        "rank 0 and rank 2 disagree: rank 0 passed 2 tensors, rank 2 passed 1", [&] {
+          comm.all_reduce_tensors(std::span<const std::span<double>>(me == 2 ? fewer : list),
+                                  strata::ReduceOp::sum);
+        });
+    std::vector<double> longer{5.0, 6.0};
+    std::vector<std::span<double>> other{a, longer};
+    conformance::expect_usage_error(
+        me, "all_reduce_tensors",
+        "rank 0 and rank 1 disagree: tensor 1 has 1 elements on rank 0, 2 on rank 1", [&] {
+          comm.all_reduce_tensors(std::span<const std::span<double>>(me == 1 ? other : list),
+                                  strata::ReduceOp::sum);
+        });
+    CHECK(a == std::vector<double>{1.0, 2.0});
+    // Overlapping tensors on one member.
+    std::vector<std::span<double>> overlapping{std::span<double>(a),
+                                               std::span<double>(a).subspan(1)};
+    conformance::expect_usage_error(
+        me, "all_reduce_tensors", "rank 2: tensors 0 and 1 overlap", [&] {
+          comm.all_reduce_tensors(std::span<const std::span<double>>(me == 2 ? overlapping : list),
+                                  strata::ReduceOp::sum);
+        });
+    // A member that calls the flat all-reduce instead fails alike, on both sides.
+    std::string what;
+    try {
+      if (me == 0) {
+        comm.all_reduce(std::span<double>(a), strata::ReduceOp::sum);
+      } else {
+        comm.all_reduce_tensors(std::span<const std::span<double>>(fewer), strata::ReduceOp::sum);
+      }
+    } catch (const strata::usage_error& e) {
+      what = e.cause();
+    }
+    CHECK(what.starts_with("rank 0 and rank 1 disagree: rank 0 called "));
+    CHECK(a == std::vector<double>{1.0, 2.0});
+    comm.barrier();  // still usable
   });
 }

@@ -35,12 +35,16 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -123,6 +127,120 @@ inline c10d::ReduceOp reduction(ReduceOp op) {
   return c10d::ReduceOp(c10d::ReduceOp::SUM);
 }
 
+// The staging tensor of the large collectives, kept between calls and shared by a communicator
+// and its splits (one process's collectives on them run one at a time): a fresh tensor of
+// parameter size costs its first touch of every page, about eight times the copy into it. A
+// tensor is handed out only while nothing else holds its storage (a work object that finished
+// may hold it a little longer), and one that a failed or timed-out collective may still write
+// into is dropped, never reused.
+class StagingCache {
+ public:
+  // Hands out the first `n` elements of the kept tensor when it fits, or of a fresh one, which
+  // is kept instead when the cache is free.
+  at::Tensor take(std::size_t n, c10::ScalarType type, c10::Device device) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto count = static_cast<std::int64_t>(n);
+    if (!busy_ && kept_.defined() && kept_.scalar_type() == type && kept_.device() == device &&
+        kept_.numel() >= count && kept_.storage().use_count() == 1) {
+      busy_ = true;
+      return kept_.narrow(0, 0, count);
+    }
+    at::Tensor fresh = at::empty({count}, at::TensorOptions().dtype(type).device(device));
+    if (!busy_) {
+      kept_ = fresh;
+      busy_ = true;
+    }
+    return fresh;
+  }
+  void release() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    busy_ = false;
+  }
+  void discard() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    kept_ = at::Tensor();
+    busy_ = false;
+  }
+
+ private:
+  std::mutex mutex_;
+  at::Tensor kept_;
+  bool busy_ = false;
+};
+
+// A collective's use of the cache: released when the collective completed (`done`), discarded
+// when it left by an exception.
+class StagingLease {
+ public:
+  explicit StagingLease(StagingCache& cache) : cache_(&cache) {}
+  StagingLease(const StagingLease&) = delete;
+  StagingLease& operator=(const StagingLease&) = delete;
+  ~StagingLease() {
+    if (!taken_) return;
+    if (done_) {
+      cache_->release();
+    } else {
+      cache_->discard();
+    }
+  }
+  template <class T>
+  at::Tensor take(std::size_t n, c10::Device device) {
+    taken_ = true;
+    return cache_->take(n, scalar_type<T>(), device);
+  }
+  void done() noexcept { done_ = true; }
+
+ private:
+  StagingCache* cache_;
+  bool taken_ = false;
+  bool done_ = false;
+};
+
+// "an all_reduce", "a broadcast": how messages name one call of an operation.
+inline std::string a_or_an(std::string_view op) {
+  const bool vowel = !op.empty() && std::string_view("aeiou").find(op.front()) != op.npos;
+  return (vowel ? "an " : "a ") + std::string(op);
+}
+
+inline constexpr std::string_view tensors_name = "all_reduce_tensors";
+// What an all_reduce_tensors call puts where a collective's code goes in the words the members
+// compare: no collective has it, so a member that called another collective sees a difference.
+inline constexpr std::int64_t tensors_code = 100;
+
+// The first two of `tensors` that share memory, by address (empty tensors never do).
+template <class T>
+std::optional<std::pair<std::size_t, std::size_t>> overlapping(
+    std::span<const std::span<T>> tensors) {
+  std::vector<std::pair<std::uintptr_t, std::size_t>> by_address;
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    if (!tensors[t].empty()) {
+      by_address.emplace_back(reinterpret_cast<std::uintptr_t>(tensors[t].data()), t);
+    }
+  }
+  std::sort(by_address.begin(), by_address.end());
+  for (std::size_t i = 1; i < by_address.size(); ++i) {
+    const auto [address, t] = by_address[i - 1];
+    if (by_address[i].first - address < tensors[t].size() * sizeof(T)) {
+      return std::pair{std::min(t, by_address[i].second), std::max(t, by_address[i].second)};
+    }
+  }
+  return std::nullopt;
+}
+
+// A 64-bit digest of a tensor list's sizes (splitmix64's finaliser over each size in turn), so
+// that the members compare their lists in the one exchange of a collective's words.
+template <class T>
+std::int64_t sizes_digest(std::span<const std::span<T>> tensors) {
+  std::uint64_t h = 0x9e3779b97f4a7c15ULL;
+  for (const std::span<T>& t : tensors) {
+    std::uint64_t z = h ^ (static_cast<std::uint64_t>(t.size()) + 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    h = z ^ (z >> 31);
+  }
+  return static_cast<std::int64_t>(h);
+}
+
 // PyTorch's message without the backtrace c10::Error appends.
 inline std::string message(const std::exception& e) {
   if (const auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
@@ -192,6 +310,65 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
   //! Where the buffers live: the CPU for `TorchComm`.
   [[nodiscard]] c10::Device device() const noexcept { return device_; }
 
+  //! As `all_reduce` in place, over the concatenation of this member's tensors, with one
+  //! collective: the tensors are packed straight into the staging tensor the process group
+  //! reduces, and the result (times 1/n for `average`) is written straight back into them, only
+  //! once the collective has completed. The averagers use it for a list of tensors. The members
+  //! must pass the same number of tensors, of the same sizes, which must not overlap; with
+  //! `verify_arguments` a difference is a `usage_error` on every member naming the first tensor
+  //! that differs (the members compare a digest of their sizes, and gather the sizes themselves
+  //! only when the digests differ).
+  //!
+  //! \code
+  //! static_assert(requires(strata::TorchComm& c, std::span<const std::span<float>> t) {
+  //!   c.all_reduce_tensors(t, strata::ReduceOp::average);
+  //! });
+  //! \endcode
+  template <comm_value T>
+  void all_reduce_tensors(std::span<const std::span<T>> tensors, ReduceOp op) {
+    const std::string_view name = detail::torch::tensors_name;
+    ensure_usable(name);
+    std::size_t total = 0;
+    for (const std::span<T>& t : tensors) total += t.size();
+    agree_tensors<T>(tensors, total, op);
+    if (total == 0) return;
+    detail::torch::StagingLease lease(*cache_);
+    at::Tensor s = lease.take<T>(total, device_);
+    std::int64_t at = 0;
+    for (const std::span<T>& t : tensors) {
+      const auto n = static_cast<std::int64_t>(t.size());
+      if (n != 0) s.narrow(0, at, n).copy_(view(t.data(), t.size()));
+      at += n;
+    }
+    std::vector<at::Tensor> list{s};
+    c10d::AllreduceOptions o;
+    o.reduceOp = detail::torch::reduction(op);
+    finish(name, [&] { return group_->allreduce(list, o); });
+    if constexpr (on_device) {
+      scale_on_device<T>(s, op);
+      at = 0;
+      for (const std::span<T>& t : tensors) {
+        const auto n = static_cast<std::int64_t>(t.size());
+        if (n != 0) view(t.data(), t.size()).copy_(s.narrow(0, at, n));
+        at += n;
+      }
+      settle();
+    } else {
+      // One pass from the reduced sum into the tensors, scaled on the way.
+      const T* sum = s.template data_ptr<T>();
+      const detail::AverageOf<T> average(size_);
+      for (const std::span<T>& t : tensors) {
+        if (op == ReduceOp::average) {
+          for (std::size_t i = 0; i < t.size(); ++i) t[i] = average(sum[i]);
+        } else {
+          std::copy(sum, sum + t.size(), t.begin());
+        }
+        sum += t.size();
+      }
+    }
+    lease.done();
+  }
+
  private:
   friend class detail::CollectiveFacade<BasicTorchComm>;
   using Call = detail::Call;
@@ -255,6 +432,114 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     return id.to(c10::kCPU).template item<std::int64_t>();
   }
 
+  // The average of a reduced sum on the device: a tensor times a scalar of its own type rounds as
+  // the scalar product does (the local and MPI backends' rounding); integers: the truncated
+  // quotient.
+  template <comm_value T>
+  void scale_on_device(at::Tensor& sum, ReduceOp op) const {
+    if (op != ReduceOp::average) return;
+    if constexpr (std::is_floating_point_v<T>) {
+      sum.mul_(static_cast<double>(T(1) / static_cast<T>(size_)));
+    } else {
+      sum.div_(size_, "trunc");
+    }
+  }
+
+  // The agreement of all_reduce_tensors, with the local backend's rule and words: first the
+  // lowest member whose tensors overlap, then the first member whose call differs from member
+  // 0's in operation, element type, reduction, tensor count, or the size of a tensor (the first
+  // that differs). The first exchange has a collective call's length, so that a member that
+  // called another collective exchanges well-formed words too, and fails alike.
+  template <comm_value T>
+  void agree_tensors(std::span<const std::span<T>> tensors, std::size_t total, ReduceOp op) {
+    const std::string_view name = detail::torch::tensors_name;
+    const auto overlap = detail::torch::overlapping(tensors);
+    if (!options_.verify_arguments) {
+      if (overlap) fail_tensors(overlap_message(rank_, *overlap));
+      return;
+    }
+    const auto n = static_cast<std::size_t>(size_);
+    constexpr std::size_t words = detail::signature_words;
+    const std::array<std::int64_t, words> mine = {detail::torch::tensors_code,
+                                                  detail::element_info<T>::code,
+                                                  static_cast<std::int64_t>(op),
+                                                  0,
+                                                  detail::as_word(tensors.size()),
+                                                  detail::as_word(total),
+                                                  0,
+                                                  overlap ? 1 : 0,
+                                                  overlap ? detail::as_word(overlap->first) : 0,
+                                                  overlap ? detail::as_word(overlap->second) : 0,
+                                                  detail::torch::sizes_digest(tensors)};
+    std::vector<std::int64_t> all(words * n);
+    gather_words(name, mine, all);
+    const auto word = [&](std::size_t m, std::size_t w) { return all[m * words + w]; };
+    const auto rank = [](std::size_t m) { return detail::rank_name(static_cast<int>(m)); };
+    for (std::size_t m = 0; m < n; ++m) {
+      if (word(m, 0) == detail::torch::tensors_code && word(m, 7) != 0) {
+        fail_tensors(overlap_message(static_cast<int>(m), {static_cast<std::size_t>(word(m, 8)),
+                                                           static_cast<std::size_t>(word(m, 9))}));
+      }
+    }
+    const auto called = [&](std::size_t m) {
+      return word(m, 0) == detail::torch::tensors_code
+                 ? std::string(name)
+                 : std::string(detail::collective_name(static_cast<Collective>(word(m, 0))));
+    };
+    for (std::size_t m = 1; m < n; ++m) {
+      const std::string pair = rank(0) + " and " + rank(m) + " disagree: ";
+      if (word(m, 0) != word(0, 0)) {
+        fail_tensors(pair + rank(0) + " called " + called(0) + ", " + rank(m) + " called " +
+                     called(m));
+      }
+      if (word(m, 1) != word(0, 1)) {
+        fail_tensors(pair + rank(0) + " passed " +
+                     std::string(detail::element_name(static_cast<std::uint8_t>(word(0, 1)))) +
+                     " elements, " + rank(m) + " passed " +
+                     std::string(detail::element_name(static_cast<std::uint8_t>(word(m, 1)))));
+      }
+      if (word(m, 2) != word(0, 2)) {
+        fail_tensors(pair + rank(0) + " reduces with " +
+                     std::string(to_string(static_cast<ReduceOp>(word(0, 2)))) + ", " + rank(m) +
+                     " with " + std::string(to_string(static_cast<ReduceOp>(word(m, 2)))));
+      }
+      if (word(m, 4) != word(0, 4)) {
+        fail_tensors(pair + rank(0) + " passed " + std::to_string(word(0, 4)) + " tensors, " +
+                     rank(m) + " passed " + std::to_string(word(m, 4)));
+      }
+    }
+    // The same count everywhere: the sizes must match too, since equal totals of different sizes
+    // would reduce misaligned tensors. Their digests were exchanged; only when one differs are the
+    // sizes themselves gathered, to name the first tensor that differs.
+    bool digests_agree = true;
+    for (std::size_t m = 1; m < n; ++m) digests_agree = digests_agree && word(m, 10) == word(0, 10);
+    if (tensors.empty() || digests_agree) return;
+    std::vector<std::int64_t> sizes(tensors.size());
+    for (std::size_t t = 0; t < tensors.size(); ++t) sizes[t] = detail::as_word(tensors[t].size());
+    std::vector<std::int64_t> every(sizes.size() * n);
+    gather_words(name, sizes, every);
+    for (std::size_t m = 1; m < n; ++m) {
+      for (std::size_t t = 0; t < sizes.size(); ++t) {
+        const std::int64_t a = every[t];
+        const std::int64_t b = every[m * sizes.size() + t];
+        if (a != b) {
+          fail_tensors(rank(0) + " and " + rank(m) + " disagree: tensor " + std::to_string(t) +
+                       " has " + std::to_string(a) + " elements on " + rank(0) + ", " +
+                       std::to_string(b) + " on " + rank(m));
+        }
+      }
+    }
+  }
+
+  static std::string overlap_message(int member, std::pair<std::size_t, std::size_t> tensors) {
+    return detail::rank_name(member) + ": tensors " + std::to_string(tensors.first) + " and " +
+           std::to_string(tensors.second) + " overlap";
+  }
+
+  [[noreturn]] void fail_tensors(const std::string& why) const {
+    throw usage_error(detail::torch::tensors_name, rank_, why);
+  }
+
   // --- for the facade ---------------------------------------------------------------------------
   [[nodiscard]] int error_rank() const noexcept { return rank_; }
 
@@ -298,13 +583,15 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     switch (c.op) {
       case Collective::all_reduce: {
         if (c.in == 0) return;
-        at::Tensor s = staging<T>(c.in);
+        detail::torch::StagingLease lease(*cache_);
+        at::Tensor s = lease.take<T>(c.in, device_);
         s.copy_(view(in, c.in));
         std::vector<at::Tensor> t{s};
         c10d::AllreduceOptions o;
         o.reduceOp = detail::torch::reduction(c.reduce);
         finish(op, [&] { return group_->allreduce(t, o); });
         deliver(c, s, out, c.in);
+        lease.done();
         return;
       }
       case Collective::broadcast: {
@@ -322,7 +609,8 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
         if (c.in == 0) return;
         at::Tensor s = staging<T>(c.in);
         s.copy_(view(in, c.in));
-        at::Tensor r = staging<T>(c.out);
+        detail::torch::StagingLease lease(*cache_);
+        at::Tensor r = lease.take<T>(c.out, device_);
         std::vector<std::vector<at::Tensor>> outputs(1);
         for (std::int64_t j = 0; j < n; ++j) {
           outputs[0].push_back(
@@ -331,11 +619,13 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
         std::vector<at::Tensor> inputs{s};
         finish(op, [&] { return group_->allgather(outputs, inputs); });
         copy_out(r, out, c.out);
+        lease.done();
         return;
       }
       case Collective::reduce_scatter: {
         if (c.out == 0) return;
-        at::Tensor s = staging<T>(c.in);
+        detail::torch::StagingLease lease(*cache_);
+        at::Tensor s = lease.take<T>(c.in, device_);
         s.copy_(view(in, c.in));
         const auto block = static_cast<std::int64_t>(c.out);
         if (group_->getBackendName() == "gloo") {
@@ -345,6 +635,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
           o.reduceOp = detail::torch::reduction(c.reduce);
           finish(op, [&] { return group_->allreduce(t, o); });
           deliver(c, s.narrow(0, rank_ * block, block), out, c.out);
+          lease.done();
           return;
         }
         at::Tensor r = staging<T>(c.out);
@@ -355,6 +646,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
         o.reduceOp = detail::torch::reduction(c.reduce);
         finish(op, [&] { return group_->reduce_scatter(outputs, inputs, o); });
         deliver(c, r, out, c.out);
+        lease.done();
         return;
       }
       case Collective::all_to_all: {
@@ -443,7 +735,9 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     c10::intrusive_ptr<c10d::ProcessGroup> sub = run(
         "split", [&] { return factory_(sub_store, sub_rank, static_cast<int>(members.size())); });
     if (!sub) throw error("split", rank_, "the group factory returned no process group");
-    return BasicTorchComm(child_tag{}, std::move(sub), store_, factory_, options_, device_, prefix);
+    BasicTorchComm child(child_tag{}, std::move(sub), store_, factory_, options_, device_, prefix);
+    child.cache_ = cache_;
+    return child;
   }
 
   // --- process-group calls ----------------------------------------------------------------------
@@ -468,7 +762,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     detail::Poller poller;
     while (!run(op, [&] { return work->isCompleted(); })) {
       if (deadline.passed()) {
-        broken_ = "a " + std::string(op) + " timed out";
+        broken_ = detail::torch::a_or_an(op) + " timed out";
         throw timeout_error(op, rank_,
                             deadline.expired() +
                                 "; the process group cannot tell which peers had not arrived, "
@@ -479,7 +773,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     try {
       work->wait();
     } catch (const std::exception& e) {
-      broken_ = "a " + std::string(op) + " failed";
+      broken_ = detail::torch::a_or_an(op) + " failed";
       throw torch_error(op, rank_, detail::torch::message(e));
     }
   }
@@ -494,6 +788,8 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
   int size_ = 0;
   std::size_t splits_ = 0;
   std::string broken_;
+  std::shared_ptr<detail::torch::StagingCache> cache_ =
+      std::make_shared<detail::torch::StagingCache>();
 };
 
 //! The `communicator` over host buffers (gloo process groups).
