@@ -300,3 +300,28 @@ TEST_CASE("torch backend: all_reduce_tensors averages a tensor list, and refuses
     comm.barrier();  // still usable
   });
 }
+
+TEST_CASE("torch backend: a peer that left is the process group's error, and nothing is written") {
+  gloo_world(
+      2,
+      [](strata::TorchComm& comm) {
+        if (comm.rank() == 1) return;  // leaves: its process group closes its connections
+        std::this_thread::sleep_for(300ms);
+        std::vector<double> v{1.0, 2.0, 3.0};
+        std::vector<std::span<double>> list{v};
+        const auto start = std::chrono::steady_clock::now();
+        try {
+          comm.all_reduce_tensors(std::span<const std::span<double>>(list),
+                                  strata::ReduceOp::average);
+          FAIL("no error");
+        } catch (const strata::timeout_error& e) {
+          FAIL("a timeout, not the process group's own error: " << e.what());
+        } catch (const strata::torch_error& e) {
+          CHECK(std::string(e.what()).starts_with("strata: all_reduce_tensors on rank 0: "));
+        }
+        CHECK(std::chrono::steady_clock::now() - start < 20s);
+        CHECK(v == std::vector<double>{1.0, 2.0, 3.0});
+        CHECK(!comm.broken().empty());
+      },
+      30s);
+}
