@@ -6,8 +6,9 @@
 // torch's own, so a ProcessGroup or Store object from torch.distributed arrives here as the C++
 // object it wraps.
 #include <torch/csrc/autograd/variable.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/utils/pybind.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupWrapper.hpp>
 
 #include <pybind11/stl.h>
 
@@ -35,7 +36,7 @@ namespace py = pybind11;
 namespace {
 
 using Averager = strata::RuntimeHierarchicalAverager<strata::TorchComm>;
-using Levels = std::vector<std::pair<std::size_t, std::size_t>>;  // (period, group size)
+using Levels = std::vector<std::pair<std::size_t, std::size_t>>;          // (period, group size)
 using OuterSpec = std::vector<std::optional<std::pair<double, double>>>;  // per level: (lr, mu)
 
 strata::RuntimeHierarchy hierarchy_of(const Levels& levels) {
@@ -70,6 +71,11 @@ Kind kind_of(const std::vector<at::Tensor>& tensors) {
                            "; one averaging takes tensors of one type");
     }
     if (!t.is_contiguous()) throw py::type_error(which + " is not contiguous");
+    if (t.is_inference()) {
+      throw py::type_error(which +
+                           " is an inference tensor, which cannot be written in place "
+                           "outside inference mode");
+    }
   }
   return type == at::kFloat ? Kind::f32 : Kind::f64;
 }
@@ -92,37 +98,41 @@ void mark_written(const std::vector<at::Tensor>& tensors) {
 
 template <class T>
 std::vector<T> vector_of(const at::Tensor& t) {
-  const at::Tensor c = t.to(at::CPU(std::is_same_v<T, float> ? at::kFloat : at::kDouble))
-                           .contiguous();
+  const at::Tensor c =
+      t.to(at::CPU(std::is_same_v<T, float> ? at::kFloat : at::kDouble)).contiguous();
   return std::vector<T>(c.data_ptr<T>(), c.data_ptr<T>() + c.numel());
 }
 
 template <class T>
 at::Tensor tensor_of(const std::vector<T>& v) {
-  at::Tensor t = at::empty({static_cast<std::int64_t>(v.size())},
-                           at::TensorOptions().dtype(std::is_same_v<T, float> ? at::kFloat
-                                                                              : at::kDouble));
+  at::Tensor t =
+      at::empty({static_cast<std::int64_t>(v.size())},
+                at::TensorOptions().dtype(std::is_same_v<T, float> ? at::kFloat : at::kDouble));
   std::copy(v.begin(), v.end(), t.data_ptr<T>());
   return t;
 }
 
-// The communicator over the caller's process group: gloo groups split into gloo groups with
-// the same devices; other backends run the collectives but cannot split (one level).
+// The communicator over the caller's process group, a gloo group (or the gloo group inside
+// PyTorch's debug wrapper, TORCH_DISTRIBUTED_DEBUG=DETAIL, whose checks the averager's own
+// agreement replaces): its level groups are gloo groups with the same devices, under the
+// communicator's deadline.
 std::unique_ptr<strata::TorchComm> world_of(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
                                             const c10::intrusive_ptr<c10d::Store>& store,
                                             std::optional<double> timeout_s, bool verify) {
-  auto gloo = c10::dynamic_intrusive_pointer_cast<c10d::ProcessGroupGloo>(group);
+  c10::intrusive_ptr<c10d::ProcessGroup> inner = group;
+  if (auto wrapper = c10::dynamic_intrusive_pointer_cast<c10d::ProcessGroupWrapper>(group)) {
+    inner = wrapper->getWrappedPg();
+  }
+  auto gloo = c10::dynamic_intrusive_pointer_cast<c10d::ProcessGroupGloo>(inner);
   if (!gloo) {
-    throw py::type_error("strata_torch: the process group's backend is " +
-                         group->getBackendName() +
+    throw py::type_error("strata_torch: the process group's backend is " + inner->getBackendName() +
                          "; strata_torch averages CPU tensors over gloo process groups");
   }
-  auto comm = std::make_unique<strata::TorchComm>(strata::gloo_comm(gloo, store, verify));
-  if (!timeout_s) return comm;
-  strata::TorchOptions o = comm->options();
-  o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*timeout_s * 1000.0));
-  auto options = gloo->getOptions();
-  return std::make_unique<strata::TorchComm>(gloo, store, strata::gloo_group_factory(options), o);
+  strata::TorchOptions o;
+  o.timeout = gloo->getOptions()->timeout;
+  if (timeout_s) o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(*timeout_s * 1e3));
+  o.verify_arguments = verify;
+  return std::make_unique<strata::TorchComm>(strata::gloo_comm(gloo, store, o));
 }
 
 // Every call that talks to a process group runs without the GIL: gloo's worker threads free the
@@ -132,9 +142,8 @@ std::unique_ptr<strata::TorchComm> world_of(const c10::intrusive_ptr<c10d::Proce
 class PyAverager {
  public:
   PyAverager(const c10::intrusive_ptr<c10d::ProcessGroup>& group,
-             const c10::intrusive_ptr<c10d::Store>& store, const Levels& levels,
-             std::size_t warmup, const OuterSpec& outer, std::optional<double> timeout_s,
-             bool verify) {
+             const c10::intrusive_ptr<c10d::Store>& store, const Levels& levels, std::size_t warmup,
+             const OuterSpec& outer, std::optional<double> timeout_s, bool verify) {
     strata::RuntimeHierarchy h = hierarchy_of(levels);  // std::invalid_argument: ValueError
     h.check_world_size(static_cast<std::size_t>(group->getSize()));
     strata::AveragerOptions o;
@@ -229,8 +238,8 @@ class PyAverager {
   }
 
   void load_outer_state(const std::vector<std::optional<at::Tensor>>& anchors,
-                        const std::vector<std::optional<at::Tensor>>& states,
-                        std::size_t elements, bool single) {
+                        const std::vector<std::optional<at::Tensor>>& states, std::size_t elements,
+                        bool single) {
     const auto load = [&](auto zero) {
       using T = decltype(zero);
       strata::OuterSnapshot<T> s;

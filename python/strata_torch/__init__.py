@@ -158,6 +158,9 @@ class HierarchicalModelAverager:
         spec = _outer_spec(outer, periods)
         if timeout is not None and not isinstance(timeout, timedelta):
             raise TypeError("strata_torch: timeout must be a datetime.timedelta")
+        if timeout is not None and timeout.total_seconds() < 1e-3:
+            raise ValueError(f"strata_torch: the timeout must be at least a millisecond, got "
+                             f"{timeout}")
         seconds = None if timeout is None else timeout.total_seconds()
         self._group = group
         self._sizes = [g for _, g in levels]
@@ -170,8 +173,16 @@ class HierarchicalModelAverager:
 
     @property
     def step(self):
-        """How many ``average_parameters`` calls have completed."""
+        """How many ``average_parameters`` calls have completed. Assignable, as PyTorch's
+        averager's attribute: the schedule continues from the step assigned."""
         return self._impl.step
+
+    @step.setter
+    def step(self, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"strata_torch: the step must be a non-negative integer, got {value!r}")
+        _, warmup, hierarchy, phase = self._impl.state()
+        self._impl.restore(value, warmup, hierarchy, phase)
 
     def begin(self, params):
         """Records the current parameters as every outer optimizer's anchor; needed once, before
@@ -210,14 +221,20 @@ class HierarchicalModelAverager:
     def load_state_dict(self, state_dict):
         """Continues from ``state_dict()``'s result; ``ValueError`` when it was saved for another
         hierarchy or warm-up."""
+        # All or nothing: the step is put back when the outer state is refused.
+        before = self._impl.state()
         self._impl.restore(int(state_dict["step"]), int(state_dict["warmup_steps"]),
                            str(state_dict["hierarchy"]), str(state_dict["phase"]))
         outer = state_dict.get("outer")
         if self._outer is not None and outer is not None and outer.get("anchors"):
             kept = [t for t in outer["anchors"] if t is not None]
             single = bool(kept) and kept[0].dtype == torch.float32
-            self._impl.load_outer_state(list(outer["anchors"]), list(outer["states"]),
-                                        int(outer["elements"]), single)
+            try:
+                self._impl.load_outer_state(list(outer["anchors"]), list(outer["states"]),
+                                            int(outer["elements"]), single)
+            except BaseException:
+                self._impl.restore(*before)
+                raise
             self._elements = int(outer["elements"])
 
 

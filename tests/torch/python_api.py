@@ -178,12 +178,10 @@ def rank_checks(c, rank, world):
     kept = avg.period_group_size_dict
     c.check(isinstance(kept, OrderedDict) and list(kept.items()) == [(1, 2), (3, 4)],
             f"period_group_size_dict is {kept!r}")
-    try:
-        avg.step = 5
-        c.check(False, "avg.step could be assigned")
-    except AttributeError:
-        pass
-    c.check(avg.step == 0, f"step {avg.step} after an assignment was refused")
+    # The step is assignable, as PyTorch's attribute (edge_checks); put back to 0 here.
+    avg.step = 5
+    c.check(avg.step == 5, f"step {avg.step} after assigning 5")
+    avg.step = 0
 
     # -- what average_parameters averages, in place, and what it returns. Every value is a
     # small integer or half of one, so every mean is exact.
@@ -400,11 +398,40 @@ def run_world(world, timeout):
     return codes
 
 
+def edge_checks(c, rank, world):
+    """The assignable step, the timeout's bounds, inference tensors refused before any
+    communication, and a refused outer state that leaves the step as it was."""
+    avg = strata_torch.HierarchicalModelAverager(OrderedDict([(2, 2), (4, world)]))
+    avg.step = 6
+    c.check(avg.step == 6 and avg.schedule(3, start=6) == [2, None, 4],
+            f"assigned step: {avg.step}, schedule {avg.schedule(3, start=6)}")
+    w = torch.full((3,), float(rank))
+    c.check(avg.average_parameters([w]) == 2 and avg.step == 7, "the assigned step averages pairs")
+    c.raises(ValueError, "non-negative", "a negative step", setattr, avg, "step", -1)
+    c.raises(ValueError, "millisecond", "a zero timeout", strata_torch.HierarchicalModelAverager,
+             OrderedDict([(1, world)]), timeout=timedelta(0))
+    with torch.inference_mode():
+        frozen = torch.ones(3)
+    c.raises(TypeError, "inference", "an inference tensor", avg.average_parameters, [frozen])
+    c.check(avg.step == 7 and frozen.tolist() == [1.0, 1.0, 1.0],
+            "a refused inference tensor leaves the step and the tensor as they were")
+    outer = strata_torch.HierarchicalModelAverager(OrderedDict([(2, world)]),
+                                                   outer=strata_torch.Nesterov(0.5, 0.5))
+    p = torch.zeros(3, dtype=torch.float64)
+    outer.begin([p])
+    sd = outer.state_dict()
+    sd["step"] = 5
+    sd["outer"]["elements"] = 4  # does not fit
+    c.raises(ValueError, "does not fit", "a refused outer state", outer.load_state_dict, sd)
+    c.check(outer.step == 0, f"a refused outer state left the step at {outer.step}")
+
+
 def worker(rank, world):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     c = Checks(f"rank {rank}")
     rank_checks(c, rank, world)
+    edge_checks(c, rank, world)
     # Every rank's verdict, so that all finish together and rank 0 can tell.
     bad = torch.tensor([float(len(c.failures))])
     dist.all_reduce(bad)

@@ -325,3 +325,33 @@ TEST_CASE("torch backend: a peer that left is the process group's error, and not
       },
       30s);
 }
+
+TEST_CASE("torch backend: collectives of one family on two threads never share a staging tensor") {
+  // Without the agreement, the world's all-reduce holds its staging tensor while it waits.
+  gloo_world(
+      2,
+      [](strata::TorchComm& world) {
+        // A group of one, sharing the world's staging cache.
+        strata::TorchComm self = world.split(world.rank(), 0);
+        std::vector<double> w(1000, 1.0);
+        std::thread slow([&] {
+          if (world.rank() == 1) std::this_thread::sleep_for(400ms);
+          world.all_reduce(std::span<double>(w), strata::ReduceOp::sum);
+        });
+        if (world.rank() == 0) {
+          // While the world's all-reduce waits for rank 1 on its staging tensor, the group of one
+          // reduces other values: they must land in tensors of their own.
+          std::this_thread::sleep_for(100ms);
+          for (int k = 0; k < 5; ++k) {
+            std::vector<double> x(1000, 25.0 + k);
+            std::vector<std::span<double>> list{x};
+            self.all_reduce_tensors(std::span<const std::span<double>>(list),
+                                    strata::ReduceOp::average);
+            CHECK(x == std::vector<double>(1000, 25.0 + k));
+          }
+        }
+        slow.join();
+        CHECK(w == std::vector<double>(1000, 2.0));
+      },
+      60s, /*verify=*/false);
+}

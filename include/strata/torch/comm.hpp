@@ -81,10 +81,12 @@ class torch_error : public error {
 //! assert(o.verify_arguments);
 //! \endcode
 struct TorchOptions {
-  //! How long one collective (or the set-up of a split) may wait for its peers.
+  //! How long one collective may wait for its peers. The process groups of a split are created by
+  //! the group factory, under the factory's own timeout (`gloo_comm`'s: this one).
   std::chrono::milliseconds timeout = detail::default_timeout;
-  //! Compare the members' calls before each collective (one small all-gather, and one all-to-all
-  //! of a word per peer for uneven counts), so that misuse is a `usage_error` on every member.
+  //! Compare the members' calls before each collective (one all-gather of 11 words; for the
+  //! uneven all-to-all also an all-to-all of a word per peer and an all-gather of 3 words), so that
+  //! misuse is a `usage_error` on every member.
   //! Off: each member checks only its own arguments.
   bool verify_arguments = true;
 };
@@ -128,34 +130,39 @@ inline c10d::ReduceOp reduction(ReduceOp op) {
 }
 
 // The staging tensor of the large collectives, kept between calls and shared by a communicator
-// and its splits (one process's collectives on them run one at a time): a fresh tensor of
-// parameter size costs its first touch of every page, about eight times the copy into it. A
-// tensor is handed out only while nothing else holds its storage (a work object that finished
-// may hold it a little longer), and one that a failed or timed-out collective may still write
-// into is dropped, never reused.
+// and its splits: a fresh tensor of parameter size costs its first touch of every page, about
+// eight times the copy into it. One collective at a time holds the kept tensor (another, on
+// another thread, gets a fresh one of its own), and only while nothing else holds its storage (a
+// work object that finished may hold it a little longer); a tensor that a failed or timed-out
+// collective may still write into is dropped, never reused.
 class StagingCache {
  public:
-  // Hands out the first `n` elements of the kept tensor when it fits, or of a fresh one, which
-  // is kept instead when the cache is free.
-  at::Tensor take(std::size_t n, c10::ScalarType type, c10::Device device) {
+  struct Taken {
+    at::Tensor tensor;
+    bool kept = false;  // the kept tensor: give it back with release() or discard()
+  };
+
+  // The first `n` elements of the kept tensor when it is free and fits; otherwise of a fresh
+  // tensor, which becomes the kept one when the cache is free.
+  Taken take(std::size_t n, c10::ScalarType type, c10::Device device) {
     const std::lock_guard<std::mutex> lock(mutex_);
     const auto count = static_cast<std::int64_t>(n);
-    if (!busy_ && kept_.defined() && kept_.scalar_type() == type && kept_.device() == device &&
-        kept_.numel() >= count && kept_.storage().use_count() == 1) {
-      busy_ = true;
-      return kept_.narrow(0, 0, count);
+    const auto options = at::TensorOptions().dtype(type).device(device);
+    if (busy_) return {at::empty({count}, options), false};
+    if (!(kept_.defined() && kept_.scalar_type() == type && kept_.device() == device &&
+          kept_.numel() >= count && kept_.storage().use_count() == 1)) {
+      kept_ = at::empty({count}, options);
     }
-    at::Tensor fresh = at::empty({count}, at::TensorOptions().dtype(type).device(device));
-    if (!busy_) {
-      kept_ = fresh;
-      busy_ = true;
-    }
-    return fresh;
+    busy_ = true;
+    // A view: while the collective holds it, the storage counts one more user than kept_.
+    return {kept_.narrow(0, 0, count), true};
   }
+  // The holder of the kept tensor is done with it.
   void release() {
     const std::lock_guard<std::mutex> lock(mutex_);
     busy_ = false;
   }
+  // The holder of the kept tensor failed: a work may still write into it.
   void discard() {
     const std::lock_guard<std::mutex> lock(mutex_);
     kept_ = at::Tensor();
@@ -168,15 +175,15 @@ class StagingCache {
   bool busy_ = false;
 };
 
-// A collective's use of the cache: released when the collective completed (`done`), discarded
-// when it left by an exception.
+// A collective's use of the cache: the kept tensor, if it got it, is released when the
+// collective completed (`done`) and discarded when it left by an exception.
 class StagingLease {
  public:
   explicit StagingLease(StagingCache& cache) : cache_(&cache) {}
   StagingLease(const StagingLease&) = delete;
   StagingLease& operator=(const StagingLease&) = delete;
   ~StagingLease() {
-    if (!taken_) return;
+    if (!kept_) return;
     if (done_) {
       cache_->release();
     } else {
@@ -185,14 +192,15 @@ class StagingLease {
   }
   template <class T>
   at::Tensor take(std::size_t n, c10::Device device) {
-    taken_ = true;
-    return cache_->take(n, scalar_type<T>(), device);
+    StagingCache::Taken t = cache_->take(n, scalar_type<T>(), device);
+    kept_ = t.kept;
+    return std::move(t.tensor);
   }
   void done() noexcept { done_ = true; }
 
  private:
   StagingCache* cache_;
-  bool taken_ = false;
+  bool kept_ = false;
   bool done_ = false;
 };
 

@@ -45,9 +45,21 @@ inline c10::intrusive_ptr<c10d::ProcessGroupGloo> make_gloo_group(
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
 }
 
-//! A `TorchComm` over a gloo process group: its deadline is the group's own timeout, and its splits are gloo groups with the same
-//! devices and timeout, rendezvousing through `store`, the store the group was created with.
+//! A `TorchComm` over a gloo process group, with `options`: its splits are gloo groups with the
+//! group's devices and worker threads and `options.timeout` as their own timeout (their set-up
+//! and their operations), rendezvousing through `store`, the store the group was created with.
 //! Collective over the group.
+inline TorchComm gloo_comm(const c10::intrusive_ptr<c10d::ProcessGroupGloo>& group,
+                           c10::intrusive_ptr<c10d::Store> store, TorchOptions options) {
+  const auto parent = group->getOptions();
+  auto children = c10d::ProcessGroupGloo::Options::create(options.timeout);
+  children->devices = parent->devices;
+  children->threads = parent->threads;
+  return TorchComm(group, std::move(store), gloo_group_factory(children), options);
+}
+
+//! A `TorchComm` over a gloo process group whose deadline is the group's own timeout, as are its
+//! splits'. Collective over the group.
 //!
 //! \code
 //! #include <torch/csrc/distributed/c10d/HashStore.hpp>
@@ -58,11 +70,10 @@ inline c10::intrusive_ptr<c10d::ProcessGroupGloo> make_gloo_group(
 //! \endcode
 inline TorchComm gloo_comm(const c10::intrusive_ptr<c10d::ProcessGroupGloo>& group,
                            c10::intrusive_ptr<c10d::Store> store, bool verify_arguments = true) {
-  auto options = group->getOptions();
   TorchOptions o;
-  o.timeout = options->timeout;
+  o.timeout = group->getOptions()->timeout;
   o.verify_arguments = verify_arguments;
-  return TorchComm(group, std::move(store), gloo_group_factory(options), o);
+  return gloo_comm(group, std::move(store), o);
 }
 
 }  // namespace strata
