@@ -14,7 +14,6 @@ within the deadline; a rank that deadlocks makes the run fail at the deadline in
 import argparse
 import datetime
 import os
-import socket
 import sys
 from collections import OrderedDict
 
@@ -23,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import strata_torch
+from launch import free_port
 
 
 def rank_main(rank, world, port, rounds):
@@ -44,12 +44,6 @@ def rank_main(rank, world, port, rounds):
         avg.average_parameters([w])
         del state, avg
     dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():

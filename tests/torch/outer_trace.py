@@ -19,12 +19,13 @@ import argparse
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import timedelta
+
+from launch import run_world
 
 TOLERANCE = 1e-12
 HIERARCHY = "2:2,4:4"
@@ -65,42 +66,6 @@ def read_trace(path, world, dim):
     return finals
 
 
-# --- the launcher -----------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_world(world, worker_argv, timeout):
-    """Runs the workers; returns their exit codes, or None for one killed."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", str(r)]
-                              + worker_argv, env=dict(env, RANK=str(r))) for r in range(world)]
-    deadline = time.monotonic() + timeout
-    codes = [None] * world
-    failed_at = None  # a failed rank's peers wait in a collective: end them after a grace
-    while any(c is None for c in codes):
-        for r, p in enumerate(procs):
-            if codes[r] is None:
-                codes[r] = p.poll()
-                if codes[r] not in (None, 0) and failed_at is None:
-                    failed_at = time.monotonic()
-        now = time.monotonic()
-        if now > deadline or (failed_at is not None and now > failed_at + 5):
-            for r, p in enumerate(procs):
-                if codes[r] is None:
-                    p.kill()
-                    p.wait()
-                    print(f"rank {r}: killed ({'timeout' if now > deadline else 'a peer failed'})",
-                          file=sys.stderr)
-            break
-        time.sleep(0.05)
-    return codes
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hsgd-trace")
@@ -130,7 +95,7 @@ def main():
                 return 1
             traces[name] = read_trace(out, a.world, dim)
 
-        codes = run_world(a.world, ["--world", str(a.world), "--dir", tmp], a.timeout)
+        codes = run_world(__file__, a.world, ["--world", str(a.world), "--dir", tmp], a.timeout)
         if any(c != 0 for c in codes):
             print(f"workers' exit codes {codes}", file=sys.stderr)
             ok = False

@@ -16,9 +16,6 @@ Exits 0 when every check passes on every rank.
 """
 import argparse
 import io
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections import OrderedDict
@@ -28,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 import strata_torch
+from launch import run_world
 
 Averager = strata_torch.HierarchicalModelAverager
 
@@ -362,42 +360,6 @@ def post_local_checks(c, rank, world):
         avg.average_parameters(module.parameters())
 
 
-# --- the launcher -----------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_world(world, timeout):
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", str(r),
-                               "--world", str(world)], env=dict(env, RANK=str(r)))
-             for r in range(world)]
-    deadline = time.monotonic() + timeout
-    codes = [None] * world
-    failed_at = None  # a failed rank's peers wait in a collective: end them after a grace
-    while any(x is None for x in codes):
-        for r, p in enumerate(procs):
-            if codes[r] is None:
-                codes[r] = p.poll()
-                if codes[r] not in (None, 0) and failed_at is None:
-                    failed_at = time.monotonic()
-        now = time.monotonic()
-        if now > deadline or (failed_at is not None and now > failed_at + 5):
-            for r, p in enumerate(procs):
-                if codes[r] is None:
-                    p.kill()
-                    p.wait()
-                    print(f"rank {r}: killed ({'timeout' if now > deadline else 'a peer failed'})",
-                          file=sys.stderr)
-            break
-        time.sleep(0.05)
-    return codes
-
-
 def edge_checks(c, rank, world):
     """The assignable step, the timeout's bounds, inference tensors refused before any
     communication, and a refused outer state that leaves the step as it was."""
@@ -456,7 +418,7 @@ def main():
     c = Checks("single process")
     single_process_checks(c)
     print(f"python_api: {c.count} single-process checks, {len(c.failures)} failed")
-    codes = run_world(a.world, a.timeout)
+    codes = run_world(__file__, a.world, ["--world", str(a.world)], a.timeout)
     ok = not c.failures and all(x == 0 for x in codes)
     print(f"python_api: exit codes {codes}, {time.monotonic() - start:.1f} s: "
           f"{'PASS' if ok else 'FAIL'}")

@@ -22,13 +22,13 @@ import copy
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import OrderedDict
 from datetime import timedelta
+
+from launch import run_world
 
 TOLERANCE = 1e-12
 
@@ -38,47 +38,6 @@ HIERARCHIES = {
     4: (OrderedDict([(2, 2), (4, 4)]), 3),
     8: (OrderedDict([(2, 2), (3, 4), (8, 8)]), 5),
 }
-
-
-# --- the launcher -----------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_world(world, worker_argv, timeout, results_dir):
-    """Runs the workers; returns their exit codes, or None for one killed when time ran out."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    procs = []
-    for rank in range(world):
-        argv = [sys.executable, os.path.abspath(__file__), "--worker", str(rank),
-                "--results", results_dir] + worker_argv
-        procs.append(subprocess.Popen(argv, env=dict(env, RANK=str(rank))))
-    deadline = time.monotonic() + timeout
-    codes = [None] * world
-    # A rank that fails leaves its peers waiting in a collective: they are ended after a short
-    # grace rather than at the collective's own timeout.
-    failed_at = None
-    while any(c is None for c in codes):
-        for r, p in enumerate(procs):
-            if codes[r] is None:
-                codes[r] = p.poll()
-                if codes[r] not in (None, 0) and failed_at is None:
-                    failed_at = time.monotonic()
-        now = time.monotonic()
-        if now > deadline or (failed_at is not None and now > failed_at + 5):
-            for r, p in enumerate(procs):
-                if codes[r] is None:
-                    p.kill()
-                    p.wait()
-                    print(f"rank {r}: killed ({'timeout' if now > deadline else 'a peer failed'})",
-                          file=sys.stderr)
-            break
-        time.sleep(0.05)
-    return codes
 
 
 def main():
@@ -97,8 +56,9 @@ def main():
 
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as results:
-        codes = run_world(a.world, ["--world", str(a.world), "--steps", str(a.steps),
-                                    "--restart-at", str(a.restart_at)], a.timeout, results)
+        codes = run_world(__file__, a.world,
+                          ["--results", results, "--world", str(a.world), "--steps", str(a.steps),
+                           "--restart-at", str(a.restart_at)], a.timeout)
         reports = []
         for r in range(a.world):
             path = os.path.join(results, f"rank{r}.json")
