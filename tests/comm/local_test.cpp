@@ -418,6 +418,23 @@ TEST_CASE(
           });
       unchanged();
       CHECK(flat == std::vector<float>(3010, 1.0f));
+      // Every member but the last calls the flat all_reduce alike: the rule walks past the
+      // members that agree with member 0 (they passed no tensor list) to the one that differs.
+      if (n >= 3) {
+        conformance::expect_usage_error(
+            comm.rank(), mine ? op : "all_reduce",
+            "rank 0 and " + who + " disagree: rank 0 called all_reduce, " + who +
+                " called all_reduce_tensors",
+            [&] {
+              if (mine) {
+                call({a, b, c});
+              } else {
+                comm.all_reduce(std::span<float>(flat), strata::ReduceOp::average);
+              }
+            });
+        unchanged();
+        CHECK(flat == std::vector<float>(3010, 1.0f));
+      }
       conformance::still_usable(comm);
     });
   });

@@ -71,8 +71,7 @@ namespace detail::local {
 struct TensorList {
   const void* spans = nullptr;      // the caller's `const std::span<T>*`
   std::vector<std::size_t> starts;  // where each tensor starts in the concatenation; then the total
-  std::size_t overlap[2] = {0, 0};  // two tensors that share memory, when `overlaps`
-  bool overlaps = false;
+  std::optional<std::pair<std::size_t, std::size_t>> overlap;  // two that share memory
 
   [[nodiscard]] std::size_t count() const noexcept { return starts.size() - 1; }
   [[nodiscard]] std::size_t total() const noexcept { return starts.back(); }
@@ -88,8 +87,6 @@ struct Post {
   int key = 0;
   const TensorList* tensors = nullptr;  // all_reduce_tensors only
 };
-
-inline constexpr std::string_view tensors_name = "all_reduce_tensors";
 
 // The operation's name in messages: all_reduce_tensors travels as an all-reduce call.
 inline std::string_view operation_name(const Post& p) noexcept {
@@ -586,26 +583,13 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     detail::local::TensorList list;
     list.spans = tensors.data();
     list.starts.resize(tensors.size() + 1);
-    std::vector<std::pair<std::uintptr_t, std::size_t>> by_address;  // of non-empty tensors
     std::size_t at = 0;
     for (std::size_t t = 0; t < tensors.size(); ++t) {
       list.starts[t] = at;
       at += tensors[t].size();  // spans of disjoint memory: no wrap, checked below
-      if (!tensors[t].empty()) {
-        by_address.emplace_back(reinterpret_cast<std::uintptr_t>(tensors[t].data()), t);
-      }
     }
     list.starts.back() = at;
-    std::sort(by_address.begin(), by_address.end());
-    for (std::size_t i = 1; i < by_address.size(); ++i) {
-      const auto [address, t] = by_address[i - 1];
-      if (by_address[i].first - address < tensors[t].size() * sizeof(T)) {
-        list.overlaps = true;
-        list.overlap[0] = std::min(t, by_address[i].second);
-        list.overlap[1] = std::max(t, by_address[i].second);
-        break;
-      }
-    }
+    list.overlap = detail::overlapping_tensors(tensors);
     return list;
   }
 
@@ -732,41 +716,30 @@ class LocalComm : public detail::CollectiveFacade<LocalComm> {
     const auto name = [&](std::size_t m) { return detail::rank_name(group_->members[m]); };
     for (std::size_t m = 0; m < n; ++m) {
       const detail::local::Post& p = posts[m];
-      if (p.tensors != nullptr && p.tensors->overlaps) {
-        return name(m) + ": tensors " + std::to_string(p.tensors->overlap[0]) + " and " +
-               std::to_string(p.tensors->overlap[1]) + " overlap";
+      if (p.tensors != nullptr && p.tensors->overlap) {
+        return detail::tensors_overlap(name(m), *p.tensors->overlap);
       }
       if (p.call->problem) {
         return name(m) + ": " + detail::describe(p.call->problem, static_cast<int>(n));
       }
     }
+    const auto signature = [&](const detail::local::Post& p) {
+      return detail::TensorListSignature{operation_name(p), p.call->type, p.call->reduce,
+                                         p.tensors != nullptr ? p.tensors->count() : 0};
+    };
     const detail::local::Post& first = posts[0];
     for (std::size_t m = 1; m < n; ++m) {
       const detail::local::Post& p = posts[m];
-      const std::string pair = name(0) + " and " + name(m) + " disagree: ";
-      if (operation_name(p) != operation_name(first)) {
-        return pair + name(0) + " called " + std::string(operation_name(first)) + ", " + name(m) +
-               " called " + std::string(operation_name(p));
+      if (auto why =
+              detail::tensor_list_mismatch(name(0), signature(first), name(m), signature(p))) {
+        return why;
       }
-      if (p.call->type != first.call->type) {
-        return pair + name(0) + " passed " + std::string(detail::element_name(first.call->type)) +
-               " elements, " + name(m) + " passed " +
-               std::string(detail::element_name(p.call->type));
-      }
-      if (p.call->reduce != first.call->reduce) {
-        return pair + name(0) + " reduces with " + std::string(to_string(first.call->reduce)) +
-               ", " + name(m) + " with " + std::string(to_string(p.call->reduce));
-      }
+      if (first.tensors == nullptr) continue;  // both called the same other collective
       const detail::local::TensorList& a = *first.tensors;
       const detail::local::TensorList& b = *p.tensors;
-      if (a.count() != b.count()) {
-        return pair + name(0) + " passed " + std::to_string(a.count()) + " tensors, " + name(m) +
-               " passed " + std::to_string(b.count());
-      }
       for (std::size_t t = 0; t < a.count(); ++t) {
         if (a.size(t) != b.size(t)) {
-          return pair + "tensor " + std::to_string(t) + " has " + std::to_string(a.size(t)) +
-                 " elements on " + name(0) + ", " + std::to_string(b.size(t)) + " on " + name(m);
+          return detail::tensor_size_mismatch(name(0), name(m), t, a.size(t), b.size(t));
         }
       }
     }

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "strata/comm/communicator.hpp"
@@ -382,6 +383,80 @@ std::optional<std::string> agree(const Call& mine, int rank, int n, Gather&& gat
     found[r] = {found_words[3 * r], found_words[3 * r + 1], found_words[3 * r + 2]};
   }
   return first_count_disagreement(std::span<const CountMismatch>(found), rank_name);
+}
+
+// --- the tensor-list all-reduce (all_reduce_tensors), on the backends that have one -------------
+
+inline constexpr std::string_view tensors_name = "all_reduce_tensors";
+
+// The first two of `tensors` that share memory, by address (empty tensors never do): in-place
+// writes of one would be reads of the other, and no result would be well defined.
+template <class T>
+std::optional<std::pair<std::size_t, std::size_t>> overlapping_tensors(
+    std::span<const std::span<T>> tensors) {
+  std::vector<std::pair<std::uintptr_t, std::size_t>> by_address;
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    if (!tensors[t].empty()) {
+      by_address.emplace_back(reinterpret_cast<std::uintptr_t>(tensors[t].data()), t);
+    }
+  }
+  std::sort(by_address.begin(), by_address.end());
+  for (std::size_t i = 1; i < by_address.size(); ++i) {
+    const auto [address, t] = by_address[i - 1];
+    if (by_address[i].first - address < tensors[t].size() * sizeof(T)) {
+      return std::pair{std::min(t, by_address[i].second), std::max(t, by_address[i].second)};
+    }
+  }
+  return std::nullopt;
+}
+
+// What members compare of a tensor-list call before its sizes.
+struct TensorListSignature {
+  std::string_view op;  // tensors_name, or the collective a member called instead
+  std::uint8_t type = 0;
+  ReduceOp reduce = ReduceOp::sum;
+  std::size_t count = 0;
+};
+
+// The words every backend uses for a tensor-list call that cannot run.
+inline std::string tensors_overlap(const std::string& member,
+                                   std::pair<std::size_t, std::size_t> t) {
+  return member + ": tensors " + std::to_string(t.first) + " and " + std::to_string(t.second) +
+         " overlap";
+}
+
+// Where member b's call differs from member a's before the sizes (operation, element type,
+// reduction, tensor count), if it does.
+inline std::optional<std::string> tensor_list_mismatch(const std::string& a_name,
+                                                       const TensorListSignature& a,
+                                                       const std::string& b_name,
+                                                       const TensorListSignature& b) {
+  const std::string pair = a_name + " and " + b_name + " disagree: ";
+  if (a.op != b.op) {
+    return pair + a_name + " called " + std::string(a.op) + ", " + b_name + " called " +
+           std::string(b.op);
+  }
+  if (a.type != b.type) {
+    return pair + a_name + " passed " + std::string(element_name(a.type)) + " elements, " + b_name +
+           " passed " + std::string(element_name(b.type));
+  }
+  if (a.reduce != b.reduce) {
+    return pair + a_name + " reduces with " + std::string(to_string(a.reduce)) + ", " + b_name +
+           " with " + std::string(to_string(b.reduce));
+  }
+  if (a.count != b.count) {
+    return pair + a_name + " passed " + std::to_string(a.count) + " tensors, " + b_name +
+           " passed " + std::to_string(b.count);
+  }
+  return std::nullopt;
+}
+
+inline std::string tensor_size_mismatch(const std::string& a_name, const std::string& b_name,
+                                        std::size_t tensor, std::size_t a_size,
+                                        std::size_t b_size) {
+  return a_name + " and " + b_name + " disagree: tensor " + std::to_string(tensor) + " has " +
+         std::to_string(a_size) + " elements on " + a_name + ", " + std::to_string(b_size) +
+         " on " + b_name;
 }
 
 // The average of n members from their sum, with the rounding of the local and MPI backends:
