@@ -218,16 +218,16 @@ class PyAverager {
   [[nodiscard]] py::dict outer_state() const {
     py::dict d;
     if (!kind_) return d;
+    const auto tensors = [](const auto& per_level) {
+      py::list out;
+      for (const auto& v : per_level) {
+        out.append(v.empty() ? py::object(py::none()) : py::cast(tensor_of(v)));
+      }
+      return out;
+    };
     const auto pack = [&](const auto& snapshot) {
-      py::list anchors, states;
-      for (const auto& a : snapshot.anchors) {
-        anchors.append(a.empty() ? py::object(py::none()) : py::cast(tensor_of(a)));
-      }
-      for (const auto& s : snapshot.states) {
-        states.append(s.empty() ? py::object(py::none()) : py::cast(tensor_of(s)));
-      }
-      d["anchors"] = anchors;
-      d["states"] = states;
+      d["anchors"] = tensors(snapshot.anchors);
+      d["states"] = tensors(snapshot.states);
     };
     if (*kind_ == Kind::f32) {
       pack(averager_->template outer_state<float>());
@@ -242,10 +242,13 @@ class PyAverager {
                         bool single) {
     const auto load = [&](auto zero) {
       using T = decltype(zero);
-      strata::OuterSnapshot<T> s;
-      for (const auto& a : anchors) s.anchors.push_back(a ? vector_of<T>(*a) : std::vector<T>{});
-      for (const auto& m : states) s.states.push_back(m ? vector_of<T>(*m) : std::vector<T>{});
-      averager_->load_outer_state(s, elements);
+      const auto vectors = [](const std::vector<std::optional<at::Tensor>>& per_level) {
+        std::vector<std::vector<T>> out;
+        for (const auto& t : per_level) out.push_back(t ? vector_of<T>(*t) : std::vector<T>{});
+        return out;
+      };
+      averager_->load_outer_state(strata::OuterSnapshot<T>{vectors(anchors), vectors(states)},
+                                  elements);
     };
     if (single) {
       load(0.0f);

@@ -153,7 +153,6 @@ class HierarchicalModelAverager:
         if group is None:
             raise RuntimeError("strata_torch: torch.distributed is not initialised "
                                "(init_process_group) and no process group was given")
-        _C.check_hierarchy(levels, group.size())
         periods = [p for p, _ in levels]
         spec = _outer_spec(outer, periods)
         if timeout is not None and not isinstance(timeout, timedelta):

@@ -57,6 +57,7 @@
 #include "strata/comm/detail/call.hpp"
 #include "strata/comm/detail/deadline.hpp"
 #include "strata/comm/detail/facade.hpp"
+#include "strata/detail/splitmix.hpp"
 #include "strata/error.hpp"
 
 namespace strata {
@@ -210,42 +211,16 @@ inline std::string a_or_an(std::string_view op) {
   return (vowel ? "an " : "a ") + std::string(op);
 }
 
-inline constexpr std::string_view tensors_name = "all_reduce_tensors";
 // What an all_reduce_tensors call puts where a collective's code goes in the words the members
 // compare: no collective has it, so a member that called another collective sees a difference.
 inline constexpr std::int64_t tensors_code = 100;
 
-// The first two of `tensors` that share memory, by address (empty tensors never do).
-template <class T>
-std::optional<std::pair<std::size_t, std::size_t>> overlapping(
-    std::span<const std::span<T>> tensors) {
-  std::vector<std::pair<std::uintptr_t, std::size_t>> by_address;
-  for (std::size_t t = 0; t < tensors.size(); ++t) {
-    if (!tensors[t].empty()) {
-      by_address.emplace_back(reinterpret_cast<std::uintptr_t>(tensors[t].data()), t);
-    }
-  }
-  std::sort(by_address.begin(), by_address.end());
-  for (std::size_t i = 1; i < by_address.size(); ++i) {
-    const auto [address, t] = by_address[i - 1];
-    if (by_address[i].first - address < tensors[t].size() * sizeof(T)) {
-      return std::pair{std::min(t, by_address[i].second), std::max(t, by_address[i].second)};
-    }
-  }
-  return std::nullopt;
-}
-
-// A 64-bit digest of a tensor list's sizes (splitmix64's finaliser over each size in turn), so
-// that the members compare their lists in the one exchange of a collective's words.
+// A 64-bit digest of a tensor list's sizes, so that the members compare their lists in the one
+// exchange of a collective's words.
 template <class T>
 std::int64_t sizes_digest(std::span<const std::span<T>> tensors) {
-  std::uint64_t h = 0x9e3779b97f4a7c15ULL;
-  for (const std::span<T>& t : tensors) {
-    std::uint64_t z = h ^ (static_cast<std::uint64_t>(t.size()) + 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    h = z ^ (z >> 31);
-  }
+  std::uint64_t h = 0;
+  for (const std::span<T>& t : tensors) h = splitmix64(h ^ static_cast<std::uint64_t>(t.size()));
   return static_cast<std::int64_t>(h);
 }
 
@@ -334,7 +309,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
   //! \endcode
   template <comm_value T>
   void all_reduce_tensors(std::span<const std::span<T>> tensors, ReduceOp op) {
-    const std::string_view name = detail::torch::tensors_name;
+    const std::string_view name = detail::tensors_name;
     ensure_usable(name);
     std::size_t total = 0;
     for (const std::span<T>& t : tensors) total += t.size();
@@ -352,9 +327,9 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     c10d::AllreduceOptions o;
     o.reduceOp = detail::torch::reduction(op);
     finish(name, [&] { return group_->allreduce(list, o); });
+    at = 0;
     if constexpr (on_device) {
       scale_on_device<T>(s, op);
-      at = 0;
       for (const std::span<T>& t : tensors) {
         const auto n = static_cast<std::int64_t>(t.size());
         if (n != 0) view(t.data(), t.size()).copy_(s.narrow(0, at, n));
@@ -362,16 +337,10 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
       }
       settle();
     } else {
-      // One pass from the reduced sum into the tensors, scaled on the way.
-      const T* sum = s.template data_ptr<T>();
-      const detail::AverageOf<T> average(size_);
       for (const std::span<T>& t : tensors) {
-        if (op == ReduceOp::average) {
-          for (std::size_t i = 0; i < t.size(); ++i) t[i] = average(sum[i]);
-        } else {
-          std::copy(sum, sum + t.size(), t.begin());
-        }
-        sum += t.size();
+        const auto n = static_cast<std::int64_t>(t.size());
+        if (n != 0) write_host(op, s.narrow(0, at, n), t.data(), t.size());
+        at += n;
       }
     }
     lease.done();
@@ -460,10 +429,10 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
   // called another collective exchanges well-formed words too, and fails alike.
   template <comm_value T>
   void agree_tensors(std::span<const std::span<T>> tensors, std::size_t total, ReduceOp op) {
-    const std::string_view name = detail::torch::tensors_name;
-    const auto overlap = detail::torch::overlapping(tensors);
+    const std::string_view name = detail::tensors_name;
+    const auto overlap = detail::overlapping_tensors(tensors);
     if (!options_.verify_arguments) {
-      if (overlap) fail_tensors(overlap_message(rank_, *overlap));
+      if (overlap) fail_tensors(detail::tensors_overlap(detail::rank_name(rank_), *overlap));
       return;
     }
     const auto n = static_cast<std::size_t>(size_);
@@ -483,37 +452,26 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     gather_words(name, mine, all);
     const auto word = [&](std::size_t m, std::size_t w) { return all[m * words + w]; };
     const auto rank = [](std::size_t m) { return detail::rank_name(static_cast<int>(m)); };
+    const auto is_tensors = [&](std::size_t m) {
+      return word(m, 0) == detail::torch::tensors_code;
+    };
     for (std::size_t m = 0; m < n; ++m) {
-      if (word(m, 0) == detail::torch::tensors_code && word(m, 7) != 0) {
-        fail_tensors(overlap_message(static_cast<int>(m), {static_cast<std::size_t>(word(m, 8)),
-                                                           static_cast<std::size_t>(word(m, 9))}));
+      if (is_tensors(m) && word(m, 7) != 0) {
+        fail_tensors(detail::tensors_overlap(
+            rank(m), {static_cast<std::size_t>(word(m, 8)), static_cast<std::size_t>(word(m, 9))}));
       }
     }
-    const auto called = [&](std::size_t m) {
-      return word(m, 0) == detail::torch::tensors_code
-                 ? std::string(name)
-                 : std::string(detail::collective_name(static_cast<Collective>(word(m, 0))));
+    // A member that called another collective sent that collective's words.
+    const auto signature = [&](std::size_t m) {
+      return detail::TensorListSignature{
+          is_tensors(m) ? detail::tensors_name
+                        : detail::collective_name(static_cast<Collective>(word(m, 0))),
+          static_cast<std::uint8_t>(word(m, 1)), static_cast<ReduceOp>(word(m, 2)),
+          is_tensors(m) ? static_cast<std::size_t>(word(m, 4)) : 0};
     };
     for (std::size_t m = 1; m < n; ++m) {
-      const std::string pair = rank(0) + " and " + rank(m) + " disagree: ";
-      if (word(m, 0) != word(0, 0)) {
-        fail_tensors(pair + rank(0) + " called " + called(0) + ", " + rank(m) + " called " +
-                     called(m));
-      }
-      if (word(m, 1) != word(0, 1)) {
-        fail_tensors(pair + rank(0) + " passed " +
-                     std::string(detail::element_name(static_cast<std::uint8_t>(word(0, 1)))) +
-                     " elements, " + rank(m) + " passed " +
-                     std::string(detail::element_name(static_cast<std::uint8_t>(word(m, 1)))));
-      }
-      if (word(m, 2) != word(0, 2)) {
-        fail_tensors(pair + rank(0) + " reduces with " +
-                     std::string(to_string(static_cast<ReduceOp>(word(0, 2)))) + ", " + rank(m) +
-                     " with " + std::string(to_string(static_cast<ReduceOp>(word(m, 2)))));
-      }
-      if (word(m, 4) != word(0, 4)) {
-        fail_tensors(pair + rank(0) + " passed " + std::to_string(word(0, 4)) + " tensors, " +
-                     rank(m) + " passed " + std::to_string(word(m, 4)));
+      if (auto why = detail::tensor_list_mismatch(rank(0), signature(0), rank(m), signature(m))) {
+        fail_tensors(*why);
       }
     }
     // The same count everywhere: the sizes must match too, since equal totals of different sizes
@@ -531,21 +489,15 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
         const std::int64_t a = every[t];
         const std::int64_t b = every[m * sizes.size() + t];
         if (a != b) {
-          fail_tensors(rank(0) + " and " + rank(m) + " disagree: tensor " + std::to_string(t) +
-                       " has " + std::to_string(a) + " elements on " + rank(0) + ", " +
-                       std::to_string(b) + " on " + rank(m));
+          fail_tensors(detail::tensor_size_mismatch(
+              rank(0), rank(m), t, static_cast<std::size_t>(a), static_cast<std::size_t>(b)));
         }
       }
     }
   }
 
-  static std::string overlap_message(int member, std::pair<std::size_t, std::size_t> tensors) {
-    return detail::rank_name(member) + ": tensors " + std::to_string(tensors.first) + " and " +
-           std::to_string(tensors.second) + " overlap";
-  }
-
   [[noreturn]] void fail_tensors(const std::string& why) const {
-    throw usage_error(detail::torch::tensors_name, rank_, why);
+    throw usage_error(detail::tensors_name, rank_, why);
   }
 
   // --- for the facade ---------------------------------------------------------------------------
@@ -598,7 +550,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
         c10d::AllreduceOptions o;
         o.reduceOp = detail::torch::reduction(c.reduce);
         finish(op, [&] { return group_->allreduce(t, o); });
-        deliver(c, s, out, c.in);
+        deliver(c.reduce, s, out, c.in);
         lease.done();
         return;
       }
@@ -642,7 +594,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
           c10d::AllreduceOptions o;
           o.reduceOp = detail::torch::reduction(c.reduce);
           finish(op, [&] { return group_->allreduce(t, o); });
-          deliver(c, s.narrow(0, rank_ * block, block), out, c.out);
+          deliver(c.reduce, s.narrow(0, rank_ * block, block), out, c.out);
           lease.done();
           return;
         }
@@ -653,7 +605,7 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
         c10d::ReduceScatterOptions o;
         o.reduceOp = detail::torch::reduction(c.reduce);
         finish(op, [&] { return group_->reduce_scatter(outputs, inputs, o); });
-        deliver(c, r, out, c.out);
+        deliver(c.reduce, r, out, c.out);
         lease.done();
         return;
       }
@@ -688,26 +640,28 @@ class BasicTorchComm : public detail::CollectiveFacade<BasicTorchComm<Space>> {
     settle();
   }
 
-  // The result of a reduction into the caller's buffer, averaged when asked: the sum times 1/n
-  // (the truncated quotient for integers), the rounding of the local and MPI backends. A tensor
-  // times a scalar of its own type rounds as the scalar product does.
+  // One pass from a reduction's result (host memory) into the caller's buffer, averaged on the
+  // way: the sum times 1/n (the truncated quotient for integers), the rounding of the local and
+  // MPI backends.
   template <comm_value T>
-  void deliver(const Call& c, at::Tensor result, T* out, std::size_t count) const {
+  void write_host(ReduceOp op, const at::Tensor& result, T* out, std::size_t count) const {
+    const T* sum = result.template data_ptr<T>();
+    if (op == ReduceOp::average) {
+      const detail::AverageOf<T> average(size_);
+      for (std::size_t i = 0; i < count; ++i) out[i] = average(sum[i]);
+    } else {
+      std::copy(sum, sum + count, out);
+    }
+  }
+
+  // The result of a reduction into the caller's buffer, averaged when asked.
+  template <comm_value T>
+  void deliver(ReduceOp op, at::Tensor result, T* out, std::size_t count) const {
     if constexpr (on_device) {
-      if (c.reduce == ReduceOp::average) {
-        if constexpr (std::is_floating_point_v<T>) {
-          result.mul_(static_cast<double>(T(1) / static_cast<T>(size_)));
-        } else {
-          result.div_(size_, "trunc");
-        }
-      }
+      scale_on_device<T>(result, op);
       copy_out(result, out, count);
     } else {
-      view(out, count).copy_(result);
-      if (c.reduce == ReduceOp::average) {
-        const detail::AverageOf<T> average(size_);
-        for (std::size_t i = 0; i < count; ++i) out[i] = average(out[i]);
-      }
+      write_host(op, result, out, count);
     }
   }
 

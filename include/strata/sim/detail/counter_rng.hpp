@@ -7,16 +7,12 @@
 #include <cmath>
 #include <cstdint>
 
+#include "strata/detail/splitmix.hpp"
+
 namespace strata::detail {
 
-// The splitmix64 output function: a bijection of 64-bit words whose every output bit depends on
-// every input bit. Used here as a hash of a counter, not as a sequential generator.
-[[nodiscard]] constexpr std::uint64_t splitmix64(std::uint64_t x) noexcept {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30U)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27U)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31U);
-}
+// splitmix64 (strata/detail/splitmix.hpp) serves as a hash of a counter, not as a sequential
+// generator.
 
 // Streams keep the draws for different purposes independent of each other.
 enum class SimStream : std::uint64_t {
