@@ -4,15 +4,22 @@
 // agreement, groups, deadlines, aborts, splits, device affinity, graph capture and replay) run
 // across 1 to 16 ranks on a machine without GPUs. "Device memory" is host memory here.
 //
-// It behaves as NCCL 2.28 in non-blocking mode and the CUDA 13 runtime do wherever strata
-// depends on them (docs/device.md lists each behaviour and what it leaves out):
+// It behaves as NCCL 2.28 and the CUDA 13 runtime do wherever strata depends on them
+// (docs/device.md lists each behaviour and what it leaves out):
 // - work is asynchronous: a call enqueues, the stream runs it later; a collective completes when
 //   every member's stream has reached it; sends and receives of a group match per peer in order;
-// - creation is non-blocking (ready once every member has joined); ncclCommSplit returns at once,
-//   the parent reports ncclInProgress until the split completes, and the child's handle is
-//   written only then; collectives return ncclInProgress with more than one rank, and
-//   ncclGroupEnd does too (with point-to-point work even on one rank); ncclCommFinalize returns
-//   ncclInProgress; ncclCommCount and ncclCommUserRank refuse a communicator not yet ready;
+// - non-blocking mode: creation returns at once (ready once every member has joined);
+//   ncclCommSplit returns at once, the parent reports ncclInProgress until the split completes,
+//   and the child's handle is written only then; collectives return ncclInProgress with more
+//   than one rank, and ncclGroupEnd does too (with point-to-point work even on one rank);
+//   ncclCommFinalize returns ncclInProgress; after a call returned ncclInProgress the
+//   communicator reports it in progress (once) and refuses calls until ncclCommGetAsyncError
+//   has said so ("Attempt to use communicator before the previous operation returned
+//   ncclSuccess"); ncclCommCount and ncclCommUserRank refuse a communicator not yet ready;
+// - blocking mode: creation and a split return once every member has made the call, with no
+//   deadline; the first collective connects the members (its call returns once every member has
+//   made its first collective); nothing returns ncclInProgress; a group that mixes blocking and
+//   non-blocking communicators is refused;
 // - the current device is per thread; streams and allocations belong to the device current
 //   when they were made; two members of one communicator on one device are refused ("Duplicate
 //   GPU detected"), and so is work whose stream or buffers are on another device;
@@ -44,6 +51,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -63,6 +71,7 @@ struct Stats {
   std::atomic<long> aborts{0};
   std::atomic<long> cancelled{0};       // work that reached a member after its abort
   std::atomic<long> pageable_waits{0};  // copies into pageable memory that blocked the host
+  std::atomic<long> in_progress{0};     // calls that returned ncclInProgress
   void reset() {
     collectives = 0;
     groups = 0;
@@ -72,6 +81,7 @@ struct Stats {
     aborts = 0;
     cancelled = 0;
     pageable_waits = 0;
+    in_progress = 0;
   }
 };
 inline Stats& stats() {
@@ -202,6 +212,7 @@ struct Team {
   explicit Team(int n) : size(n) {}
   int size;
   int joined = 0;
+  int connected = 0;  // blocking mode: members whose first collective has connected
   std::mutex m;
   std::condition_variable cv;
   bool member_failed = false;  // some member aborted: peers blocked on it see ncclRemoteError
@@ -216,7 +227,16 @@ struct Comm : std::enable_shared_from_this<Comm> {
   std::shared_ptr<Comm> self;  // the handle's reference, dropped by destroy/abort
   std::shared_ptr<Team> team;  // null while a split is pending
   int rank = -1;
-  int device = 0;  // the device current when the member joined
+  int device = 0;          // the device current when the member joined
+  bool blocking = false;   // ncclConfig_t::blocking
+  bool connected = false;  // blocking mode: the first collective has connected to the peers
+  // Non-blocking mode: a call returned ncclInProgress, and ncclCommGetAsyncError has not yet
+  // reported the communicator ready since. NCCL refuses calls meanwhile. NCCL's thread finishes
+  // the launch after Runtime::launch_latency; the state says so from the first query after that.
+  std::atomic<bool> launching{false};
+  std::atomic<bool> launch_seen{false};
+  std::chrono::steady_clock::time_point launch_done{};
+  void start_launch();
   // A split of this (parent) communicator that has not completed: NCCL reports the parent in
   // progress meanwhile, and writes the child's handle only when it completes.
   std::atomic<bool> splitting{false};
@@ -393,6 +413,24 @@ inline ncclResult_t interrupted(Comm& c) {
   if (c.aborted) return ncclInvalidUsage;  // work on an aborted communicator is cancelled
   c.set_error(ncclRemoteError, "a peer aborted its communicator");
   return ncclRemoteError;
+}
+
+// Blocking mode: NCCL connects a communicator's members lazily (NCCL_RUNTIME_CONNECT=1, the
+// default since 2.22), in the host call of the first collective, over the bootstrap network: the
+// call returns only once the peers have made theirs. Only a peer's abort ends the wait.
+inline ncclResult_t connect(Comm& c) {
+  if (!c.blocking || c.connected) return ncclSuccess;
+  Team& t = *c.team;
+  std::unique_lock lk(t.m);
+  ++t.connected;
+  t.cv.notify_all();
+  t.cv.wait(lk, [&] { return t.connected >= t.size || c.aborted || t.member_failed; });
+  if (t.connected < t.size) {
+    lk.unlock();
+    return interrupted(c);
+  }
+  c.connected = true;
+  return ncclSuccess;
 }
 
 // One member's arrival at a collective, on its stream's worker thread.
@@ -579,6 +617,16 @@ struct Runtime {
 
   // Set by a test to make the next get_unique_id fail (rank 0 of a bootstrap).
   static inline std::atomic<bool> fail_unique_id{false};
+  // How long NCCL's own thread takes to finish a launch that returned ncclInProgress (0: done by
+  // the first query after the call). A test lengthens it to catch a caller that does not wait.
+  static inline std::atomic<std::chrono::microseconds::rep> launch_latency_us{0};
+  // Fault injection, not NCCL behaviour (NCCL never throws): when set to k > 0, the calling
+  // thread's k-th collective from now throws std::bad_alloc before NCCL sees it, as an
+  // exception in the caller's code between two enqueues of a group would.
+  static int& throw_at_collective() {
+    thread_local int k = 0;
+    return k;
+  }
 
   static ncclResult_t get_unique_id(ncclUniqueId* id) {
     if (fail_unique_id.exchange(false)) return ncclSystemError;
@@ -588,7 +636,10 @@ struct Runtime {
     std::memcpy(id->internal, &v, sizeof(v));
     return ncclSuccess;
   }
-  static ncclResult_t init_rank(comm_handle* out, int size, const ncclUniqueId& id, int rank) {
+  // Non-blocking: returns at once, ready once every member has joined. Blocking: returns once
+  // every member has joined (no deadline: NCCL waits for ever).
+  static ncclResult_t init_rank(comm_handle* out, int size, const ncclUniqueId& id, int rank,
+                                bool blocking) {
     const std::string key(id.internal, sizeof(id.internal));
     std::shared_ptr<Team> team;
     {
@@ -597,13 +648,14 @@ struct Runtime {
       if (!slot) slot = std::make_shared<Team>(size);
       team = slot;
     }
-    std::lock_guard lk(team->m);
+    std::unique_lock lk(team->m);
     if (team->size != size) return ncclInvalidArgument;
     auto c = std::make_shared<Comm>();
     c->self = c;
     c->team = team;
     c->rank = rank;
     c->device = current_device();
+    c->blocking = blocking;
     if (team->devices.empty()) {
       team->devices.assign(static_cast<std::size_t>(size), -1);
       team->members.assign(static_cast<std::size_t>(size), nullptr);
@@ -614,20 +666,30 @@ struct Runtime {
     if (team->joined == team->size) refuse_duplicate_devices(*team);
     team->cv.notify_all();
     *out = c.get();
-    return ncclInProgress;  // ready once every member has joined
+    if (!blocking) {
+      stats().in_progress++;
+      return ncclInProgress;  // ready once every member has joined
+    }
+    team->cv.wait(lk, [&] { return team->joined == team->size; });
+    return c->async.load();  // "Duplicate GPU" and the like fail the call itself
   }
-  // As NCCL 2.28 in non-blocking mode: the call returns at once, the parent reports
+  // As NCCL 2.28: with a non-blocking parent the call returns at once, the parent reports
   // ncclInProgress until the split is complete, and only then is the new handle written to
-  // `*out` (by whichever member completes the split, on its thread: NCCL's own thread).
-  static ncclResult_t split(comm_handle parent, int color, int key, comm_handle* out) {
+  // `*out` (by whichever member completes the split, on its thread: NCCL's own thread). With a
+  // blocking parent the call returns once the split is complete. The child takes `blocking`
+  // from its own configuration.
+  static ncclResult_t split(comm_handle parent, int color, int key, comm_handle* out,
+                            bool blocking) {
     if (parent == nullptr || out == nullptr || parent->aborted) return ncclInvalidArgument;
     if (!parent->ready()) return ncclInvalidUsage;
+    if (const ncclResult_t rc = refuse_while_launching(parent); rc != ncclSuccess) return rc;
     auto child = std::make_shared<Comm>();
     child->self = child;
     child->device = parent->device;  // NCCL makes the child on the parent's device
+    child->blocking = blocking;
     Team& t = *parent->team;
     const std::uint64_t seq = parent->next_split++;
-    std::lock_guard lk(t.m);
+    std::unique_lock lk(t.m);
     SplitSlot& s = t.splits[seq];
     if (s.arrived == 0) {
       const auto n = static_cast<std::size_t>(t.size);
@@ -673,6 +735,10 @@ struct Runtime {
         s.parent[m]->splitting = false;
       }
       t.splits.erase(seq);
+      t.cv.notify_all();
+    } else if (parent->blocking) {
+      t.cv.wait(lk, [&] { return *out == child.get() || parent->aborted || t.member_failed; });
+      if (*out != child.get()) return ncclRemoteError;
     }
     return ncclSuccess;
   }
@@ -688,6 +754,16 @@ struct Runtime {
         team = c->team;
       }
       *state = (team && c->ready() && !c->splitting) ? ncclSuccess : ncclInProgress;
+      // A launch that returned ncclInProgress is reported in progress at least once, and until
+      // NCCL's thread is done with it.
+      if (*state == ncclSuccess && c->launching) {
+        const bool first = !c->launch_seen.exchange(true);
+        if (first || std::chrono::steady_clock::now() < c->launch_done) {
+          *state = ncclInProgress;
+        } else {
+          c->launching = false;
+        }
+      }
     }
     return ncclSuccess;
   }
@@ -703,8 +779,12 @@ struct Runtime {
     return ncclSuccess;
   }
   // Non-blocking: the finalize continues in the background; the state says when it is done.
+  // Blocking: done on return (strata has waited for the stream before).
   static ncclResult_t finalize(comm_handle c) {
     if (c == nullptr) return ncclInvalidArgument;
+    if (c->blocking) return ncclSuccess;
+    c->start_launch();
+    stats().in_progress++;
     return ncclInProgress;
   }
   static ncclResult_t destroy(comm_handle c) {
@@ -743,10 +823,25 @@ struct Runtime {
     return s;
   }
 
+  // NCCL checks that the communicator is ready before it takes a call (ncclCommEnsureReady):
+  // a call made before ncclCommGetAsyncError reported the previous one complete is refused.
+  static ncclResult_t refuse_while_launching(comm_handle c) {
+    if (!c->launching) return ncclSuccess;
+    std::lock_guard lk(c->m);
+    c->last_error =
+        "Attempt to use communicator before the previous operation returned ncclSuccess";
+    return ncclInvalidArgument;
+  }
+
   static ncclResult_t submit(comm_handle c, Stream* s, const Part& part) {
+    if (int& k = throw_at_collective(); k > 0 && --k == 0) throw std::bad_alloc();
     if (c->aborted) {
       if (detail::group().depth > 0) detail::group().failed = true;
       return ncclInvalidUsage;
+    }
+    if (const ncclResult_t rc = refuse_while_launching(c); rc != ncclSuccess) {
+      if (detail::group().depth > 0) detail::group().failed = true;
+      return rc;
     }
     if (const ncclResult_t rc = check_devices(c, s, part.in, part.out); rc != ncclSuccess) {
       if (detail::group().depth > 0) detail::group().failed = true;
@@ -754,12 +849,16 @@ struct Runtime {
     }
     if (detail::group().depth > 0) {
       detail::pending_for(c, s).collectives.push_back(part);
-    } else {
-      detail::Pending p{c->shared_from_this(), s, {part}, {}};
-      detail::launch(std::move(p));
+      return ncclSuccess;
     }
+    if (const ncclResult_t rc = detail::connect(*c); rc != ncclSuccess) return rc;
+    detail::Pending p{c->shared_from_this(), s, {part}, {}};
+    detail::launch(std::move(p));
     // Non-blocking NCCL returns in progress while it enqueues for more than one rank.
-    return c->team->size > 1 ? ncclInProgress : ncclSuccess;
+    if (c->blocking || c->team->size == 1) return ncclSuccess;
+    c->start_launch();
+    stats().in_progress++;
+    return ncclInProgress;
   }
   static ncclResult_t all_reduce(const void* in, void* out, std::size_t count, ncclDataType_t type,
                                  ncclRedOp_t op, comm_handle c, stream_handle s) {
@@ -784,6 +883,10 @@ struct Runtime {
     if (c->aborted || peer < 0 || peer >= c->team->size) {
       detail::group().failed = true;
       return c->aborted ? ncclInvalidUsage : ncclInvalidArgument;
+    }
+    if (const ncclResult_t rc = refuse_while_launching(c); rc != ncclSuccess) {
+      detail::group().failed = true;
+      return rc;
     }
     if (const ncclResult_t rc = check_devices(c, s, data, data); rc != ncclSuccess) {
       detail::group().failed = true;
@@ -814,16 +917,27 @@ struct Runtime {
     if (std::exchange(g.failed, false)) return ncclInvalidUsage;  // nothing of it is launched
     for (const detail::Pending& p : pending) {
       if (p.comm->aborted) return ncclInvalidUsage;  // aborted inside the group: misuse
+      // "Blocking and nonblocking communicators are not allowed in the same group."
+      if (p.comm->blocking != pending.front().comm->blocking) return ncclInvalidUsage;
     }
     stats().groups++;
+    for (const detail::Pending& p : pending) {
+      if (p.collectives.empty()) continue;
+      if (const ncclResult_t rc = detail::connect(*p.comm); rc != ncclSuccess) return rc;
+    }
     // Non-blocking NCCL returns in progress from a group with point-to-point work (even on one
-    // rank) or with collectives of more than one rank.
+    // rank) or with collectives of more than one rank; each of those communicators reports in
+    // progress until the launch is seen complete.
     bool in_progress = false;
     for (const detail::Pending& p : pending) {
-      in_progress = in_progress || !p.p2p.empty() || p.comm->team->size > 1;
+      if (p.comm->blocking || (p.p2p.empty() && p.comm->team->size == 1)) continue;
+      in_progress = true;
+      p.comm->start_launch();
     }
     for (detail::Pending& p : pending) detail::launch(std::move(p));
-    return in_progress ? ncclInProgress : ncclSuccess;
+    if (!in_progress) return ncclSuccess;
+    stats().in_progress++;
+    return ncclInProgress;
   }
 
   // NCCL refuses two members of one communicator on one device, and work whose stream or
@@ -1035,6 +1149,13 @@ struct Graphs {
     return cudaSuccess;
   }
 };
+
+inline void Comm::start_launch() {
+  launch_seen = false;
+  launch_done = std::chrono::steady_clock::now() +
+                std::chrono::microseconds(Runtime::launch_latency_us.load());
+  launching = true;
+}
 
 // Rank r of a test world on device r, as NCCL requires one device per member.
 template <class Host>

@@ -601,14 +601,15 @@ TEST_CASE("nccl double: a split completes asynchronously, the parent reports it 
     fake::Comm* child = nullptr;
     // Rank 1 alone has called: NCCL returns at once, writes no handle, and the parent is busy.
     if (comm.rank() == 1) {
-      CHECK(fake::Runtime::split(comm.native(), 0, 0, &child) == ncclSuccess);
+      CHECK(fake::Runtime::split(comm.native(), 0, 0, &child, false) == ncclSuccess);
       CHECK(child == nullptr);
       ncclResult_t state = ncclSuccess;
       CHECK(fake::Runtime::async_error(comm.native(), &state) == ncclSuccess);
       CHECK(state == ncclInProgress);
     }
     host.barrier();
-    if (comm.rank() == 0) CHECK(fake::Runtime::split(comm.native(), 0, 0, &child) == ncclSuccess);
+    if (comm.rank() == 0)
+      CHECK(fake::Runtime::split(comm.native(), 0, 0, &child, false) == ncclSuccess);
     // Once both have called, the handle arrives and the parent is ready again.
     ncclResult_t state = ncclInProgress;
     while (state == ncclInProgress) {
@@ -627,7 +628,7 @@ TEST_CASE("nccl double: a split completes asynchronously, the parent reports it 
 TEST_CASE("nccl double: a communicator answers count and rank only once it is ready") {
   const ncclUniqueId id = FakeNccl::unique_id();
   fake::Comm* c = nullptr;
-  CHECK(fake::Runtime::init_rank(&c, 2, id, 0) == ncclInProgress);
+  CHECK(fake::Runtime::init_rank(&c, 2, id, 0, false) == ncclInProgress);
   int n = 0;
   CHECK(fake::Runtime::count(c, &n) == ncclInvalidArgument);
   CHECK(fake::Runtime::user_rank(c, &n) == ncclInvalidArgument);
@@ -865,5 +866,142 @@ TEST_CASE(
     CHECK(fake::stats().captures.load() - captures == 2);
     CHECK(avg.graphs() == 1);
     MESSAGE("same address reused: " << (again.data() == first_address));
+  });
+}
+
+// --- NCCL's blocking mode (NcclOptions::blocking) ------------------------------------------------
+
+TEST_CASE("nccl double: a call before the previous one was seen complete is refused") {
+  // NCCL's contract in non-blocking mode: after ncclInProgress, poll ncclCommGetAsyncError until
+  // it reports success before the next call; a call before that is an invalid argument.
+  strata::LocalWorld(2).run([](strata::LocalComm& host) {
+    FakeNccl comm = fake::bootstrap(host, quick());
+    const strata::DeviceGuard<fake::Runtime> on(comm.device());
+    strata::DeviceBuffer<float, fake::Runtime> v(4);
+    CHECK(fake::Runtime::all_reduce(v.data(), v.data(), 4, ncclFloat32, ncclSum, comm.native(),
+                                    comm.stream()) == ncclInProgress);
+    CHECK(fake::Runtime::all_reduce(v.data(), v.data(), 4, ncclFloat32, ncclSum, comm.native(),
+                                    comm.stream()) == ncclInvalidArgument);
+    CHECK(fake::Runtime::error_string(ncclInvalidArgument, comm.native())
+              .find("before the previous operation returned ncclSuccess") != std::string::npos);
+    ncclResult_t state = ncclSuccess;
+    CHECK(fake::Runtime::async_error(comm.native(), &state) == ncclSuccess);
+    CHECK(state == ncclInProgress);
+    CHECK(fake::Runtime::async_error(comm.native(), &state) == ncclSuccess);
+    CHECK(state == ncclSuccess);
+    comm.synchronize();
+  });
+}
+
+TEST_CASE(
+    "nccl backend (host double): an exception inside a group leaves the communicator usable") {
+  // The group's destructor ends it on the error path; NCCL answers ncclInProgress for the part
+  // already enqueued, and the communicator takes no call until that is seen complete. A
+  // destructor that ignored the answer left the next call to fail with "invalid argument".
+  strata::LocalWorld(2).run([](strata::LocalComm& host) {
+    FakeNccl comm = fake::bootstrap(host, quick());
+    std::vector<double> a(3, comm.rank() + 1.0), b(5, 7.0);
+    const std::vector<std::span<double>> tensors{a, b};
+    host.barrier();
+    if (comm.rank() == 0) fake::Runtime::launch_latency_us = 50'000;  // NCCL's thread is slow
+    host.barrier();
+    fake::Runtime::throw_at_collective() = 2;  // the second tensor's enqueue throws
+    CHECK_THROWS_AS(
+        comm.all_reduce_many(std::span<const std::span<double>>(tensors), strata::ReduceOp::sum),
+        std::bad_alloc);
+    CHECK(comm.broken().empty());
+    // At once, without a synchronize: the call must not meet the group still in progress.
+    comm.all_reduce(std::span<double>(b), strata::ReduceOp::sum);
+    comm.synchronize();
+    CHECK(comm.broken().empty());
+    for (const double x : a) CHECK(x == 3.0);  // the part enqueued before the exception ran
+    for (const double x : b) CHECK(x == 14.0);
+    host.barrier();
+    if (comm.rank() == 0) fake::Runtime::launch_latency_us = 0;
+  });
+}
+
+TEST_CASE("nccl backend (host double, blocking mode): the conformance suite on worlds 1 to 16") {
+  // Nothing returns ncclInProgress: no NCCL thread and no poll per call. Splits inherit the mode.
+  const long before = fake::stats().in_progress.load();
+  conformance::for_each_world("nccl blocking, verify on", conformance::sizes_up_to(16), [](int n) {
+    strata::LocalWorld(n).run([](strata::LocalComm& host) {
+      strata::NcclOptions options = quick();
+      options.verify_arguments = true;
+      options.blocking = true;
+      Synchronous comm(fake::bootstrap(host, options));
+      conformance::run_all(comm);
+    });
+  });
+  CHECK(fake::stats().in_progress.load() == before);
+  strata::LocalWorld(4).run([](strata::LocalComm& host) {
+    strata::NcclOptions options = quick();
+    options.blocking = true;
+    FakeNccl comm = fake::bootstrap(host, options);
+    FakeNccl sub = comm.split(comm.rank() % 2, comm.rank());
+    CHECK(sub.options().blocking);
+    std::vector<double> v(6, comm.rank());
+    sub.all_reduce(std::span<double>(v), strata::ReduceOp::sum);
+    sub.synchronize();
+    for (const double x : v) CHECK(x == (comm.rank() % 2 == 0 ? 2.0 : 4.0));
+  });
+  // The same work in the default mode goes through NCCL's in-progress path.
+  strata::LocalWorld(2).run([](strata::LocalComm& host) {
+    FakeNccl comm = fake::bootstrap(host, quick());
+    std::vector<double> v(6, 1.0);
+    comm.all_reduce(std::span<double>(v), strata::ReduceOp::sum);
+    comm.synchronize();
+  });
+  CHECK(fake::stats().in_progress.load() > before);
+}
+
+TEST_CASE(
+    "nccl backend (host double, blocking mode): a peer that stops after connecting times out") {
+  // Once connected, a blocking collective returns when enqueued; the wait for the stream is
+  // polled as in the default mode, so a missing peer is a timeout_error, not a hang.
+  Messages messages;
+  strata::LocalWorld(3).run([&](strata::LocalComm& host) {
+    strata::NcclOptions options = quick(300ms);
+    options.blocking = true;
+    FakeNccl comm = fake::bootstrap(host, options);
+    std::vector<float> v(10, 1.0f);
+    comm.all_reduce(std::span<float>(v), strata::ReduceOp::sum);  // connects every member
+    comm.synchronize();
+    CHECK(v[0] == 3.0f);
+    if (comm.rank() != 2) {
+      comm.all_reduce(std::span<float>(v), strata::ReduceOp::sum);  // rank 2 never comes
+      try {
+        comm.synchronize();
+        messages.add("no error");
+      } catch (const strata::error& e) {
+        messages.add(e.what());
+        CHECK(!comm.broken().empty());
+      }
+      CHECK(v[0] == 3.0f);
+    }
+    host.barrier();
+  });
+  REQUIRE(messages.text.size() == 2);
+  for (const std::string& m : messages.text) {
+    const bool timed_out = m.find("timed out after 300 ms") != std::string::npos;
+    const bool remote = m.find("asynchronous NCCL error") != std::string::npos;
+    CHECK_MESSAGE((timed_out || remote), m);
+  }
+}
+
+TEST_CASE("nccl double: a group may not mix blocking and non-blocking communicators") {
+  strata::LocalWorld(1).run([](strata::LocalComm& host) {
+    strata::NcclOptions blocking = quick();
+    blocking.blocking = true;
+    FakeNccl a = fake::bootstrap(host, quick());
+    FakeNccl b = fake::bootstrap(host, blocking);
+    const strata::DeviceGuard<fake::Runtime> on(a.device());
+    strata::DeviceBuffer<float, fake::Runtime> v(4);
+    CHECK(fake::Runtime::group_start() == ncclSuccess);
+    CHECK(fake::Runtime::all_reduce(v.data(), v.data(), 4, ncclFloat32, ncclSum, a.native(),
+                                    a.stream()) == ncclSuccess);
+    CHECK(fake::Runtime::all_reduce(v.data(), v.data(), 4, ncclFloat32, ncclSum, b.native(),
+                                    b.stream()) == ncclSuccess);
+    CHECK(fake::Runtime::group_end() == ncclInvalidUsage);
   });
 }

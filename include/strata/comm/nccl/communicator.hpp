@@ -26,11 +26,13 @@
 //!
 //! Faults (docs/errors.md): NCCL and CUDA statuses become `strata::nccl_error` /
 //! `strata::cuda_error` naming the operation, the rank, the library call and the library's own
-//! message; a deadline is a `strata::timeout_error`. The communicator is created in NCCL's
-//! non-blocking mode, so that creation, `split` and every wait are polled against a deadline
-//! (`ncclCommGetAsyncError`); a communicator that misses it, or reports an asynchronous error,
-//! is aborted (`ncclCommAbort`): the caller gets an error, never a hang, and every later call on
-//! it throws.
+//! message; a deadline is a `strata::timeout_error`. By default the communicator is created in
+//! NCCL's non-blocking mode, so that creation, `split` and every wait are polled against a
+//! deadline (`ncclCommGetAsyncError`); a communicator that misses it, or reports an asynchronous
+//! error, is aborted (`ncclCommAbort`): the caller gets an error, never a hang, and every later
+//! call on it throws. `NcclOptions::blocking` selects NCCL's blocking mode instead: no NCCL
+//! thread and no poll per call, and a call that blocks inside NCCL past the deadline ends the
+//! process (docs/device.md, "Blocking mode").
 //!
 //! The communicator reaches NCCL and CUDA only through its runtime policy (`NcclRuntime`), so
 //! that its logic is one piece of code that a host test double can drive across 1 to 16 ranks on
@@ -54,6 +56,7 @@
 #include "strata/comm/detail/call.hpp"
 #include "strata/comm/detail/deadline.hpp"
 #include "strata/comm/detail/facade.hpp"
+#include "strata/comm/detail/watchdog.hpp"
 #include "strata/comm/nccl/error.hpp"
 #include "strata/comm/nccl/runtime.hpp"
 #include "strata/cuda/device_buffer.hpp"
@@ -87,6 +90,15 @@ struct NcclOptions {
   //! mismatch is an error on every rank instead of a truncated or hung transfer. Trainers that
   //! derive the counts from one shared plan can turn it off to keep the host out of the hot path.
   bool check_counts = true;
+  //! NCCL's blocking mode (`ncclConfig_t::blocking = 1`) for this communicator and those split
+  //! from it. In the default non-blocking mode NCCL completes every call on a thread of its own
+  //! (one per call) while strata polls for it, which bounds every wait by `timeout`. In blocking
+  //! mode a call returns once NCCL has enqueued the work, with no thread and no poll; waits for
+  //! the stream (`synchronize`) are still polled and still throw `timeout_error`. But creation,
+  //! a split, finalize and a collective that first connects to its peers wait inside NCCL, where
+  //! nothing can interrupt them: if one of those calls outlives `timeout`, a watchdog ends the
+  //! process with a message naming the call, as a cluster's job launcher would on a hang.
+  bool blocking = false;
 };
 
 //! One rank's handle on an NCCL communicator over device buffers; models `strata::communicator`
@@ -147,7 +159,8 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     Runtime::check("cudaStreamCreate", rank, Runtime::stream_create(&stream->handle));
     stream->owned = true;
     BasicNcclComm comm(options, rank, size, std::move(stream));
-    comm.call("init", "ncclCommInitRankConfig", Runtime::init_rank(&comm.comm_, size, id, rank));
+    comm.invoke("init", "ncclCommInitRankConfig",
+                [&] { return Runtime::init_rank(&comm.comm_, size, id, rank, options.blocking); });
     comm.wait_ready("init");
     return comm;
   }
@@ -210,9 +223,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     Group group(*this, name);
     for (const std::span<T> t : tensors) {
       if (t.empty()) continue;
-      call(name, "ncclAllReduce",
-           Runtime::all_reduce(t.data(), t.data(), t.size(), detail::nccl::datatype<T>(),
-                               detail::nccl::reduction(op), comm_, s));
+      invoke(name, "ncclAllReduce", [&] {
+        return Runtime::all_reduce(t.data(), t.data(), t.size(), detail::nccl::datatype<T>(),
+                                   detail::nccl::reduction(op), comm_, s);
+      });
     }
     group.end();
   }
@@ -335,7 +349,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     }
     void end() {
       open_ = false;
-      const ncclResult_t rc = Runtime::group_end();
+      const ncclResult_t rc = comm_.launch_group(op_);
       comm_.resume_aborts();
       comm_.call(op_, "ncclGroupEnd", rc);
     }
@@ -345,7 +359,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     // (bounded by the deadline), so that the next call does not meet a half-launched group.
     ~Group() {
       if (!open_) return;
-      const ncclResult_t rc = Runtime::group_end();
+      const ncclResult_t rc = comm_.launch_group(op_);
       comm_.resume_aborts();
       if (rc == ncclInProgress) {
         try {
@@ -379,9 +393,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
                     std::span<std::int64_t> all) {
     auto* device = scratch_words(mine.size() + all.size());
     copy_to(device, mine);
-    call(
-        op, "ncclAllGather",
-        Runtime::all_gather(device, device + mine.size(), mine.size(), ncclInt64, comm_, stream()));
+    invoke(op, "ncclAllGather", [&] {
+      return Runtime::all_gather(device, device + mine.size(), mine.size(), ncclInt64, comm_,
+                                 stream());
+    });
     copy_back(all, device + mine.size());
   }
 
@@ -404,19 +419,24 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     constexpr ncclDataType_t type = detail::nccl::datatype<T>();
     switch (c.op) {
       case Collective::all_reduce:
-        call(op, "ncclAllReduce",
-             Runtime::all_reduce(in, out, c.in, type, detail::nccl::reduction(c.reduce), comm_, s));
+        invoke(op, "ncclAllReduce", [&] {
+          return Runtime::all_reduce(in, out, c.in, type, detail::nccl::reduction(c.reduce), comm_,
+                                     s);
+        });
         break;
       case Collective::broadcast:
-        call(op, "ncclBroadcast", Runtime::broadcast(in, out, c.in, type, c.root, comm_, s));
+        invoke(op, "ncclBroadcast",
+               [&] { return Runtime::broadcast(in, out, c.in, type, c.root, comm_, s); });
         break;
       case Collective::all_gather:
-        call(op, "ncclAllGather", Runtime::all_gather(in, out, c.in, type, comm_, s));
+        invoke(op, "ncclAllGather",
+               [&] { return Runtime::all_gather(in, out, c.in, type, comm_, s); });
         break;
       case Collective::reduce_scatter:
-        call(op, "ncclReduceScatter",
-             Runtime::reduce_scatter(in, out, c.out, type, detail::nccl::reduction(c.reduce), comm_,
-                                     s));
+        invoke(op, "ncclReduceScatter", [&] {
+          return Runtime::reduce_scatter(in, out, c.out, type, detail::nccl::reduction(c.reduce),
+                                         comm_, s);
+        });
         break;
       case Collective::all_to_all: {
         const std::size_t block = c.in / static_cast<std::size_t>(size_);
@@ -444,8 +464,8 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   void transport_barrier(const Call&) {
     if (options_.verify_arguments && deferring_ == 0) return;
     auto* one = scratch_words(1);
-    call("barrier", "ncclAllReduce",
-         Runtime::all_reduce(one, one, 1, ncclInt64, ncclSum, comm_, stream()));
+    invoke("barrier", "ncclAllReduce",
+           [&] { return Runtime::all_reduce(one, one, 1, ncclInt64, ncclSum, comm_, stream()); });
     synchronize();
   }
 
@@ -457,7 +477,10 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   // it; a handle that arrived all the same is aborted too.
   BasicNcclComm transport_split(const Call&, int color, int key) {
     comm_handle handle{};
-    const ncclResult_t rc = Runtime::split(comm_, color, key, &handle);
+    const ncclResult_t rc = [&] {
+      const auto watch = watch_blocking("split", "ncclCommSplit");
+      return Runtime::split(comm_, color, key, &handle, options_.blocking);
+    }();
     try {
       if (rc != ncclInProgress) call("split", "ncclCommSplit", rc);
       wait_ready("split");
@@ -501,10 +524,14 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     for (int j = 0; j < size_; ++j) {
       const auto u = static_cast<std::size_t>(j);
       if (send_count(u) != 0) {
-        call(op, "ncclSend", Runtime::send(in + send_offset(u), send_count(u), type, j, comm_, s));
+        invoke(op, "ncclSend", [&] {
+          return Runtime::send(in + send_offset(u), send_count(u), type, j, comm_, s);
+        });
       }
       if (recv_count(u) != 0) {
-        call(op, "ncclRecv", Runtime::recv(out + recv_offset(u), recv_count(u), type, j, comm_, s));
+        invoke(op, "ncclRecv", [&] {
+          return Runtime::recv(out + recv_offset(u), recv_count(u), type, j, comm_, s);
+        });
       }
     }
     group.end();
@@ -546,6 +573,30 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
                    Runtime::memcpy_async(staging_.data(), device, host.size_bytes(), stream()));
     synchronize();
     std::copy(staging_.data(), staging_.data() + host.size(), host.begin());
+  }
+
+  // In blocking mode a call that waits inside NCCL past the deadline cannot be interrupted: the
+  // watchdog ends the process (detail/watchdog.hpp). In non-blocking mode nothing waits there.
+  [[nodiscard]] detail::CallWatchdog::Watch watch_blocking(std::string_view op,
+                                                           std::string_view fn) const {
+    if (!options_.blocking) return {};
+    return detail::CallWatchdog::instance().watch(options_.timeout, op, fn, rank_);
+  }
+
+  // An NCCL call that enqueues work or changes the communicator, then its status (`call`).
+  template <class F>
+  void invoke(std::string_view op, std::string_view fn, F&& nccl_call) {
+    ncclResult_t rc = ncclSuccess;
+    {
+      const auto watch = watch_blocking(op, fn);
+      rc = std::forward<F>(nccl_call)();
+    }
+    call(op, fn, rc);
+  }
+
+  ncclResult_t launch_group(std::string_view op) {
+    const auto watch = watch_blocking(op, "ncclGroupEnd");
+    return Runtime::group_end();
   }
 
   // A status returned by an NCCL call. In non-blocking mode a call may return ncclInProgress:
@@ -648,7 +699,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       if (clean) {
         try {
           synchronize();
-          call("finalize", "ncclCommFinalize", Runtime::finalize(comm_));
+          invoke("finalize", "ncclCommFinalize", [&] { return Runtime::finalize(comm_); });
           wait_ready("finalize");
         } catch (...) {
           clean = false;

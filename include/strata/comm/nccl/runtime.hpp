@@ -26,17 +26,21 @@ struct NcclRuntime : CudaRuntime {
   using comm_handle = ncclComm_t;
 
   static ncclResult_t get_unique_id(ncclUniqueId* id) { return ncclGetUniqueId(id); }
-  static ncclConfig_t config() {
+  //! Non-blocking unless `blocking` (`NcclOptions::blocking`): then strata polls every wait
+  //! against its deadline.
+  static ncclConfig_t config(bool blocking) {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;  // every wait is polled by strata against its deadline
+    config.blocking = blocking ? 1 : 0;
     return config;
   }
-  static ncclResult_t init_rank(comm_handle* comm, int size, const ncclUniqueId& id, int rank) {
-    ncclConfig_t c = config();
+  static ncclResult_t init_rank(comm_handle* comm, int size, const ncclUniqueId& id, int rank,
+                                bool blocking) {
+    ncclConfig_t c = config(blocking);
     return ncclCommInitRankConfig(comm, size, id, rank, &c);
   }
-  static ncclResult_t split(comm_handle comm, int color, int key, comm_handle* child) {
-    ncclConfig_t c = config();
+  static ncclResult_t split(comm_handle comm, int color, int key, comm_handle* child,
+                            bool blocking) {
+    ncclConfig_t c = config(blocking);
     return ncclCommSplit(comm, color, key, child, &c);
   }
   static ncclResult_t async_error(comm_handle comm, ncclResult_t* state) {
