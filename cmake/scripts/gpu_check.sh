@@ -9,12 +9,13 @@
 # one, are built here in BUILD (default build) when cmake and nvcc are installed. The check
 # prints the GPU, driver, CUDA runtime and NCCL versions, then runs every ctest labelled gpu
 # (exit 77, "skipped", is a failure here: a GPU is present), the multi-process NCCL tests, the
-# docs' CUDA programs and device_averaging_bench, and writes to GPU_CHECK_OUT (default
-# BUILD/gpu-check):
-#   summary.json   each check (passed or failed, seconds, why), the versions, the bench's ratios
+# docs' CUDA programs, device_averaging_bench and nccl_mode_bench (two processes), and writes to
+# GPU_CHECK_OUT (default BUILD/gpu-check):
+#   summary.json   each check (passed or failed, seconds, why), the versions, the benches' ratios
 #   checks.log     every check's output
 #   versions.json  strata_gpu_versions' report
 #   bench.json     device_averaging_bench --json
+#   nccl_mode_bench.json  nccl_mode_bench --json: NCCL's blocking mode against the default
 # It exits 0 when every check passed, 1 otherwise, and at once without a GPU.
 set -uo pipefail
 
@@ -228,7 +229,7 @@ while IFS=$'\t' read -r -a f; do
     printf '  %-7s %7s  %s\n' failed "-" "$name (not run: out of time)"
     continue
   fi
-  if [[ $kind == mpi ]]; then
+  if [[ $kind == mpi || $kind == mpibench ]]; then
     if [[ -z $mpirun ]]; then
       record "$name" "$kind" "$np" failed "" 0 "no mpirun here and none in the bundle"
       failed=$((failed + 1))
@@ -241,6 +242,7 @@ while IFS=$'\t' read -r -a f; do
   fi
   stdout=$work/$name.out
   [[ $kind == bench ]] && stdout=$out/bench.json
+  [[ $kind == mpibench ]] && stdout=$out/$name.json
   t0=$(date +%s.%N)
   # No standard input: mpirun would forward the list of checks to its rank 0.
   (cd "$work" && timeout -k 10 "$limit" "${cmd[@]}") </dev/null >"$stdout" 2>"$work/$name.err"
@@ -258,13 +260,13 @@ while IFS=$'\t' read -r -a f; do
   printf '  %-7s %6s s  %s%s\n' "$status" "$seconds" "$name" "${why:+ ($why)}"
   {
     echo "=== $name: $status${why:+ ($why)}, $seconds s: ${cmd[*]}"
-    [[ $kind == bench ]] || head -c 200000 "$stdout"
+    [[ $kind == bench || $kind == mpibench ]] || head -c 200000 "$stdout"
     head -c 200000 "$work/$name.err"
   } >>"$log"
 done <"$dir/checks.tsv"
 
 # Each kind of check must be there: a build without MPI, say, must not pass for lack of them.
-for kind in ctest mpi doc bench; do
+for kind in ctest mpi doc bench mpibench; do
   if [[ -z ${kinds[$kind]:-} ]]; then
     record "missing: $kind" "$kind" 0 failed "" 0 "the programs hold no check of kind $kind"
     failed=$((failed + 1))
@@ -320,6 +322,16 @@ if bench:
     ratios = {"gpu": bench.get("gpu"), "tensors": bench.get("tensors"), "reps": bench.get("reps"),
               "rows": rows, "skipped_bytes": bench.get("skipped_bytes", [])}
 
+modes = load(os.path.join(out, "nccl_mode_bench.json"))
+mode_ratios = None
+if modes:
+    mode_ratios = {k: modes.get(k) for k in ("gpu", "gpus", "processes", "nccl", "reps")}
+    # Below 1.0: NCCL's blocking mode is faster than the non-blocking default.
+    mode_ratios["rows"] = [{k: r[k] for k in ("bytes", "nonblocking_step_us", "blocking_step_us",
+                                             "blocking_over_nonblocking_step",
+                                             "blocking_over_nonblocking_call")}
+                           for r in modes.get("rows", [])]
+
 manifest = load(os.path.join(bundle, "manifest.json")) or {}
 summary = {
     "passed": all(c["status"] == "passed" for c in checks) and bool(checks),
@@ -329,6 +341,7 @@ summary = {
     "programs": {"from": bundle, "source": manifest.get("source"), "build": manifest.get("build")},
     "checks": checks,
     "device_averaging_bench": ratios,
+    "nccl_mode_bench": mode_ratios,
 }
 with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
@@ -339,6 +352,13 @@ if ratios and ratios["rows"]:
     for r in ratios["rows"]:
         print(f"  {r['bytes']:>12} {r['copy_gb_s']:>10.1f} {r['pack_unpack_gb_s']:>9.1f} "
               f"{r['pack_unpack_over_copy_bandwidth'] or 0:>12.3f} {r['graph_over_eager_time'] or 0:>12.3f}")
+if mode_ratios and mode_ratios["rows"]:
+    print(f"gpu-check: nccl_mode_bench (all-reduce, {mode_ratios['processes']} processes, "
+          "NCCL's blocking mode against the non-blocking default):")
+    print(f"  {'bytes':>12} {'non-blocking us':>16} {'blocking us':>12} {'step b/nb':>10} {'call b/nb':>10}")
+    for r in mode_ratios["rows"]:
+        print(f"  {r['bytes']:>12} {r['nonblocking_step_us']:>16.1f} {r['blocking_step_us']:>12.1f} "
+              f"{r['blocking_over_nonblocking_step']:>10.3f} {r['blocking_over_nonblocking_call']:>10.3f}")
 EOF
 
 passed=$((total - failed))

@@ -39,6 +39,7 @@ SYSTEM_LIBS = re.compile(
 FABRIC_LIBS = re.compile(r"^lib(ucp|ucs|uct|ucm|fabric|ibverbs|rdmacm|psm|psm2|jvm|nl-|cuda\.so)")
 BENCH_ARGS = ["--min-bytes", "1M", "--max-bytes", "1G", "--tensors", "64", "--reps", "20",
               "--json"]
+MODE_BENCH_ARGS = ["--min-bytes", "4", "--max-bytes", "64M", "--reps", "100", "--json"]
 MPI_LAUNCHERS = {"mpiexec", "mpirun", "orterun", "prterun", "mpiexec.hydra"}
 
 
@@ -98,9 +99,13 @@ def plan_checks(build):
     checks.append({"name": "device_averaging_bench", "kind": "bench", "np": 1,
                    "exe": os.path.join(build, "bench", "device_averaging_bench"),
                    "args": BENCH_ARGS, "timeout": 180})
+    # NCCL's two modes against each other: two processes, over sockets when they share a GPU.
+    checks.append({"name": "nccl_mode_bench", "kind": "mpibench", "np": 2,
+                   "exe": os.path.join(build, "bench", "nccl_mode_bench"),
+                   "args": MODE_BENCH_ARGS, "timeout": 120})
     # The quick ones first: the multi-process runs take longest and least predictably, and a
     # spent time budget should cost as few checks as possible.
-    order = {"ctest": 0, "doc": 1, "bench": 2, "mpi": 3}
+    order = {"ctest": 0, "doc": 1, "bench": 2, "mpi": 3, "mpibench": 4}
     return sorted(checks, key=lambda c: order[c["kind"]])
 
 
@@ -370,7 +375,7 @@ def main():
             if soname.startswith("libcudart") and path:
                 copy_lib(path, os.path.join(tmp, "lib"), soname)
         mpi = None
-        mpi_checks = [c for c in checks if c["kind"] == "mpi"]
+        mpi_checks = [c for c in checks if c["kind"] in ("mpi", "mpibench")]
         if mpi_checks:
             launcher = os.path.basename(cache_value(build, "MPIEXEC_EXECUTABLE") or "mpiexec")
             if o.mpi_from:

@@ -62,11 +62,12 @@ Job* the_job = nullptr;
 
 strata::MpiComm& host() { return the_job->host; }
 
-strata::NcclComm make_nccl(bool verify) {
+strata::NcclComm make_nccl(bool verify, bool blocking = false) {
   strata::NcclOptions options;
   options.device = 0;  // every rank on the one GPU
   options.timeout = deadline;
   options.verify_arguments = verify;
+  options.blocking = blocking;
   return strata::nccl_bootstrap(host(), options);
 }
 
@@ -327,6 +328,11 @@ TEST_CASE("nccl on one GPU: the collective conformance suite, one process per ra
   conformance::for_each_world("nccl on one GPU, verify on", {host().size()}, [](int) {
     Staged comm(make_nccl(/*verify=*/true));
     conformance::bad_arguments_fail_every_member(comm);
+  });
+  // NCCL's blocking mode: the same results, splits included, with every call returning done.
+  conformance::for_each_world("nccl on one GPU, blocking mode", {host().size()}, [](int) {
+    Staged comm(make_nccl(/*verify=*/true, /*blocking=*/true));
+    conformance::run_all(comm);
   });
 }
 
