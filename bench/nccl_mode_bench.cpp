@@ -66,7 +66,8 @@ std::size_t parse_bytes(std::string_view flag, std::string_view text) {
   const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
   if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || n == 0 ||
       n > (std::size_t{4} << 30) / unit) {
-    throw UsageError(std::string(flag) + " takes a byte count from 1 to 4G (K, M, G suffixes), not \"" +
+    throw UsageError(std::string(flag) +
+                     " takes a byte count from 1 to 4G (K, M, G suffixes), not \"" +
                      std::string(text) + "\"");
   }
   return n * unit;

@@ -1,0 +1,66 @@
+// What NCCL's non-blocking mode costs the host per call, modelled on this machine's CPU and
+// measured against the blocking mode's shape, in one run:
+//
+//   nccl_mode_host_bench [--benchmark_repetitions=5 ...]
+//
+// In non-blocking mode NCCL 2.28 answers every collective (every ncclGroupEnd that has work) by
+// starting a thread that finishes the launch, and returns ncclInProgress; strata then polls
+// ncclCommGetAsyncError with its Poller (64 yields, then 20 us sleeps) until the thread is done,
+// and the thread is joined. In blocking mode the caller does the launch itself. Both shapes run
+// here with the launch replaced by a spin of `work` microseconds (0, 5, 20, 100):
+//   non_blocking/work  start a thread that spins, poll an atomic with strata's Poller, join
+//   blocking/work      spin on the calling thread
+// The difference per call is the host overhead of the non-blocking mode: the thread's start and
+// join, and the time between the launch's end and the poll that sees it. NCCL's real launch
+// time and its GPU-side effects are measured by nccl_mode_bench on a GPU machine.
+#include <benchmark/benchmark.h>
+#include <strata/comm/detail/deadline.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+namespace {
+
+void spin(std::chrono::microseconds work) {
+  const auto until = std::chrono::steady_clock::now() + work;
+  while (std::chrono::steady_clock::now() < until) {
+  }
+}
+
+void BM_non_blocking(benchmark::State& state) {
+  const std::chrono::microseconds work(state.range(0));
+  for (auto _ : state) {
+    std::atomic<bool> done{false};
+    std::thread launch([&] {
+      spin(work);
+      done.store(true, std::memory_order_release);
+    });
+    strata::detail::Poller poller;
+    while (!done.load(std::memory_order_acquire)) poller.pause();
+    launch.join();
+  }
+}
+BENCHMARK(BM_non_blocking)
+    ->Arg(0)
+    ->Arg(5)
+    ->Arg(20)
+    ->Arg(100)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void BM_blocking(benchmark::State& state) {
+  const std::chrono::microseconds work(state.range(0));
+  for (auto _ : state) spin(work);
+}
+BENCHMARK(BM_blocking)
+    ->Arg(0)
+    ->Arg(5)
+    ->Arg(20)
+    ->Arg(100)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
