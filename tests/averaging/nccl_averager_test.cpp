@@ -13,6 +13,8 @@ using Nccl = averager_harness::NcclHarness</*Graphs=*/false>;
 using NcclGraphs = averager_harness::NcclHarness</*Graphs=*/true>;
 using NcclVerify = averager_harness::NcclHarness</*Graphs=*/false, /*Verify=*/true>;
 using NcclGraphsVerify = averager_harness::NcclHarness</*Graphs=*/true, /*Verify=*/true>;
+using NcclBlocking = averager_harness::NcclHarness<false, false, /*Blocking=*/true>;
+using NcclBlockingGraphs = averager_harness::NcclHarness<true, false, /*Blocking=*/true>;
 
 }  // namespace
 
@@ -21,6 +23,9 @@ TEST_CASE("averagers: the serial mean on random hierarchies (nccl)") {
   ac::random_hierarchies<NcclGraphs>(/*seed=*/7, /*trials=*/1);
   ac::random_hierarchies<Nccl, float>(/*seed=*/8, /*trials=*/1);
   ac::random_hierarchies<NcclGraphs, float>(/*seed=*/8, /*trials=*/1);
+  // NCCL's blocking mode: the same means, every level a blocking split.
+  ac::random_hierarchies<NcclBlocking>(/*seed=*/9, /*trials=*/1);
+  ac::random_hierarchies<NcclBlockingGraphs>(/*seed=*/9, /*trials=*/1);
 }
 
 // Only a communicator that checks calls across ranks fails every member alike: without

@@ -80,12 +80,14 @@ class NcclRank
 };
 
 // The NCCL host double, worlds of 1 to 16. `Graphs`: the averager replays each level from a
-// captured graph; `Verify`: the communicator checks every call across ranks.
-template <bool Graphs, bool Verify = false>
+// captured graph; `Verify`: the communicator checks every call across ranks; `Blocking`: NCCL's
+// blocking mode (NcclOptions::blocking).
+template <bool Graphs, bool Verify = false, bool Blocking = false>
 struct NcclHarness {
   static constexpr std::string_view name =
-      Graphs ? (Verify ? "nccl with graphs, verify on" : "nccl with graphs")
-             : (Verify ? "nccl, verify on" : "nccl");
+      Blocking ? (Graphs ? "nccl blocking with graphs" : "nccl blocking")
+      : Graphs ? (Verify ? "nccl with graphs, verify on" : "nccl with graphs")
+               : (Verify ? "nccl, verify on" : "nccl");
   using Rank = NcclRank<Graphs, Verify>;
   static std::vector<int> world_sizes() { return conformance::sizes_up_to(16); }
   template <class F>
@@ -94,6 +96,7 @@ struct NcclHarness {
       strata::NcclOptions options;
       options.timeout = std::chrono::seconds(20);
       options.verify_arguments = Verify;
+      options.blocking = Blocking;
       Rank r(host, fake::bootstrap(host, options));
       f(r);
     });

@@ -70,7 +70,7 @@ namespace strata {
 //! strata::NcclOptions opts;
 //! opts.timeout = std::chrono::seconds(20);
 //! opts.device = 0;
-//! assert(opts.check_counts && !opts.verify_arguments);
+//! assert(opts.check_counts && !opts.verify_arguments && !opts.blocking);
 //! \endcode
 struct NcclOptions {
   //! How long creation, `split` and each `synchronize` may take before the communicator is
