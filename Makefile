@@ -58,8 +58,9 @@ bench: configure
 	$(BUILD)/bench/schedule_bench
 
 # On a machine with a GPU: the GPU tests (exit 77 is a failure there), the multi-process NCCL
-# tests, the docs' device example and device_averaging_bench, within 8 minutes; a JSON summary
-# in GPU_CHECK_OUT (default $(BUILD)/gpu-check). Uses gpu-bundle/ when present, else builds.
+# tests, the docs' device example, device_averaging_bench and nccl_mode_bench, within 8
+# minutes; a JSON summary in GPU_CHECK_OUT (default $(BUILD)/gpu-check). Uses gpu-bundle/ when
+# present, else builds.
 gpu-check:
 	@BUILD=$(BUILD) bash cmake/scripts/gpu_check.sh
 

@@ -9,12 +9,13 @@
 // and the thread is joined. In blocking mode the caller does the launch itself. Both shapes run
 // here with the launch replaced by a spin of `work` microseconds (0, 5, 20, 100):
 //   non_blocking/work  start a thread that spins, poll an atomic with strata's Poller, join
-//   blocking/work      spin on the calling thread
+//   blocking/work      spin on the calling thread, with strata's watchdog armed around it
 // The difference per call is the host overhead of the non-blocking mode: the thread's start and
 // join, and the time between the launch's end and the poll that sees it. NCCL's real launch
 // time and its GPU-side effects are measured by nccl_mode_bench on a GPU machine.
 #include <benchmark/benchmark.h>
 #include <strata/comm/detail/deadline.hpp>
+#include <strata/comm/detail/watchdog.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -49,9 +50,14 @@ BENCHMARK(BM_non_blocking)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
+// strata arms its watchdog around each blocking call (comm/detail/watchdog.hpp): included.
 void BM_blocking(benchmark::State& state) {
   const std::chrono::microseconds work(state.range(0));
-  for (auto _ : state) spin(work);
+  for (auto _ : state) {
+    const auto watch = strata::detail::CallWatchdog::instance().watch(
+        std::chrono::minutes(5), "all_reduce", "ncclAllReduce", 0);
+    spin(work);
+  }
 }
 BENCHMARK(BM_blocking)
     ->Arg(0)

@@ -325,7 +325,9 @@ if bench:
 modes = load(os.path.join(out, "nccl_mode_bench.json"))
 mode_ratios = None
 if modes:
-    mode_ratios = {k: modes.get(k) for k in ("gpu", "gpus", "processes", "nccl", "reps")}
+    # shared_gpu: the processes take turns on one GPU, so only the call ratio compares the modes.
+    mode_ratios = {k: modes.get(k) for k in ("gpu", "gpus", "processes", "shared_gpu", "nccl",
+                                             "reps")}
     # Below 1.0: NCCL's blocking mode is faster than the non-blocking default.
     mode_ratios["rows"] = [{k: r[k] for k in ("bytes", "nonblocking_step_us", "blocking_step_us",
                                              "blocking_over_nonblocking_step",
@@ -354,7 +356,9 @@ if ratios and ratios["rows"]:
               f"{r['pack_unpack_over_copy_bandwidth'] or 0:>12.3f} {r['graph_over_eager_time'] or 0:>12.3f}")
 if mode_ratios and mode_ratios["rows"]:
     print(f"gpu-check: nccl_mode_bench (all-reduce, {mode_ratios['processes']} processes, "
-          "NCCL's blocking mode against the non-blocking default):")
+          "NCCL's blocking mode against the non-blocking default"
+          + ("; one shared GPU: compare the call ratio" if mode_ratios.get("shared_gpu") else "")
+          + "):")
     print(f"  {'bytes':>12} {'non-blocking us':>16} {'blocking us':>12} {'step b/nb':>10} {'call b/nb':>10}")
     for r in mode_ratios["rows"]:
         print(f"  {r['bytes']:>12} {r['nonblocking_step_us']:>16.1f} {r['blocking_step_us']:>12.1f} "

@@ -39,7 +39,7 @@ SYSTEM_LIBS = re.compile(
 FABRIC_LIBS = re.compile(r"^lib(ucp|ucs|uct|ucm|fabric|ibverbs|rdmacm|psm|psm2|jvm|nl-|cuda\.so)")
 BENCH_ARGS = ["--min-bytes", "1M", "--max-bytes", "1G", "--tensors", "64", "--reps", "20",
               "--json"]
-MODE_BENCH_ARGS = ["--min-bytes", "4", "--max-bytes", "64M", "--reps", "100", "--json"]
+MODE_BENCH_ARGS = ["--min-bytes", "4", "--max-bytes", "16M", "--reps", "100", "--json"]
 MPI_LAUNCHERS = {"mpiexec", "mpirun", "orterun", "prterun", "mpiexec.hydra"}
 
 

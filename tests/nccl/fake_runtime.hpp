@@ -18,8 +18,7 @@
 //   ncclSuccess"); ncclCommCount and ncclCommUserRank refuse a communicator not yet ready;
 // - blocking mode: creation and a split return once every member has made the call, with no
 //   deadline; the first collective connects the members (its call returns once every member has
-//   made its first collective); nothing returns ncclInProgress; a group that mixes blocking and
-//   non-blocking communicators is refused;
+//   made its first collective); nothing returns ncclInProgress;
 // - the current device is per thread; streams and allocations belong to the device current
 //   when they were made; two members of one communicator on one device are refused ("Duplicate
 //   GPU detected"), and so is work whose stream or buffers are on another device;
@@ -917,8 +916,6 @@ struct Runtime {
     if (std::exchange(g.failed, false)) return ncclInvalidUsage;  // nothing of it is launched
     for (const detail::Pending& p : pending) {
       if (p.comm->aborted) return ncclInvalidUsage;  // aborted inside the group: misuse
-      // "Blocking and nonblocking communicators are not allowed in the same group."
-      if (p.comm->blocking != pending.front().comm->blocking) return ncclInvalidUsage;
     }
     stats().groups++;
     for (const detail::Pending& p : pending) {

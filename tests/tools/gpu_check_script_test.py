@@ -21,7 +21,8 @@ BENCH = {"gpu": "Stand-in GPU", "tensors": 64, "reps": 20,
          "rows": [{"bytes": 2 ** 26, "memcpy_ms": 1.0, "fused_ms": 2.2, "graph_ms": 2.1,
                    "fused_over_memcpy": 2.2, "graph_over_memcpy": 2.1, "memcpy_gb_s": 134.2,
                    "fused_gb_s": 122.0, "graph_gb_s": 127.8, "launches": 2}]}
-MODES = {"gpu": "Stand-in GPU", "gpus": 1, "processes": 2, "nccl": 22809, "reps": 100,
+MODES = {"gpu": "Stand-in GPU", "gpus": 1, "processes": 2, "shared_gpu": True, "nccl": 22809,
+         "reps": 100,
          "rows": [{"bytes": 4, "nonblocking_call_us": 40.0, "blocking_call_us": 12.0,
                    "nonblocking_step_us": 90.0, "blocking_step_us": 60.0,
                    "blocking_over_nonblocking_call": 0.3, "blocking_over_nonblocking_step": 0.6667}]}
@@ -95,6 +96,8 @@ dab = summary.get("device_averaging_bench") or {}
 expect(dab.get("rows", [{}])[0].get("pack_unpack_over_copy_bandwidth") == round(122.0 / 134.2, 4),
        f"the pack/unpack ratio: {dab}", p)
 expect("nccl_mode_bench (all-reduce, 2 processes" in p.stdout, "the modes' table is printed", p)
+expect(modes.get("shared_gpu") is True and "compare the call ratio" in p.stdout,
+       "a shared GPU is flagged", p)
 
 p, summary = run("mode_bench_fails", fail_mode_bench=True)
 expect(p.returncode == 1, f"a failing bench: exit {p.returncode}", p)

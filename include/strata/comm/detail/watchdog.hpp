@@ -7,7 +7,8 @@
 // non-blocking mode, which strata uses by default, polls instead and throws timeout_error.
 //
 // One thread per process serves every watched call; a call costs one uncontended lock to arm
-// and one to disarm, and no thread or wake-up when it returns in time.
+// and one to disarm, and a stream of calls that return in time wakes the thread at most once
+// per timeout.
 
 #include <algorithm>
 #include <chrono>
@@ -34,7 +35,14 @@ class CallWatchdog {
     Watch() = default;
     Watch(CallWatchdog* dog, std::uint64_t id) : dog_(dog), id_(id) {}
     Watch(Watch&& other) noexcept : dog_(std::exchange(other.dog_, nullptr)), id_(other.id_) {}
-    Watch& operator=(Watch&&) = delete;
+    Watch& operator=(Watch&& other) noexcept {
+      if (this != &other) {
+        if (dog_ != nullptr) dog_->disarm(id_);
+        dog_ = std::exchange(other.dog_, nullptr);
+        id_ = other.id_;
+      }
+      return *this;
+    }
     Watch(const Watch&) = delete;
     Watch& operator=(const Watch&) = delete;
     ~Watch() {
@@ -61,10 +69,14 @@ class CallWatchdog {
     std::lock_guard lk(m_);
     if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
     const std::uint64_t id = ++next_;
-    const bool earliest = std::none_of(entries_.begin(), entries_.end(),
-                                       [&](const Entry& e) { return e.at <= deadline.at(); });
     entries_.push_back(Entry{id, deadline.at(), timeout, op, call, rank});
-    if (earliest) cv_.notify_one();
+    // The thread is woken only when it would otherwise wake too late. A disarm never wakes it:
+    // it wakes at the old target, finds nothing due and aims again, so a stream of calls that
+    // return in time costs it at most one wake-up per timeout.
+    if (deadline.at() < wake_at_) {
+      wake_at_ = deadline.at();
+      cv_.notify_one();
+    }
     return Watch(this, id);
   }
 
@@ -93,6 +105,7 @@ class CallWatchdog {
     std::unique_lock lk(m_);
     for (;;) {
       if (entries_.empty()) {
+        wake_at_ = std::chrono::steady_clock::time_point::max();
         cv_.wait(lk);
         continue;
       }
@@ -100,11 +113,14 @@ class CallWatchdog {
           std::min_element(entries_.begin(), entries_.end(),
                            [](const Entry& a, const Entry& b) { return a.at < b.at; });
       if (std::chrono::steady_clock::now() >= first->at) expire(*first);
-      // A deadline that saturated is time_point::max(): wait for a change instead.
-      if (first->at == std::chrono::steady_clock::time_point::max()) {
+      // A copy: the entries may change while the lock is released in the wait. A deadline that
+      // saturated is time_point::max(): wait for a change instead.
+      const std::chrono::steady_clock::time_point at = first->at;
+      wake_at_ = at;
+      if (at == std::chrono::steady_clock::time_point::max()) {
         cv_.wait(lk);
       } else {
-        cv_.wait_until(lk, first->at);
+        cv_.wait_until(lk, at);
       }
     }
   }
@@ -126,6 +142,9 @@ class CallWatchdog {
   std::condition_variable cv_;
   std::vector<Entry> entries_;
   std::uint64_t next_ = 0;
+  // When the thread will next look at the entries (max(): only when notified). min() until its
+  // first look: a thread that has not looked yet needs no wake-up.
+  std::chrono::steady_clock::time_point wake_at_ = std::chrono::steady_clock::time_point::min();
   std::thread thread_;  // started by the first watch, never joined
 };
 

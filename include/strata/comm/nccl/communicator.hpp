@@ -149,6 +149,12 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       throw std::invalid_argument("NcclComm: rank " + std::to_string(rank) +
                                   " is not a rank of a world of " + std::to_string(size));
     }
+    if (options.blocking && options.timeout <= std::chrono::milliseconds::zero()) {
+      // The watchdog would end the process during the first call that waits in NCCL.
+      throw std::invalid_argument(
+          "NcclComm: a blocking communicator needs a positive timeout, not " +
+          std::to_string(options.timeout.count()) + " ms");
+    }
     // Everything of the communicator lives on its device; the caller's current device is left
     // as it was.
     const DeviceGuard<Runtime> on(options.device, rank);
@@ -486,7 +492,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
       wait_ready("split");
     } catch (...) {
       break_and_abort("a split failed");
-      if (handle != comm_handle{}) (void)Runtime::abort(handle);
+      if (handle != comm_handle{}) release_handle(handle, /*destroy=*/false);
       throw;
     }
     if (handle == comm_handle{}) {
@@ -576,11 +582,31 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
   }
 
   // In blocking mode a call that waits inside NCCL past the deadline cannot be interrupted: the
-  // watchdog ends the process (detail/watchdog.hpp). In non-blocking mode nothing waits there.
+  // watchdog ends the process (detail/watchdog.hpp). In non-blocking mode nothing waits there,
+  // except ncclCommAbort and ncclCommDestroy, which block in both modes (`release_handle`).
   [[nodiscard]] detail::CallWatchdog::Watch watch_blocking(std::string_view op,
                                                            std::string_view fn) const {
     if (!options_.blocking) return {};
     return detail::CallWatchdog::instance().watch(options_.timeout, op, fn, rank_);
+  }
+
+  // ncclCommAbort or ncclCommDestroy: in either mode they join NCCL's proxy thread, which stays
+  // until the peers on the same node have closed their connections, so a peer process that is
+  // alive but stuck holds them. Watched in both modes; never throws (destructors and error paths
+  // call it): if the watch itself cannot be armed, the call goes ahead unwatched.
+  void release_handle(comm_handle handle, bool destroy) const noexcept {
+    const std::string_view fn = destroy ? "ncclCommDestroy" : "ncclCommAbort";
+    const auto release = [&] {
+      (void)(destroy ? Runtime::destroy(handle) : Runtime::abort(handle));
+    };
+    try {
+      const auto watch =
+          detail::CallWatchdog::instance().watch(options_.timeout, "release", fn, rank_);
+      release();
+      return;
+    } catch (...) {
+    }
+    release();
   }
 
   // An NCCL call that enqueues work or changes the communicator, then its status (`call`).
@@ -594,8 +620,14 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     call(op, fn, rc);
   }
 
-  ncclResult_t launch_group(std::string_view op) {
-    const auto watch = watch_blocking(op, "ncclGroupEnd");
+  // Never throws: a group's destructor ends it too. If the watch cannot be armed (no memory, no
+  // thread), the group is ended unwatched rather than left open.
+  ncclResult_t launch_group(std::string_view op) noexcept {
+    detail::CallWatchdog::Watch watch;
+    try {
+      watch = watch_blocking(op, "ncclGroupEnd");
+    } catch (...) {
+    }
     return Runtime::group_end();
   }
 
@@ -678,14 +710,14 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     if (!broken_.empty()) return;
     broken_ = why;
     if (deferring_ > 0) return;
-    if (comm_ != comm_handle{}) (void)Runtime::abort(comm_);
+    if (comm_ != comm_handle{}) release_handle(comm_, /*destroy=*/false);
     comm_ = comm_handle{};
   }
 
   void resume_aborts() noexcept {
     if (deferring_ > 0) --deferring_;
     if (deferring_ == 0 && !broken_.empty() && comm_ != comm_handle{}) {
-      (void)Runtime::abort(comm_);
+      release_handle(comm_, /*destroy=*/false);
       comm_ = comm_handle{};
     }
   }
@@ -706,7 +738,7 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
         }
       }
       if (comm_ != comm_handle{}) {
-        (void)(clean ? Runtime::destroy(comm_) : Runtime::abort(comm_));
+        release_handle(comm_, /*destroy=*/clean);
       }
       comm_ = comm_handle{};
     }
