@@ -30,6 +30,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <latch>
 #include <map>
 #include <memory>
@@ -219,6 +220,7 @@ static_assert(strata::device_communicator<fault::FaultyComm<FakeNccl>>);
 void run_nccl(const Scenario& s, Reports& reports) {
   strata::NcclOptions opts;
   opts.timeout = s.timeout;
+  opts.blocking = s.blocking;
   fault::verify_arguments(opts);
   const ncclUniqueId id = FakeNccl::unique_id();
   std::latch together(s.world);
@@ -413,6 +415,15 @@ Verdict run_scenario(const Scenario& s, const std::string& dir, const std::strin
     }
   }
   const bool hung = !ended || !hung_note.empty();
+  if (s.watchdog_ends_it() && ended) {
+    std::ifstream f(log);
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    Verdict v = fault::judge_watchdog(s, WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, text,
+                                      outcomes);
+    if (!hung_note.empty()) v.hangs.push_back("watchdog: " + hung_note);
+    v.hang = !hung_note.empty();
+    return v;
+  }
   if (hung) {
     for (int r = 0; r < s.world; ++r) {
       if (!outcomes.contains(r)) outcomes[r].status = "hung";
@@ -452,7 +463,7 @@ struct Count {
 
 struct Tally {
   std::size_t scenarios = 0, hangs = 0, killed = 0, wrong = 0, corrupted = 0, untrusted = 0,
-              late = 0;
+              late = 0, blocking = 0, ended_by_watchdog = 0;
   long max_ms = 0;
   double seconds = 0;
   std::map<std::string, Count> kinds, mismatches;
@@ -465,6 +476,8 @@ struct Tally {
     corrupted += !v.corrupted.empty();
     untrusted += v.untrusted_changed;
     late += v.late_completion;
+    blocking += s.blocking;
+    ended_by_watchdog += s.watchdog_ends_it();
     max_ms = std::max(max_ms, v.max_ms);
     seconds += secs;
     Count& k = kinds[std::string(fault::to_string(s.fault.kind))];
@@ -500,6 +513,8 @@ std::string tally_json(const Tally& t) {
          ",\"killed\":" + std::to_string(t.killed) +
          ",\"untrusted_changed\":" + std::to_string(t.untrusted) +
          ",\"late_completions\":" + std::to_string(t.late) +
+         ",\"blocking_mode\":" + std::to_string(t.blocking) +
+         ",\"ended_by_watchdog\":" + std::to_string(t.ended_by_watchdog) +
          ",\"max_fault_ms\":" + std::to_string(t.max_ms) + ",\"seconds\":" + secs +
          ",\"faults\":" + counts_json(t.kinds, all_kinds) +
          ",\"mismatches\":" + counts_json(t.mismatches, all_mismatches) + "}";

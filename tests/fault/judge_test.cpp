@@ -177,3 +177,52 @@ TEST_CASE("fault judge: rank lists and causes in messages") {
   CHECK(fault::names_timeout("the stream did not finish within 250 ms"));
   CHECK(!fault::names_timeout("rank 3 failed"));
 }
+
+TEST_CASE("fault judge: NCCL's blocking mode, where a missed connection ends the process") {
+  // Rank 3 throws at step 1, the first averaging on level 0 (ranks 2..3, a communicator of its
+  // own): in blocking mode rank 2 waits in the connecting call until the watchdog ends the
+  // process.
+  Scenario s = pair_scenario(Backend::nccl, Kind::throws);
+  s.blocking = true;
+  REQUIRE(s.first_on_its_communicator());
+  REQUIRE(s.watchdog_ends_it());
+  const std::string line =
+      "strata: ncclAllGather (all_reduce, rank 0) has blocked for 250 ms, past the "
+      "communicator's deadline. ...\n";
+  std::map<int, Outcome> reports{{0, ok()}, {1, ok()}, {3, failed("std", "injected fault")}};
+  reports[3].status = "injected";
+  CHECK(!fault::judge_watchdog(s, true, line, reports).failed());
+  // Not killed by the watchdog's abort, or no line naming the collective and the deadline.
+  CHECK(fault::judge_watchdog(s, false, line, reports).wrong.size() == 1);
+  CHECK(fault::judge_watchdog(s, true, "", reports).wrong.size() == 1);
+  CHECK(fault::judge_watchdog(
+            s, true, "strata: ncclBroadcast (broadcast, rank 0) has blocked for 250 ms", reports)
+            .wrong.size() == 1);
+  // A member past the connection its peer never made.
+  auto r = reports;
+  r[2] = failed("timeout_error", "synchronize on rank 0: timed out after 250 ms");
+  CHECK(fault::judge_watchdog(s, true, line, r).wrong.size() == 1);
+  // An earlier step's wrong mean still counts.
+  r = reports;
+  r[0].problems.push_back("corrupted: step 0: wrong mean");
+  CHECK(fault::judge_watchdog(s, true, line, r).corrupted.size() == 1);
+
+  // Elsewhere the blocking mode owes what the non-blocking mode owes.
+  Scenario later = s;
+  later.fault.step = 3;  // level 0 averaged at step 1 already: connected
+  CHECK(!later.watchdog_ends_it());
+  Scenario mismatch = s;
+  mismatch.fault.kind = Kind::mismatch;  // every member makes the connecting call
+  CHECK(!mismatch.watchdog_ends_it());
+  Scenario non_blocking = s;
+  non_blocking.blocking = false;
+  CHECK(!non_blocking.watchdog_ends_it());
+  // The world's broadcast: the averager's split agreed over the world before step 0.
+  Scenario broadcast = s;
+  broadcast.fault.index = fault::broadcast_index;
+  broadcast.fault.step = 0;
+  CHECK(!broadcast.first_on_its_communicator());
+  broadcast.levels = {{2, 4}};
+  CHECK(broadcast.first_on_its_communicator());
+  CHECK(broadcast.watchdog_ends_it());
+}

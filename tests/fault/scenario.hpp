@@ -38,6 +38,14 @@
 // counted as `untrusted_changed`), except after a mismatch, where nothing may be written.
 // MPI's broadcast does not synchronise: a member that does not depend on a missing F may
 // complete it, and is then judged as O.
+//
+// NCCL's blocking mode (drawn for half of the NCCL scenarios): a communicator connects its
+// members in its first collective, a call that waits inside NCCL for every member. When a
+// throwing, leaving or stalling F misses that first collective (the world's broadcast at step 0,
+// or the first averaging on a level that has a communicator of its own), the members wait there
+// until the watchdog ends the process: the worker must then die of SIGABRT with the watchdog's
+// line naming the collective and the deadline, and no member may report an outcome. Everywhere
+// else the blocking mode owes what the non-blocking mode owes.
 #pragma once
 
 #include <strata/hierarchy/level.hpp>
@@ -85,6 +93,7 @@ struct Scenario {
   std::size_t warmup = 0;
   bool flat = false;                 // the in-place form of `average`, else a list of tensors
   bool graphs = false;               // DeviceAverager with CUDA graphs (NCCL only)
+  bool blocking = false;             // NCCL's blocking mode (NCCL only)
   std::vector<std::size_t> tensors;  // sizes; their sum is the parameter count
   int faulty = 0;
   FaultSpec fault;
@@ -132,6 +141,34 @@ struct Scenario {
     return m;
   }
 
+  // Whether the faulty collective is the first on its communicator: the one that connects its
+  // members in NCCL's blocking mode. With argument verification on (as the campaign runs), the
+  // agreement's all-gather is that first call, made inside the same collective, and a split
+  // agrees on its arguments over the parent too: the averager's construction, which splits the
+  // world for every level whose group is smaller, has then connected the world before step 0.
+  // A level whose group is the world uses the world's communicator.
+  [[nodiscard]] bool first_on_its_communicator() const {
+    if (fault.index == broadcast_index) {
+      const bool splits = std::any_of(levels.begin(), levels.end(), [&](const auto& l) {
+        return l.group_size != static_cast<std::size_t>(world);
+      });
+      return fault.step == 0 && !splits;
+    }
+    const auto level = level_at(static_cast<std::size_t>(fault.step));
+    if (levels[*level].group_size == static_cast<std::size_t>(world)) return false;
+    for (std::size_t t = 0; t < static_cast<std::size_t>(fault.step); ++t) {
+      if (level_at(t) == level) return false;
+    }
+    return true;
+  }
+
+  // Blocking mode: the members wait inside NCCL for an F that never makes the connecting call
+  // (or makes it past the deadline), and the watchdog ends the process.
+  [[nodiscard]] bool watchdog_ends_it() const {
+    return blocking && fault.kind != Kind::mismatch && members().size() > 1 &&
+           first_on_its_communicator();
+  }
+
   [[nodiscard]] std::string hierarchy() const {
     std::string s;
     for (const strata::LevelSpec& l : levels) {
@@ -151,7 +188,10 @@ struct Scenario {
     std::string s = "seed=" + std::to_string(seed) + " backend=" + std::string(to_string(backend)) +
                     " world=" + std::to_string(world) + " hierarchy=" + hierarchy() +
                     " warmup=" + std::to_string(warmup) + " form=" + (flat ? "flat" : "tensors");
-    if (backend == Backend::nccl) s += graphs ? " graphs=yes" : " graphs=no";
+    if (backend == Backend::nccl) {
+      s += graphs ? " graphs=yes" : " graphs=no";
+      s += blocking ? " mode=blocking" : " mode=non-blocking";
+    }
     s += " params=" + std::to_string(params()) + " fault=" + fault_text() +
          " rank=" + std::to_string(faulty) + " step=" + std::to_string(fault.step) + " collective=";
     const auto m = members();
@@ -233,6 +273,8 @@ inline Scenario make_scenario(std::uint64_t seed, Backend backend,
     }
     s.fault.mismatch = choices[rng() % choices.size()];
   }
+  // Drawn last, so that the draws above stay those of every earlier campaign.
+  s.blocking = backend == Backend::nccl && rng() % 2 == 0;
   return s;
 }
 
@@ -508,6 +550,41 @@ inline Verdict judge(const Scenario& s, const std::map<int, Outcome>& outcomes) 
     v.wrong.push_back("no member of the faulty collective holds a strata::timeout_error");
   } else if (member_timed_out && !any_timeout_error) {
     v.wrong.push_back("and no member holds a strata::timeout_error");
+  }
+  return v;
+}
+
+// The judgement of a scenario that the watchdog must end (`Scenario::watchdog_ends_it`): how
+// the worker process ended (`died_of_abort`: of SIGABRT) and its log, and what ranks reported
+// before it ended. Steps before the faulty one still complete with the mean; no member other
+// than F gets past the connecting call.
+inline Verdict judge_watchdog(const Scenario& s, bool died_of_abort, const std::string& log,
+                              const std::map<int, Outcome>& outcomes) {
+  Verdict v;
+  const std::string op = s.fault.index == broadcast_index ? "broadcast" : "all_reduce";
+  const std::string line = "has blocked for " + std::to_string(s.timeout.count()) +
+                           " ms, past the communicator's deadline";
+  if (!died_of_abort) v.wrong.push_back("the worker did not die of the watchdog's SIGABRT");
+  const std::size_t at = log.find("strata: ");
+  if (at == std::string::npos || log.find(line, at) == std::string::npos ||
+      log.find("(" + op + ", rank ", at) == std::string::npos) {
+    v.wrong.push_back("the log holds no watchdog line naming " + op + " and the deadline (" + line +
+                      ")");
+  }
+  const std::vector<int> members = s.members();
+  for (const auto& [r, o] : outcomes) {
+    const std::string who = "rank " + std::to_string(r) + ": ";
+    for (const std::string& p : o.problems) {
+      (p.starts_with("corrupted") ? v.corrupted : v.wrong).push_back(who + p);
+    }
+    const bool member = std::find(members.begin(), members.end(), r) != members.end();
+    if (member && r != s.faulty && o.step == s.fault.step) {
+      v.wrong.push_back(who + "reported " + quote(o) +
+                        " from a collective whose connection its peer never made");
+    }
+    if (o.status == "ok" && o.params != "averaged") {
+      v.corrupted.push_back(who + "completed with wrong parameters");
+    }
   }
   return v;
 }
