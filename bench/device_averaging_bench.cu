@@ -17,18 +17,17 @@
 // fused 4x size. Exits 77 without a GPU; sizes that do not fit in free device memory are skipped.
 #include <strata/kernels/multi_tensor.cuh>
 
+#include "cli.hpp"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <functional>
-#include <limits>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,10 +37,6 @@ namespace {
 constexpr const char* program = "device_averaging_bench";
 constexpr std::size_t mib = std::size_t{1} << 20;
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 struct Options {
   std::size_t min_bytes = mib;
   std::size_t max_bytes = 1024 * mib;
@@ -49,42 +44,6 @@ struct Options {
   int reps = 20;
   bool json = false;
 };
-
-// A byte count: digits with an optional binary suffix K, M or G (1M = 2^20 bytes).
-std::size_t parse_bytes(std::string_view flag, std::string_view text) {
-  std::size_t unit = 1;
-  std::string_view digits = text;
-  if (!text.empty()) {
-    switch (text.back()) {
-      case 'K':
-      case 'k': unit = std::size_t{1} << 10; break;
-      case 'M':
-      case 'm': unit = std::size_t{1} << 20; break;
-      case 'G':
-      case 'g': unit = std::size_t{1} << 30; break;
-      default: break;
-    }
-    if (unit != 1) digits.remove_suffix(1);
-  }
-  std::size_t v = 0;
-  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
-  if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || v == 0 ||
-      v > std::numeric_limits<std::size_t>::max() / unit) {
-    throw UsageError(std::string(flag) + " needs a positive byte count such as 4096, 64K, 16M or " +
-                     "1G, got \"" + std::string(text) + "\"");
-  }
-  return v * unit;
-}
-
-std::size_t parse_count(std::string_view flag, std::string_view text, std::size_t hi) {
-  std::size_t v = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v == 0 || v > hi) {
-    throw UsageError(std::string(flag) + " needs an integer in 1.." + std::to_string(hi) +
-                     ", got \"" + std::string(text) + "\"");
-  }
-  return v;
-}
 
 void print_help() {
   std::printf(
@@ -105,19 +64,19 @@ Options parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     const auto value = [&]() -> std::string_view {
-      if (i + 1 >= argc) throw UsageError(std::string(arg) + " needs a value");
+      if (i + 1 >= argc) throw cli::usage_error(std::string(arg) + " needs a value");
       return argv[++i];
     };
-    if (arg == "--min-bytes") o.min_bytes = parse_bytes(arg, value());
-    else if (arg == "--max-bytes") o.max_bytes = parse_bytes(arg, value());
-    else if (arg == "--tensors") o.tensors = parse_count(arg, value(), 1'000'000);
-    else if (arg == "--reps") o.reps = static_cast<int>(parse_count(arg, value(), 100'000));
+    if (arg == "--min-bytes") o.min_bytes = cli::parse_bytes(arg, value());
+    else if (arg == "--max-bytes") o.max_bytes = cli::parse_bytes(arg, value());
+    else if (arg == "--tensors") o.tensors = cli::parse_size(arg, value(), 1, 1'000'000);
+    else if (arg == "--reps") o.reps = static_cast<int>(cli::parse_size(arg, value(), 1, 100'000));
     else if (arg == "--json") o.json = true;
-    else throw UsageError("unknown argument \"" + std::string(arg) + "\" (try --help)");
+    else throw cli::usage_error("unknown argument \"" + std::string(arg) + "\" (try --help)");
   }
   if (o.min_bytes > o.max_bytes) {
-    throw UsageError("--min-bytes " + std::to_string(o.min_bytes) + " exceeds --max-bytes " +
-                     std::to_string(o.max_bytes));
+    throw cli::usage_error("--min-bytes " + std::to_string(o.min_bytes) + " exceeds --max-bytes " +
+                           std::to_string(o.max_bytes));
   }
   return o;
 }
@@ -351,15 +310,12 @@ int run(const Options& o) {
 
 int main(int argc, char** argv) {
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string_view a = argv[i];
-      if (a == "--help" || a == "-h") {
-        print_help();
-        return 0;
-      }
+    if (cli::asks_for_help(argc, argv)) {
+      print_help();
+      return 0;
     }
     return run(parse(argc, argv));
-  } catch (const UsageError& e) {
+  } catch (const cli::usage_error& e) {
     std::fprintf(stderr, "%s: %s\n", program, e.what());
     return 2;
   } catch (const std::exception& e) {

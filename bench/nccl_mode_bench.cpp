@@ -20,17 +20,17 @@
 #include <strata/comm/nccl.hpp>
 #include <strata/cuda/device_buffer.hpp>
 
+#include "cli.hpp"
+
 #include <cuda_runtime.h>
 #include <mpi.h>
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,10 +39,6 @@ namespace {
 
 constexpr const char* program = "nccl_mode_bench";
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 struct Options {
   std::size_t min_bytes = 4;
   std::size_t max_bytes = std::size_t{64} << 20;
@@ -50,58 +46,30 @@ struct Options {
   bool json = false;
 };
 
-std::size_t parse_bytes(std::string_view flag, std::string_view text) {
-  std::size_t unit = 1;
-  std::string_view digits = text;
-  if (!text.empty()) {
-    switch (text.back()) {
-      case 'K': unit = std::size_t{1} << 10; break;
-      case 'M': unit = std::size_t{1} << 20; break;
-      case 'G': unit = std::size_t{1} << 30; break;
-      default: break;
-    }
-    if (unit != 1) digits.remove_suffix(1);
-  }
-  std::size_t n = 0;
-  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
-  if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || n == 0 ||
-      n > (std::size_t{4} << 30) / unit) {
-    throw UsageError(std::string(flag) +
-                     " takes a byte count from 1 to 4G (K, M, G suffixes), not \"" +
-                     std::string(text) + "\"");
-  }
-  return n * unit;
-}
-
 Options parse(int argc, char** argv) {
+  constexpr std::size_t most = std::size_t{4} << 30;
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     auto value = [&]() -> std::string_view {
-      if (i + 1 >= argc) throw UsageError(std::string(arg) + " needs a value");
+      if (i + 1 >= argc) throw cli::usage_error(std::string(arg) + " needs a value");
       return argv[++i];
     };
     if (arg == "--min-bytes") {
-      o.min_bytes = parse_bytes(arg, value());
+      o.min_bytes = cli::parse_bytes(arg, value(), most);
     } else if (arg == "--max-bytes") {
-      o.max_bytes = parse_bytes(arg, value());
+      o.max_bytes = cli::parse_bytes(arg, value(), most);
     } else if (arg == "--reps") {
-      const std::string_view v = value();
-      int n = 0;
-      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-      if (ec != std::errc{} || end != v.data() + v.size() || n < 1 || n > 100000) {
-        throw UsageError("--reps takes a count from 1 to 100000, not \"" + std::string(v) + "\"");
-      }
-      o.reps = n;
+      o.reps = static_cast<int>(cli::parse_size(arg, value(), 1, 100'000));
     } else if (arg == "--json") {
       o.json = true;
     } else {
-      throw UsageError("unknown argument \"" + std::string(arg) + "\" (try --help)");
+      throw cli::usage_error("unknown argument \"" + std::string(arg) + "\" (try --help)");
     }
   }
   if (o.min_bytes > o.max_bytes) {
-    throw UsageError("--min-bytes " + std::to_string(o.min_bytes) + " exceeds --max-bytes " +
-                     std::to_string(o.max_bytes));
+    throw cli::usage_error("--min-bytes " + std::to_string(o.min_bytes) + " exceeds --max-bytes " +
+                           std::to_string(o.max_bytes));
   }
   return o;
 }
@@ -117,9 +85,7 @@ struct Row {
   double step_us[2] = {0, 0};
 };
 
-int run(const Options& o, strata::MpiComm& host) {
-  int devices = 0;
-  strata::cuda_check("cudaGetDeviceCount", host.rank(), cudaGetDeviceCount(&devices));
+int run(const Options& o, strata::MpiComm& host, int devices) {
   std::vector<strata::NcclComm> comms;
   for (const bool blocking : {false, true}) {
     strata::NcclOptions options;
@@ -213,23 +179,20 @@ int run(const Options& o, strata::MpiComm& host) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::printf(
-          "usage: mpirun -n N %s [--min-bytes N] [--max-bytes N] [--reps N] [--json]\n"
-          "  NCCL's non-blocking mode against its blocking mode on one all-reduce per size,\n"
-          "  from --min-bytes (default 4) to --max-bytes (default 64M) by factors of 8.\n"
-          "  --reps N  timed repetitions per size and mode; medians are shown (default 200)\n"
-          "  --json    one JSON object on stdout instead of the table\n",
-          program);
-      return 0;
-    }
+  if (cli::asks_for_help(argc, argv)) {
+    std::printf(
+        "usage: mpirun -n N %s [--min-bytes N] [--max-bytes N] [--reps N] [--json]\n"
+        "  NCCL's non-blocking mode against its blocking mode on one all-reduce per size,\n"
+        "  from --min-bytes (default 4) to --max-bytes (default 64M) by factors of 8.\n"
+        "  --reps N  timed repetitions per size and mode; medians are shown (default 200)\n"
+        "  --json    one JSON object on stdout instead of the table\n",
+        program);
+    return 0;
   }
   Options options;
   try {
     options = parse(argc, argv);
-  } catch (const UsageError& e) {
+  } catch (const cli::usage_error& e) {
     std::fprintf(stderr, "%s: %s\n", program, e.what());
     return 2;
   }
@@ -243,7 +206,9 @@ int main(int argc, char** argv) {
   int devices = 0;
   try {
     state = strata::cuda_device_present() ? 0 : 1;
-    if (state == 0) (void)cudaGetDeviceCount(&devices);
+    if (state == 0) {
+      strata::cuda_check("cudaGetDeviceCount", rank, cudaGetDeviceCount(&devices));
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: rank %d: %s\n", program, rank, e.what());
     state = 2;
@@ -263,7 +228,7 @@ int main(int argc, char** argv) {
   int rc = 0;
   try {
     strata::MpiComm host = strata::MpiComm::world();
-    rc = run(options, host);
+    rc = run(options, host, devices);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: rank %d: %s\n", program, rank, e.what());
     rc = 1;

@@ -38,6 +38,36 @@ inline std::size_t parse_size(std::string_view flag, std::string_view text, std:
   return static_cast<std::size_t>(parse_integer(flag, text, lo, hi));
 }
 
+// A positive byte count of at most `hi`: digits with an optional binary suffix K, M or G (1M =
+// 2^20 bytes).
+inline std::size_t parse_bytes(std::string_view flag, std::string_view text,
+                               std::size_t hi = std::numeric_limits<std::size_t>::max()) {
+  std::size_t unit = 1;
+  std::string_view digits = text;
+  if (!text.empty()) {
+    switch (text.back()) {
+      case 'K':
+      case 'k': unit = std::size_t{1} << 10; break;
+      case 'M':
+      case 'm': unit = std::size_t{1} << 20; break;
+      case 'G':
+      case 'g': unit = std::size_t{1} << 30; break;
+      default: break;
+    }
+    if (unit != 1) digits.remove_suffix(1);
+  }
+  std::size_t v = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || v == 0 ||
+      v > hi / unit) {
+    const std::string most =
+        hi == std::numeric_limits<std::size_t>::max() ? "" : " of at most " + std::to_string(hi);
+    throw usage_error(std::string(flag) + " needs a positive byte count" + most +
+                      " such as 4096, 64K, 16M or 1G, got \"" + std::string(text) + "\"");
+  }
+  return v * unit;
+}
+
 // A finite number in [lo, hi], or (lo, hi] when `lo_open` (a learning rate of 0 trains nothing).
 inline double parse_real(std::string_view flag, std::string_view text, double lo, double hi,
                          bool lo_open = false) {

@@ -101,6 +101,17 @@ struct Messages {
   }
 };
 
+// Each rank that waited for a peer that never came (with a 300 ms deadline) failed: it may time
+// out itself, or see another waiter's abort as a remote error first.
+void expect_lost_peer(const Messages& messages, std::size_t waiters) {
+  REQUIRE(messages.text.size() == waiters);
+  for (const std::string& m : messages.text) {
+    const bool timed_out = m.find("timed out after 300 ms") != std::string::npos;
+    const bool remote = m.find("asynchronous NCCL error") != std::string::npos;
+    CHECK_MESSAGE((timed_out || remote), m);
+  }
+}
+
 using FakeAverager =
     averager_harness::FakeDeviceAverager<strata::RuntimeSchedule<strata::AbsolutePhase>>;
 
@@ -251,13 +262,7 @@ TEST_CASE("nccl backend (host double): a peer that never joins makes the wait fa
     }
     host.barrier();
   });
-  REQUIRE(messages.text.size() == 2);
-  for (const std::string& m : messages.text) {
-    // Rank 0 and 1 may time out themselves, or see the other's abort as a remote error first.
-    const bool timed_out = m.find("timed out after 300 ms") != std::string::npos;
-    const bool remote = m.find("asynchronous NCCL error") != std::string::npos;
-    CHECK_MESSAGE((timed_out || remote), m);
-  }
+  expect_lost_peer(messages, 2);
 }
 
 TEST_CASE("nccl backend (host double): a rank that aborts makes its peers fail with an error") {
@@ -719,12 +724,7 @@ TEST_CASE("nccl backend (host double): the uneven counts check never blocks past
     host.barrier();
   });
   CHECK(fake::stats().pageable_waits.load() == waits);
-  REQUIRE(messages.text.size() == 2);
-  for (const std::string& m : messages.text) {
-    const bool timed_out = m.find("timed out after 300 ms") != std::string::npos;
-    const bool remote = m.find("asynchronous NCCL error") != std::string::npos;
-    CHECK_MESSAGE((timed_out || remote), m);
-  }
+  expect_lost_peer(messages, 2);
 }
 
 TEST_CASE("nccl double: two members of one communicator on one device are refused") {
@@ -981,12 +981,7 @@ TEST_CASE(
     }
     host.barrier();
   });
-  REQUIRE(messages.text.size() == 2);
-  for (const std::string& m : messages.text) {
-    const bool timed_out = m.find("timed out after 300 ms") != std::string::npos;
-    const bool remote = m.find("asynchronous NCCL error") != std::string::npos;
-    CHECK_MESSAGE((timed_out || remote), m);
-  }
+  expect_lost_peer(messages, 2);
 }
 
 TEST_CASE("nccl backend (host double, blocking mode): a deadline of zero is refused") {

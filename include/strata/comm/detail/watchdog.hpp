@@ -35,14 +35,7 @@ class CallWatchdog {
     Watch() = default;
     Watch(CallWatchdog* dog, std::uint64_t id) : dog_(dog), id_(id) {}
     Watch(Watch&& other) noexcept : dog_(std::exchange(other.dog_, nullptr)), id_(other.id_) {}
-    Watch& operator=(Watch&& other) noexcept {
-      if (this != &other) {
-        if (dog_ != nullptr) dog_->disarm(id_);
-        dog_ = std::exchange(other.dog_, nullptr);
-        id_ = other.id_;
-      }
-      return *this;
-    }
+    Watch& operator=(Watch&&) = delete;
     Watch(const Watch&) = delete;
     Watch& operator=(const Watch&) = delete;
     ~Watch() {

@@ -583,30 +583,30 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
 
   // In blocking mode a call that waits inside NCCL past the deadline cannot be interrupted: the
   // watchdog ends the process (detail/watchdog.hpp). In non-blocking mode nothing waits there,
-  // except ncclCommAbort and ncclCommDestroy, which block in both modes (`release_handle`).
-  [[nodiscard]] detail::CallWatchdog::Watch watch_blocking(std::string_view op,
-                                                           std::string_view fn) const {
-    if (!options_.blocking) return {};
+  // except ncclCommAbort and ncclCommDestroy, which join NCCL's proxy thread in both modes
+  // (`always`): it stays until the peers on the same node have closed their connections, so a
+  // peer process that is alive but stuck holds them.
+  [[nodiscard]] detail::CallWatchdog::Watch watch_blocking(std::string_view op, std::string_view fn,
+                                                           bool always = false) const {
+    if (!options_.blocking && !always) return {};
     return detail::CallWatchdog::instance().watch(options_.timeout, op, fn, rank_);
   }
-
-  // ncclCommAbort or ncclCommDestroy: in either mode they join NCCL's proxy thread, which stays
-  // until the peers on the same node have closed their connections, so a peer process that is
-  // alive but stuck holds them. Watched in both modes; never throws (destructors and error paths
-  // call it): if the watch itself cannot be armed, the call goes ahead unwatched.
-  void release_handle(comm_handle handle, bool destroy) const noexcept {
-    const std::string_view fn = destroy ? "ncclCommDestroy" : "ncclCommAbort";
-    const auto release = [&] {
-      (void)(destroy ? Runtime::destroy(handle) : Runtime::abort(handle));
-    };
+  // The same on paths that must not throw (destructors, error paths, a group's end): a watch
+  // that cannot be armed (no memory, no thread) leaves the call unwatched rather than skipped.
+  [[nodiscard]] detail::CallWatchdog::Watch watch_blocking_noexcept(
+      std::string_view op, std::string_view fn, bool always = false) const noexcept {
     try {
-      const auto watch =
-          detail::CallWatchdog::instance().watch(options_.timeout, "release", fn, rank_);
-      release();
-      return;
+      return watch_blocking(op, fn, always);
     } catch (...) {
+      return {};
     }
-    release();
+  }
+
+  // ncclCommAbort or ncclCommDestroy, watched in both modes.
+  void release_handle(comm_handle handle, bool destroy) const noexcept {
+    const auto watch = watch_blocking_noexcept(
+        "release", destroy ? "ncclCommDestroy" : "ncclCommAbort", /*always=*/true);
+    (void)(destroy ? Runtime::destroy(handle) : Runtime::abort(handle));
   }
 
   // An NCCL call that enqueues work or changes the communicator, then its status (`call`).
@@ -620,14 +620,9 @@ class BasicNcclComm : public detail::CollectiveFacade<BasicNcclComm<Runtime>> {
     call(op, fn, rc);
   }
 
-  // Never throws: a group's destructor ends it too. If the watch cannot be armed (no memory, no
-  // thread), the group is ended unwatched rather than left open.
+  // Never throws: a group's destructor ends it too.
   ncclResult_t launch_group(std::string_view op) noexcept {
-    detail::CallWatchdog::Watch watch;
-    try {
-      watch = watch_blocking(op, "ncclGroupEnd");
-    } catch (...) {
-    }
+    const auto watch = watch_blocking_noexcept(op, "ncclGroupEnd");
     return Runtime::group_end();
   }
 
